@@ -1,0 +1,15 @@
+"""nngp_gpytorch: exact infinite-width neural network Gaussian process (NNGP) and neural tangent (NTK)
+kernels of any architecture, as GPyTorch kernels.
+
+>>> from nngp_gpytorch import NNGPKernel, arch as A
+>>> kernel = NNGPKernel(A.Serial(A.Dense(), A.ReLU(), A.Dense()))
+"""
+
+from . import algebra, arch, duals
+from .kernels import InfiniteWidthKernel, MLPKernel, MLPNTKKernel, NNGPKernel, NTKKernel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InfiniteWidthKernel", "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "algebra", "arch", "duals",
+]

@@ -1,0 +1,49 @@
+"""Covariance algebra: the analytic reading of an architecture description.
+
+Each family module registers kernel rules (:func:`kernel_rule`) mapping the covariance state
+(:class:`CovState`, NNGP ``K`` with the NTK ``Θ`` as an optional passenger) through one layer.
+:func:`evaluate` runs a whole architecture on two input sets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..arch import Layer
+from . import dense, serial  # noqa: F401  (register rules)
+from .registry import Hyperparameters, RuleContext, broadcast_param, kernel_rule, propagate, rule_for
+from .state import CovState, identical_rows, input_state
+
+
+def evaluate(
+    architecture: Layer,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    hyper: Hyperparameters,
+    diag: bool = False,
+    with_ntk: bool = False,
+    quadrature_degree: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NNGP ``K(x1, x2)`` (and NTK ``Θ`` if ``with_ntk``) of one output unit of ``architecture``.
+
+    Args:
+        x1: ``(..., n1, d)``; x2: ``(..., n2, d)``.
+        hyper: variances, ``(*batch_shape, slots)``.
+        diag: return only the pairs ``(x1[i], x2[i])`` (requires ``n1 == n2``), shape ``(..., n)``.
+
+    Returns:
+        ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
+    """
+    ctx = RuleContext(hyper=hyper, with_ntk=with_ntk)
+    if quadrature_degree is not None:
+        ctx.quadrature_degree = int(quadrature_degree)
+    state = propagate(architecture, input_state(x1, x2, diag, with_ntk), ctx)
+    if not state.gaussian:
+        raise ValueError(f"{architecture.describe()} does not end in an affine readout")
+    return state.k12, state.t12
+
+
+__all__ = [
+    "CovState", "Hyperparameters", "RuleContext", "broadcast_param", "evaluate", "identical_rows",
+    "input_state", "kernel_rule", "propagate", "rule_for",
+]

@@ -1,0 +1,49 @@
+"""Kernel rules for dense layers and elementwise activations (Lee et al. 2018; Jacot et al. 2018).
+
+NNGP and NTK in the NTK parameterization (reference/kernels.md, "NTK"):
+
+* Dense:      ``K' = σw²·K + σb²``,           ``Θ' = K' + σw²·Θ``
+* Activation: ``K' = V_φ(K)``,                ``Θ' = V_φ'(K) ⊙ Θ``
+"""
+
+from __future__ import annotations
+
+from ..arch import Activation, Dense
+from .registry import RuleContext, broadcast_param, kernel_rule
+from .state import CovState
+
+
+def affine(state: CovState, weight_var, bias_var) -> CovState:
+    """The map of any affine layer on (K, Θ), with σw², σb² already broadcastable to the entries."""
+
+    def k(x):
+        return weight_var * x + bias_var
+
+    k12, k11, k22 = k(state.k12), k(state.k11), k(state.k22)
+    if state.has_ntk:
+        t12, t11, t22 = (k12 + weight_var * state.t12, k11 + weight_var * state.t11, k22 + weight_var * state.t22)
+    else:
+        t12 = t11 = t22 = None
+    return state.replace(k12=k12, k11=k11, k22=k22, t12=t12, t11=t11, t22=t22, gaussian=True)
+
+
+@kernel_rule(Dense)
+def dense_rule(layer: Dense, state: CovState, ctx: RuleContext) -> CovState:
+    w, b = ctx.variances(layer, layer.weight_var, layer.bias_var)
+    return affine(state, broadcast_param(w, state), broadcast_param(b, state))
+
+
+def apply_dual(dual, state: CovState) -> CovState:
+    """Push Gaussian pre-activations with covariance ``state`` through an elementwise nonlinearity."""
+    k11, k22, k12, same = state.k11, state.k22, state.k12, state.identical
+    new = dict(k12=dual.nngp(k11, k22, k12, same), k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22),
+               gaussian=False)
+    if state.has_ntk:
+        new.update(t12=dual.ntk(k11, k22, k12, same) * state.t12, t11=dual.ntk_diag(k11) * state.t11,
+                   t22=dual.ntk_diag(k22) * state.t22)
+    return state.replace(**new)
+
+
+@kernel_rule(Activation)
+def activation_rule(layer: Activation, state: CovState, ctx: RuleContext) -> CovState:
+    return apply_dual(ctx.dual(layer), state)

@@ -1,0 +1,111 @@
+"""Kernel rules: how each layer description maps a :class:`CovState` to the next one.
+
+A family module registers its rules with :func:`kernel_rule`; :func:`propagate` dispatches on the layer's
+type (walking its MRO, so a subclass inherits its parent's rule unless it registers its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..arch import Layer
+from ..duals import DEFAULT_QUADRATURE_DEGREE, Dual, dual_for
+from .state import CovState
+
+Rule = Callable[[Layer, CovState, "RuleContext"], CovState]
+_RULES: dict[type, Rule] = {}
+
+
+def kernel_rule(*layer_types: type) -> Callable[[Rule], Rule]:
+    """Decorator registering ``rule(layer, state, ctx) -> state`` for the given layer types."""
+
+    def register(rule: Rule) -> Rule:
+        for layer_type in layer_types:
+            _RULES[layer_type] = rule
+        return rule
+
+    return register
+
+
+def rule_for(layer: Layer) -> Rule:
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    raise NotImplementedError(f"no kernel rule for {layer.describe()}: this layer has no analytic kernel yet")
+
+
+def propagate(layer: Layer, state: CovState, ctx: RuleContext) -> CovState:
+    """Apply ``layer``'s kernel rule."""
+    return rule_for(layer)(layer, state, ctx)
+
+
+@dataclass
+class Hyperparameters:
+    """Variances drawn by the layers in traversal order.
+
+    ``weight_var`` and ``bias_var`` have shape ``(*batch_shape, slots)``: one (σw², σb²) pair per slot
+    (``slots == 1``: shared across all layers). Both the kernel and the finite twins read this object,
+    so they use the same numbers.
+    """
+
+    weight_var: torch.Tensor
+    bias_var: torch.Tensor
+
+    @classmethod
+    def constant(cls, weight_var: float = 1.0, bias_var: float = 0.0, dtype=torch.float64) -> Hyperparameters:
+        return cls(torch.tensor([float(weight_var)], dtype=dtype), torch.tensor([float(bias_var)], dtype=dtype))
+
+    @property
+    def slots(self) -> int:
+        return self.weight_var.shape[-1]
+
+
+@dataclass
+class RuleContext:
+    """What a rule needs besides the state: hyperparameters, the NTK switch and numerical settings."""
+
+    hyper: Hyperparameters
+    with_ntk: bool = False
+    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    _cursor: int = field(default=0, repr=False)
+    _duals: dict = field(default_factory=dict, repr=False)
+
+    def variances(self, layer: Layer, weight_var: float | None = None, bias_var: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σw², σb²) for the next affine layer, each of shape ``batch_shape``.
+
+        Fixed values (``weight_var``/``bias_var`` not ``None``) are used as given; otherwise the next
+        slot of the hyperparameters is consumed (the same slot for every layer when they are shared).
+        """
+        w_all, b_all = self.hyper.weight_var, self.hyper.bias_var
+        if weight_var is None or bias_var is None:
+            slot = self._cursor if self.hyper.slots > 1 else 0
+            if slot >= self.hyper.slots:
+                raise ValueError(
+                    f"{layer.describe()} needs variance slot {slot} but only {self.hyper.slots} per-layer "
+                    "variances were given"
+                )
+            self._cursor += 1
+            w, b = w_all[..., slot], b_all[..., slot]
+        else:
+            w = b = None
+        if weight_var is not None:
+            w = torch.full_like(w_all[..., 0], float(weight_var))
+        if bias_var is not None:
+            b = torch.full_like(b_all[..., 0], float(bias_var))
+        return w, b
+
+    def dual(self, activation) -> Dual:
+        """The (cached) dual of an activation."""
+        key = (activation, self.quadrature_degree)
+        if key not in self._duals:
+            self._duals[key] = dual_for(activation, self.quadrature_degree)
+        return self._duals[key]
+
+
+def broadcast_param(p: torch.Tensor, state: CovState) -> torch.Tensor:
+    """View a ``batch_shape`` hyperparameter so that it broadcasts against the state's entries."""
+    return p.reshape(*p.shape, *([1] * state.entry_ndim))

@@ -1,0 +1,32 @@
+"""The architecture language: frozen layer descriptions composed into networks.
+
+>>> from nngp_gpytorch import arch as A
+>>> mlp = A.Serial(A.Dense(), A.ReLU(), A.Dense(), A.Erf(), A.Dense())
+"""
+
+from .activations import (
+    GELU,
+    NAMED_ACTIVATIONS,
+    Abs,
+    Activation,
+    Erf,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Sign,
+    SiLU,
+    Step,
+    Tanh,
+)
+from .base import ArchitectureError, Layer, Serial, Signal, SignalKind, require_gaussian
+from .dense import Dense
+
+__all__ = [
+    "GELU", "NAMED_ACTIVATIONS", "Abs", "Activation", "ArchitectureError", "Dense", "Erf", "Identity",
+    "Layer", "LeakyReLU", "ReLU", "Serial", "SiLU", "Sigmoid", "Sign", "Signal", "SignalKind", "Step",
+    "Tanh", "require_gaussian",
+]
+from .builders import mlp  # noqa: E402
+
+__all__ += ["mlp"]

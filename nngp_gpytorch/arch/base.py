@@ -1,0 +1,135 @@
+"""Base vocabulary of architecture descriptions.
+
+An architecture is a tree of frozen dataclasses. It holds no weights: the analytic kernel
+(:mod:`nngp_gpytorch.algebra`) and the finite random network (:mod:`verification.twins`) both read it.
+
+Validation walks the tree with a :class:`Signal` describing what flows between layers: raw inputs,
+Gaussian pre-activations (the output of an affine layer, a GP in the infinite-width limit) or
+post-activation features (not Gaussian).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+
+
+class ArchitectureError(ValueError):
+    """An architecture description that does not define a Gaussian-process limit."""
+
+
+class SignalKind(enum.Enum):
+    INPUT = "input"  # raw data: x (not a random variable)
+    GAUSSIAN = "gaussian"  # output of an affine layer: jointly Gaussian in the limit
+    FEATURES = "features"  # post-nonlinearity features: not Gaussian
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What flows between two layers during validation.
+
+    ``spatial`` is the shape of the spatial/temporal axes (``()`` for plain vectors); families with
+    structure (convolution, sequences) use it to check shapes before any computation.
+    """
+
+    kind: SignalKind
+    spatial: tuple[int, ...] = ()
+
+    def with_kind(self, kind: SignalKind) -> Signal:
+        return replace(self, kind=kind)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Base class of every layer description.
+
+    Subclasses implement :meth:`propagate` (validation: what signal comes out given what goes in) and,
+    if they hold learnable variances, :meth:`variance_slots` (how many (σw², σb²) pairs they draw from
+    the kernel's hyperparameters, in traversal order).
+    """
+
+    def propagate(self, signal: Signal, path: str) -> Signal:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def variance_slots(self) -> int:
+        """Number of (σw², σb²) slots this layer (and its children) draw from the kernel."""
+        return 0
+
+    def children(self) -> tuple[Layer, ...]:
+        return ()
+
+    def walk(self) -> Iterator[Layer]:
+        """Depth-first traversal (pre-order) over this layer and its descendants."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def describe(self) -> str:
+        """Short human-readable form used in error messages: ``Dense()``, ``LeakyReLU(a=0.1)``."""
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.default is not value and f.default != value:
+                shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def validate(self, input_signal: Signal | None = None) -> Signal:
+        """Check that this description, as a whole network, has a Gaussian-process output.
+
+        Raises :class:`ArchitectureError` naming the offending layer by its path
+        (e.g. ``Serial[2] ReLU()``).
+        """
+        signal = self.propagate(input_signal or Signal(SignalKind.INPUT), path=self.describe())
+        if signal.kind is not SignalKind.GAUSSIAN:
+            raise ArchitectureError(
+                f"the network {self.describe()} ends in {signal.kind.value} outputs; a readout "
+                "(an affine layer such as Dense()) must come last so that the output is a Gaussian process"
+            )
+        return signal
+
+
+def require_gaussian(layer: Layer, signal: Signal, path: str) -> None:
+    """Raise unless ``signal`` is Gaussian (the output of an affine layer)."""
+    if signal.kind is not SignalKind.GAUSSIAN:
+        what = "the raw input" if signal.kind is SignalKind.INPUT else "non-Gaussian post-activation features"
+        raise ArchitectureError(
+            f"{path}: {layer.describe()} needs Gaussian pre-activations but receives {what}; "
+            "put an affine layer (e.g. Dense()) before it"
+        )
+
+
+@dataclass(frozen=True, init=False)
+class Serial(Layer):
+    """Layers applied one after the other: ``Serial(Dense(), ReLU(), Dense())``."""
+
+    layers: tuple[Layer, ...] = field(default=())
+
+    def __init__(self, *layers: Layer):
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ArchitectureError("Serial() needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ArchitectureError(
+                    f"Serial[{i}] is {layer!r}, not a layer description (did you forget the parentheses, "
+                    "e.g. ReLU() instead of ReLU?)"
+                )
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def children(self) -> tuple[Layer, ...]:
+        return self.layers
+
+    def propagate(self, signal: Signal, path: str) -> Signal:
+        for i, layer in enumerate(self.layers):
+            signal = layer.propagate(signal, f"Serial[{i}] {layer.describe()}")
+        return signal
+
+    def variance_slots(self) -> int:
+        return sum(layer.variance_slots() for layer in self.layers)
+
+    def describe(self) -> str:
+        return f"Serial({', '.join(layer.describe() for layer in self.layers)})"

@@ -1,0 +1,38 @@
+"""The dual-activation interface.
+
+For a centred Gaussian pair ``(u, v) ~ N(0, [[k11, k12], [k12, k22]])`` a dual gives
+
+* ``nngp(k11, k22, k12) = E[φ(u) φ(v)]``   (the NNGP layer map, Lee et al. 2018 eq. 5),
+* ``ntk(k11, k22, k12) = E[φ'(u) φ'(v)]``  (the derivative dual of the NTK recursion, Jacot et al. 2018),
+
+and their diagonal forms ``nngp_diag(k) = E[φ(u)²]``, ``ntk_diag(k) = E[φ'(u)²]`` with ``u ~ N(0, k)``.
+All arguments are tensors of any broadcastable shapes; results have the broadcast shape.
+``identical`` (bool, broadcastable) marks pairs of identical inputs so that ``c = 1`` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Dual:
+    """Base class: one activation's dual and derivative dual."""
+
+    #: True when ``V(λK) = λ^α V(K)`` (ReLU-like), False otherwise; informational.
+    homogeneous: bool = False
+
+    def nngp(
+        self, k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nngp_diag(self, k: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ntk(
+        self, k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ntk_diag(self, k: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,105 @@
+"""Numerically safe building blocks for dual activations.
+
+Near correlation ``c = ±1`` (``x1 == x2``) the functions ``arccos``, ``arcsin`` and ``sqrt(1 - c²)``
+have infinite derivatives, so autograd returns ``inf`` or ``nan`` exactly where GP users evaluate the
+kernel most (its diagonal). Each function here has a forward pass that clamps ``c`` to ``[-1, 1]`` and a
+backward pass that is finite: the exact derivative where it is finite, and a clamped one within
+machine precision of ``|c| = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _one_minus_sq(c: torch.Tensor) -> torch.Tensor:
+    eps = torch.finfo(c.dtype).eps
+    return (1.0 - c * c).clamp_min(eps * eps)
+
+
+class _ArcCosKernelJ1(torch.autograd.Function):
+    """``J1(c) = sqrt(1 - c²) + (π - arccos c)·c`` with ``dJ1/dc = π - arccos c`` (bounded).
+
+    This is the angular part of the degree-1 arc-cosine kernel (Cho & Saul 2009): the singular terms of
+    the two summands' derivatives cancel analytically, so the derivative is computed in its cancelled
+    form rather than by autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, c):
+        c = c.clamp(-1.0, 1.0)
+        theta = torch.arccos(c)
+        ctx.save_for_backward(theta)
+        return torch.sqrt((1.0 - c * c).clamp_min(0.0)) + (math.pi - theta) * c
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        return grad * (math.pi - theta)
+
+
+class _SafeArcSin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, c):
+        c = c.clamp(-1.0, 1.0)
+        ctx.save_for_backward(c)
+        return torch.arcsin(c)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (c,) = ctx.saved_tensors
+        return grad * torch.rsqrt(_one_minus_sq(c))
+
+
+def arccos_kernel_j1(c: torch.Tensor) -> torch.Tensor:
+    """``sqrt(1-c²) + (π - arccos c)·c`` with a bounded gradient (derivative ``π - arccos c``)."""
+    return _ArcCosKernelJ1.apply(c)
+
+
+def safe_arcsin(c: torch.Tensor) -> torch.Tensor:
+    """``arcsin(clamp(c, -1, 1))`` whose gradient is finite (clamped near ``|c| = 1``)."""
+    return _SafeArcSin.apply(c)
+
+
+def safe_arccos(c: torch.Tensor) -> torch.Tensor:
+    """``arccos(clamp(c, -1, 1))`` whose gradient is finite (clamped near ``|c| = 1``)."""
+    return math.pi / 2 - safe_arcsin(c)
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(x, 0))`` with the gradient clamped near 0 instead of ``inf``."""
+    return _SafeSqrt.apply(x, torch.finfo(x.dtype).eps)
+
+
+class _SafeSqrt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, eps):
+        y = torch.sqrt(x.clamp_min(0.0))
+        ctx.save_for_backward(y)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * 0.5 / y.clamp_min(ctx.eps), None
+
+
+def correlation(
+    k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(c, s)`` with ``s = sqrt(k11·k22)`` and ``c = k12 / s`` clamped to ``[-1, 1]``.
+
+    ``identical`` (bool, broadcastable) marks pairs of identical inputs, for which ``c = 1`` is set
+    exactly: a rounding error ε in ``c`` would otherwise become ≈ sqrt(ε) after a step or sign layer
+    (reference/kernels.md, "Numerical care"). Where ``s = 0`` (a zero-variance input) ``c = 0``.
+    """
+    s = safe_sqrt(k11 * k22)
+    tiny = torch.finfo(s.dtype).tiny
+    c = (k12 / s.clamp_min(tiny)).clamp(-1.0, 1.0)
+    c = torch.where(s > 0, c, torch.zeros_like(c))
+    if identical is not None:
+        c = torch.where(identical & (s > 0), torch.ones_like(c), c)
+    return c, s

@@ -1,0 +1,228 @@
+"""GPyTorch modules holding the hyperparameters of an infinite-width network and running its algebra."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from gpytorch.constraints import Interval, Positive
+from gpytorch.kernels import Kernel
+from gpytorch.priors import Prior
+
+from ..algebra import Hyperparameters, evaluate
+from ..arch import Layer
+
+#: A bias variance of exactly 0 is stored as this value, so that it stays learnable (softplus⁻¹(0) = −∞).
+ZERO_BIAS_FLOOR = 1e-12
+
+Variance = float | Sequence[float] | torch.Tensor
+
+
+class InfiniteWidthKernel(Kernel):
+    r"""Shared machinery of :class:`NNGPKernel` and :class:`NTKKernel`.
+
+    Hyperparameters: ``weight_var`` (σw²) and ``bias_var`` (σb²), each of shape
+    ``(*batch_shape, slots)`` with ``slots = 1`` (shared by every affine layer, the default) or one per
+    affine layer (``per_layer=True``, in traversal order). Both are positive (softplus constraint by
+    default); each may have a prior registered as ``weight_var_prior`` / ``bias_var_prior`` so that
+    ``pyro_sample_from_prior`` can drive NUTS over them.
+
+    Convention: the first affine layer sees the input covariance ``σw²·x·x'/d + σb²``; the kernel is the
+    covariance of one output unit (output units are i.i.d.).
+
+    Args:
+        architecture: an :mod:`nngp_gpytorch.arch` description ending in an affine readout.
+        weight_var: initial σw² (a float, or a sequence of per-layer values).
+        bias_var: initial σb² (``0`` is stored as ``1e-12`` so that it remains learnable).
+        per_layer: one (σw², σb²) per affine layer instead of shared values.
+        weight_var_prior, bias_var_prior: optional :class:`gpytorch.priors.Prior`.
+        weight_var_constraint, bias_var_constraint: default :class:`~gpytorch.constraints.Positive`.
+        quadrature_degree: Gauss–Hermite degree for activations without a closed-form dual.
+        block_size: evaluate the full matrix in blocks of this many rows of ``x1`` (bounds peak memory
+            when gradients are not needed; the values are identical).
+        input_dim: if given, inputs must have this many features.
+        **kwargs: ``batch_shape``, ``active_dims``, ... as for any GPyTorch kernel.
+    """
+
+    is_stationary = False
+    has_lengthscale = False
+
+    def __init__(
+        self,
+        architecture: Layer,
+        weight_var: Variance = 1.0,
+        bias_var: Variance = 0.0,
+        per_layer: bool = False,
+        weight_var_prior: Prior | None = None,
+        bias_var_prior: Prior | None = None,
+        weight_var_constraint: Interval | None = None,
+        bias_var_constraint: Interval | None = None,
+        quadrature_degree: int | None = None,
+        block_size: int | None = None,
+        input_dim: int | None = None,
+        **kwargs,
+    ):
+        if kwargs.get("ard_num_dims") is not None:
+            raise ValueError("infinite-width kernels have no lengthscale; ard_num_dims is not supported")
+        super().__init__(**kwargs)
+        if not isinstance(architecture, Layer):
+            raise TypeError(f"architecture must be an nngp_gpytorch.arch layer, got {architecture!r}")
+        architecture.validate()
+        self.architecture = architecture
+        self.per_layer = bool(per_layer)
+        self.slots = max(architecture.variance_slots(), 1) if per_layer else 1
+        self.quadrature_degree = quadrature_degree
+        if block_size is not None and int(block_size) < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size}")
+        self.block_size = block_size
+        self.input_dim = input_dim
+
+        shape = (*self.batch_shape, self.slots)
+        self.register_parameter("raw_weight_var", torch.nn.Parameter(torch.zeros(shape)))
+        self.register_parameter("raw_bias_var", torch.nn.Parameter(torch.zeros(shape)))
+        self.register_constraint("raw_weight_var", weight_var_constraint or Positive())
+        self.register_constraint("raw_bias_var", bias_var_constraint or Positive())
+        if weight_var_prior is not None:
+            self._check_prior(weight_var_prior, "weight_var_prior")
+            self.register_prior("weight_var_prior", weight_var_prior, lambda m: m.weight_var,
+                                lambda m, v: m._set_weight_var(v))
+        if bias_var_prior is not None:
+            self._check_prior(bias_var_prior, "bias_var_prior")
+            self.register_prior("bias_var_prior", bias_var_prior, lambda m: m.bias_var,
+                                lambda m, v: m._set_bias_var(v))
+        self._set_weight_var(weight_var)
+        self._set_bias_var(bias_var)
+
+    @staticmethod
+    def _check_prior(prior, name: str) -> None:
+        if not isinstance(prior, Prior):
+            raise TypeError(f"{name} must be a gpytorch.priors.Prior, got {type(prior).__name__}")
+
+    # --- hyperparameters -------------------------------------------------------------------------
+    @property
+    def weight_var(self) -> torch.Tensor:
+        """σw², shape ``(*batch_shape, slots)``."""
+        return self.raw_weight_var_constraint.transform(self.raw_weight_var)
+
+    @weight_var.setter
+    def weight_var(self, value: Variance) -> None:
+        self._set_weight_var(value)
+
+    @property
+    def bias_var(self) -> torch.Tensor:
+        """σb², shape ``(*batch_shape, slots)``."""
+        return self.raw_bias_var_constraint.transform(self.raw_bias_var)
+
+    @bias_var.setter
+    def bias_var(self, value: Variance) -> None:
+        self._set_bias_var(value)
+
+    def _as_variance(self, value: Variance, name: str, allow_zero: bool) -> torch.Tensor:
+        raw = getattr(self, f"raw_{name}")
+        value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device)
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} must be finite, got {value}")
+        if allow_zero and (value < 0).any() or not allow_zero and (value <= 0).any():
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{name} must be {bound}, got {value.tolist()}")
+        if value.dim() >= 1 and value.shape[-1] not in (1, self.slots):
+            raise ValueError(
+                f"{name} has {value.shape[-1]} values but the kernel has {self.slots} variance slot(s) "
+                f"({'per layer' if self.per_layer else 'shared; pass per_layer=True for one per layer'})"
+            )
+        if allow_zero:
+            value = value.clamp_min(ZERO_BIAS_FLOOR)
+        return value
+
+    def _set_weight_var(self, value: Variance) -> None:
+        value = self._as_variance(value, "weight_var", allow_zero=False)
+        self.initialize(raw_weight_var=self.raw_weight_var_constraint.inverse_transform(
+            value.expand_as(self.raw_weight_var) if value.dim() <= self.raw_weight_var.dim() else value))
+
+    def _set_bias_var(self, value: Variance) -> None:
+        value = self._as_variance(value, "bias_var", allow_zero=True)
+        self.initialize(raw_bias_var=self.raw_bias_var_constraint.inverse_transform(
+            value.expand_as(self.raw_bias_var) if value.dim() <= self.raw_bias_var.dim() else value))
+
+    def hyperparameters_for_algebra(self) -> Hyperparameters:
+        """The current (σw², σb²) as a :class:`~nngp_gpytorch.algebra.Hyperparameters`."""
+        return Hyperparameters(self.weight_var, self.bias_var)
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        self._check_inputs(x1, x2)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+
+    def _check_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
+        name = type(self).__name__
+        for label, x in (("x1", x1), ("x2", x2)):
+            if x is None:
+                continue
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dim() < 2:
+                raise ValueError(
+                    f"{name}: {label} has shape {tuple(x.shape)}; inputs must be (..., n, d). For n scalar "
+                    "inputs use x.unsqueeze(-1); for one d-dimensional input use x.unsqueeze(0)"
+                )
+            if not x.is_floating_point():
+                raise TypeError(f"{name}: {label} must be a floating-point tensor, got {x.dtype}")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name}: {label} contains NaN or Inf")
+            if x.dtype != self.raw_weight_var.dtype:
+                raise TypeError(
+                    f"{name}: {label} is {x.dtype} but the kernel's parameters are {self.raw_weight_var.dtype}; "
+                    f"convert one of them (e.g. kernel.to({x.dtype}))"
+                )
+            if x.device != self.raw_weight_var.device:
+                raise ValueError(
+                    f"{name}: {label} is on {x.device} but the kernel's parameters are on "
+                    f"{self.raw_weight_var.device}; move one of them"
+                )
+        if x2 is not None and x1.shape[-1] != x2.shape[-1]:
+            raise ValueError(f"{name}: x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}")
+        if self.input_dim is not None and self.active_dims is None and x1.shape[-1] != self.input_dim:
+            raise ValueError(f"{name}: inputs have {x1.shape[-1]} features, expected input_dim={self.input_dim}")
+
+    def nngp_and_ntk(
+        self, x1: torch.Tensor, x2: torch.Tensor | None = None, diag: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both the NNGP ``K`` and the NTK ``Θ`` from one pass (they share all intermediate work).
+
+        Shapes: ``(..., n1, n2)`` each, or ``(..., n)`` with ``diag=True``. Applies ``active_dims``.
+        """
+        self._check_inputs(x1, x2)
+        if self.active_dims is not None:
+            x1 = x1.index_select(-1, self.active_dims)
+            x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
+        return self._evaluate(x1, x1 if x2 is None else x2, diag=diag, with_ntk=True)
+
+    def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
+        if diag and x1.shape[-2] != x2.shape[-2]:
+            raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
+        hyper = self.hyperparameters_for_algebra()
+
+        def run(a, b, diag_):
+            return evaluate(self.architecture, a, b, hyper, diag=diag_, with_ntk=with_ntk,
+                            quadrature_degree=self.quadrature_degree)
+
+        if diag or self.block_size is None or x1.shape[-2] <= self.block_size:
+            return run(x1, x2, diag)
+        blocks = [run(x1[..., i:i + self.block_size, :], x2, False) for i in range(0, x1.shape[-2], self.block_size)]
+        k = torch.cat([b[0] for b in blocks], dim=-2)
+        t = torch.cat([b[1] for b in blocks], dim=-2) if with_ntk else None
+        return k, t
+
+    def _output(self, x1, x2, diag, with_ntk):
+        k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
+        return t if with_ntk else k
+
+    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            raise NotImplementedError(f"{type(self).__name__} does not support last_dim_is_batch")
+        return self._output(x1, x2, diag, with_ntk=self._returns_ntk)
+
+    _returns_ntk = False
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture.describe()}, slots={self.slots}"
