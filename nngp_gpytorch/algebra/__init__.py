@@ -7,12 +7,18 @@ Each family module registers kernel rules (:func:`kernel_rule`) mapping the cova
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import torch
 
 from ..arch import Layer
-from . import dense, serial  # noqa: F401  (register rules)
-from .registry import Hyperparameters, RuleContext, broadcast_param, kernel_rule, propagate, rule_for
+from .registry import Hyperparameters, RuleContext, VarianceCursor, broadcast_param, kernel_rule, propagate, rule_for
 from .state import CovState, identical_rows, input_state
+
+# Every module of this package registers its family's rules on import.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def evaluate(
@@ -23,6 +29,7 @@ def evaluate(
     diag: bool = False,
     with_ntk: bool = False,
     quadrature_degree: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """NNGP ``K(x1, x2)`` (and NTK ``Θ`` if ``with_ntk``) of one output unit of ``architecture``.
 
@@ -30,6 +37,8 @@ def evaluate(
         x1: ``(..., n1, d)``; x2: ``(..., n2, d)``.
         hyper: variances, ``(*batch_shape, slots)``.
         diag: return only the pairs ``(x1[i], x2[i])`` (requires ``n1 == n2``), shape ``(..., n)``.
+        input_shape: per-example shape of structured inputs (``(C, H, W)``, ``(T, d)``); ``d`` must equal
+            its product.
 
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
@@ -37,7 +46,7 @@ def evaluate(
     ctx = RuleContext(hyper=hyper, with_ntk=with_ntk)
     if quadrature_degree is not None:
         ctx.quadrature_degree = int(quadrature_degree)
-    state = propagate(architecture, input_state(x1, x2, diag, with_ntk), ctx)
+    state = propagate(architecture, input_state(x1, x2, diag, with_ntk, input_shape), ctx)
     if not state.gaussian:
         raise ValueError(f"{architecture.describe()} does not end in an affine readout")
     return state.k12, state.t12
@@ -45,5 +54,5 @@ def evaluate(
 
 __all__ = [
     "CovState", "Hyperparameters", "RuleContext", "broadcast_param", "evaluate", "identical_rows",
-    "input_state", "kernel_rule", "propagate", "rule_for",
+    "input_state", "kernel_rule", "propagate", "rule_for", "VarianceCursor",
 ]

@@ -63,32 +63,30 @@ class Hyperparameters:
         return self.weight_var.shape[-1]
 
 
-@dataclass
-class RuleContext:
-    """What a rule needs besides the state: hyperparameters, the NTK switch and numerical settings."""
+class VarianceCursor:
+    """Hands out (σw², σb²) to affine layers in traversal order.
 
-    hyper: Hyperparameters
-    with_ntk: bool = False
-    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
-    _cursor: int = field(default=0, repr=False)
-    _duals: dict = field(default_factory=dict, repr=False)
+    Fixed values (a layer's own ``weight_var``/``bias_var``) are used as given; otherwise the next slot of
+    the hyperparameters is consumed (slot 0 for every layer when they are shared). The kernel rules and
+    the finite twins both walk the architecture with one of these, so they draw the same numbers.
+    """
 
-    def variances(self, layer: Layer, weight_var: float | None = None, bias_var: float | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σw², σb²) for the next affine layer, each of shape ``batch_shape``.
+    def __init__(self, hyper: Hyperparameters):
+        self.hyper = hyper
+        self.position = 0
 
-        Fixed values (``weight_var``/``bias_var`` not ``None``) are used as given; otherwise the next
-        slot of the hyperparameters is consumed (the same slot for every layer when they are shared).
-        """
+    def next(self, layer: Layer, weight_var: float | None = None, bias_var: float | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σw², σb²) for the next affine layer, each of shape ``batch_shape``."""
         w_all, b_all = self.hyper.weight_var, self.hyper.bias_var
         if weight_var is None or bias_var is None:
-            slot = self._cursor if self.hyper.slots > 1 else 0
+            slot = self.position if self.hyper.slots > 1 else 0
             if slot >= self.hyper.slots:
                 raise ValueError(
                     f"{layer.describe()} needs variance slot {slot} but only {self.hyper.slots} per-layer "
                     "variances were given"
                 )
-            self._cursor += 1
+            self.position += 1
             w, b = w_all[..., slot], b_all[..., slot]
         else:
             w = b = None
@@ -97,6 +95,24 @@ class RuleContext:
         if bias_var is not None:
             b = torch.full_like(b_all[..., 0], float(bias_var))
         return w, b
+
+
+@dataclass
+class RuleContext:
+    """What a rule needs besides the state: hyperparameters, the NTK switch and numerical settings."""
+
+    hyper: Hyperparameters
+    with_ntk: bool = False
+    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    _duals: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cursor = VarianceCursor(self.hyper)
+
+    def variances(self, layer: Layer, weight_var: float | None = None, bias_var: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σw², σb²) for the next affine layer (see :class:`VarianceCursor`)."""
+        return self.cursor.next(layer, weight_var, bias_var)
 
     def dual(self, activation) -> Dual:
         """The (cached) dual of an activation."""

@@ -9,6 +9,8 @@ For two input sets ``x1`` (n1 points) and ``x2`` (n2 points) the state holds, fo
 * ``t12``, ``t11``, ``t22``: the neural tangent kernel riding along (``None`` when not requested);
 * ``identical``: a bool mask, broadcastable to ``k12``, of pairs of identical inputs (for which the
   correlation is set to exactly 1);
+* ``inputs``: the raw inputs ``(x1, x2)`` reshaped to ``(..., n, *input_shape)`` when the kernel was
+  given an ``input_shape`` (structured families build their first state from them), else ``None``;
 * ``gaussian``: whether the entries are covariances of Gaussian pre-activations (output of an affine
   layer) or of post-activation features.
 
@@ -33,6 +35,7 @@ class CovState:
     t11: torch.Tensor | None = None
     t22: torch.Tensor | None = None
     identical: torch.Tensor | None = None
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None
     gaussian: bool = False
     entry_ndim: int = 2
 
@@ -64,11 +67,13 @@ def identical_rows(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return mask.view(*batch, n1, n2)
 
 
-def input_state(x1: torch.Tensor, x2: torch.Tensor, diag: bool, with_ntk: bool) -> CovState:
+def input_state(x1: torch.Tensor, x2: torch.Tensor, diag: bool, with_ntk: bool,
+                input_shape: tuple[int, ...] | None = None) -> CovState:
     """State of the raw inputs: ``K⁰ = x·x'/d`` (before the first affine layer's σw², σb²), ``Θ = 0``.
 
     ``x1``: ``(..., n1, d)``, ``x2``: ``(..., n2, d)``. In the diagonal layout ``n1 == n2`` and only the
-    pairs ``(x1[i], x2[i])`` are formed.
+    pairs ``(x1[i], x2[i])`` are formed. With ``input_shape`` (``d == prod(input_shape)``) the raw inputs
+    are also kept, reshaped to ``(..., n, *input_shape)``, in ``state.inputs``.
     """
     d = x1.shape[-1]
     k11 = (x1 * x1).sum(-1) / d
@@ -83,5 +88,8 @@ def input_state(x1: torch.Tensor, x2: torch.Tensor, diag: bool, with_ntk: bool) 
         identical = identical_rows(x1, x2)
         entry_ndim = 2
     zero = torch.zeros((), dtype=k12.dtype, device=k12.device) if with_ntk else None
+    inputs = None
+    if input_shape is not None:
+        inputs = (x1.reshape(*x1.shape[:-1], *input_shape), x2.reshape(*x2.shape[:-1], *input_shape))
     return CovState(k12=k12, k11=k11, k22=k22, t12=zero, t11=zero, t22=zero, identical=identical,
-                    gaussian=False, entry_ndim=entry_ndim)
+                    inputs=inputs, gaussian=False, entry_ndim=entry_ndim)

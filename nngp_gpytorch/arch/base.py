@@ -29,12 +29,15 @@ class SignalKind(enum.Enum):
 class Signal:
     """What flows between two layers during validation.
 
-    ``spatial`` is the shape of the spatial/temporal axes (``()`` for plain vectors); families with
-    structure (convolution, sequences) use it to check shapes before any computation.
+    ``spatial`` is the shape of the spatial/temporal axes of the features (``()`` for plain vectors);
+    ``input_shape`` is the per-example shape of the raw input declared to the kernel (``(C, H, W)`` for
+    images, ``(T, d)`` for sequences, ``None`` for flat vectors), carried along so that the first layer
+    of a structured family can interpret it. Families use both to check shapes before any computation.
     """
 
     kind: SignalKind
     spatial: tuple[int, ...] = ()
+    input_shape: tuple[int, ...] | None = None
 
     def with_kind(self, kind: SignalKind) -> Signal:
         return replace(self, kind=kind)
@@ -76,13 +79,15 @@ class Layer:
                 shown.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
-    def validate(self, input_signal: Signal | None = None) -> Signal:
-        """Check that this description, as a whole network, has a Gaussian-process output.
+    def validate(self, input_shape: tuple[int, ...] | None = None) -> Signal:
+        """Check that this description, as a whole network on inputs of per-example shape
+        ``input_shape``, has a Gaussian-process output.
 
         Raises :class:`ArchitectureError` naming the offending layer by its path
         (e.g. ``Serial[2] ReLU()``).
         """
-        signal = self.propagate(input_signal or Signal(SignalKind.INPUT), path=self.describe())
+        start = Signal(SignalKind.INPUT, input_shape=tuple(input_shape) if input_shape is not None else None)
+        signal = self.propagate(start, path=self.describe())
         if signal.kind is not SignalKind.GAUSSIAN:
             raise ArchitectureError(
                 f"the network {self.describe()} ends in {signal.kind.value} outputs; a readout "

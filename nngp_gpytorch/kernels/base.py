@@ -41,6 +41,9 @@ class InfiniteWidthKernel(Kernel):
         block_size: evaluate the full matrix in blocks of this many rows of ``x1`` (bounds peak memory
             when gradients are not needed; the values are identical).
         input_dim: if given, inputs must have this many features.
+        input_shape: per-example shape of structured inputs, flattened by the user: ``(C, H, W)`` for
+            images (channels first), ``(T, d)`` for sequences. Inputs must have ``prod(input_shape)``
+            features.
         **kwargs: ``batch_shape``, ``active_dims``, ... as for any GPyTorch kernel.
     """
 
@@ -60,6 +63,7 @@ class InfiniteWidthKernel(Kernel):
         quadrature_degree: int | None = None,
         block_size: int | None = None,
         input_dim: int | None = None,
+        input_shape: Sequence[int] | None = None,
         **kwargs,
     ):
         if kwargs.get("ard_num_dims") is not None:
@@ -67,7 +71,16 @@ class InfiniteWidthKernel(Kernel):
         super().__init__(**kwargs)
         if not isinstance(architecture, Layer):
             raise TypeError(f"architecture must be an nngp_gpytorch.arch layer, got {architecture!r}")
-        architecture.validate()
+        if input_shape is not None:
+            input_shape = tuple(int(s) for s in input_shape)
+            if not input_shape or any(s < 1 for s in input_shape):
+                raise ValueError(f"input_shape must be a tuple of positive sizes, got {input_shape}")
+            flat = int(torch.Size(input_shape).numel())
+            if input_dim is not None and input_dim != flat:
+                raise ValueError(f"input_dim={input_dim} does not match prod(input_shape={input_shape}) = {flat}")
+            input_dim = flat
+        self.input_shape = input_shape
+        architecture.validate(input_shape)
         self.architecture = architecture
         self.per_layer = bool(per_layer)
         self.slots = max(architecture.variance_slots(), 1) if per_layer else 1
@@ -182,7 +195,10 @@ class InfiniteWidthKernel(Kernel):
         if x2 is not None and x1.shape[-1] != x2.shape[-1]:
             raise ValueError(f"{name}: x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}")
         if self.input_dim is not None and self.active_dims is None and x1.shape[-1] != self.input_dim:
-            raise ValueError(f"{name}: inputs have {x1.shape[-1]} features, expected input_dim={self.input_dim}")
+            shape = f" = prod(input_shape={self.input_shape})" if self.input_shape else ""
+            raise ValueError(
+                f"{name}: inputs have {x1.shape[-1]} features, expected {self.input_dim}{shape}"
+            )
 
     def nngp_and_ntk(
         self, x1: torch.Tensor, x2: torch.Tensor | None = None, diag: bool = False
@@ -204,7 +220,7 @@ class InfiniteWidthKernel(Kernel):
 
         def run(a, b, diag_):
             return evaluate(self.architecture, a, b, hyper, diag=diag_, with_ntk=with_ntk,
-                            quadrature_degree=self.quadrature_degree)
+                            quadrature_degree=self.quadrature_degree, input_shape=self.input_shape)
 
         if diag or self.block_size is None or x1.shape[-2] <= self.block_size:
             return run(x1, x2, diag)

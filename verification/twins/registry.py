@@ -1,0 +1,102 @@
+"""Finite twins: each layer description read as a random finite layer, vectorized over M networks.
+
+A twin maps the features of M independent networks on k inputs, ``h`` of shape ``(M, k, *structure,
+features)`` (features last), to the next layer's features. Twins are written independently of the
+kernel rules — the point of verification is that two independent computations agree — and registered
+with :func:`finite_twin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from nngp_gpytorch.algebra import Hyperparameters, VarianceCursor
+from nngp_gpytorch.arch import Layer
+
+Twin = Callable[[Layer, torch.Tensor, "TwinContext"], torch.Tensor]
+_TWINS: dict[type, Twin] = {}
+
+SAMPLERS = ("literal", "gram")
+
+
+class NoFiniteTwinError(NotImplementedError):
+    """The architecture contains a layer without a finite twin."""
+
+
+def finite_twin(*layer_types: type) -> Callable[[Twin], Twin]:
+    """Decorator registering ``twin(layer, h, ctx) -> h`` for the given layer types."""
+
+    def register(twin: Twin) -> Twin:
+        for layer_type in layer_types:
+            _TWINS[layer_type] = twin
+        return twin
+
+    return register
+
+
+def twin_for(layer: Layer) -> Twin:
+    for cls in type(layer).__mro__:
+        if cls in _TWINS:
+            return _TWINS[cls]
+    raise NoFiniteTwinError(f"{layer.describe()} has no finite twin in verification.twins")
+
+
+def run_twin(layer: Layer, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
+    """Apply ``layer``'s finite twin and check that the result is finite (naming the layer if not)."""
+    out = twin_for(layer)(layer, h, ctx)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"the finite twin of {layer.describe()} produced non-finite values")
+    return out
+
+
+@dataclass
+class AffineRecord:
+    """One affine map used in a forward pass, kept for the empirical NTK (δ-trick).
+
+    ``inputs``: what the weight multiplied, ``(M, k, ..., fan_in)``; ``outputs``: the pre-activations it
+    produced (requires grad), ``(M, k, ..., width)``; σw², σb² and the fan-in used for scaling.
+    """
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    weight_var: float
+    bias_var: float
+    fan_in: int
+
+
+@dataclass
+class TwinContext:
+    """Randomness, width and variances shared by the twins of one forward pass of M networks.
+
+    Args:
+        generator: the seeded random stream.
+        width: width of every hidden layer whose description leaves it open.
+        hyper: the same :class:`~nngp_gpytorch.algebra.Hyperparameters` the kernel uses.
+        sampler: ``"literal"`` (weight matrices drawn entry by entry, the reference) or ``"gram"``
+            (exact Gram-conditional sampling of pre-activations where a weight is used once per pass).
+        dtype: sampling dtype (float32 by default; estimates are accumulated in float64).
+        record_affine: keep :class:`AffineRecord` entries (the empirical NTK needs them).
+    """
+
+    generator: torch.Generator
+    width: int
+    hyper: Hyperparameters
+    sampler: str = "literal"
+    dtype: torch.dtype = torch.float32
+    record_affine: bool = False
+    records: list[AffineRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        self.cursor = VarianceCursor(self.hyper)
+
+    def variances(self, layer: Layer, weight_var=None, bias_var=None) -> tuple[float, float]:
+        w, b = self.cursor.next(layer, weight_var, bias_var)
+        return float(w), float(b)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator, dtype=self.dtype, device=self.generator.device)
