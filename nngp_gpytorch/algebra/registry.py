@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..arch import Layer
+from ..arch import ArchitectureError, Layer
 from ..duals import DEFAULT_QUADRATURE_DEGREE, Dual, dual_for
 from .state import CovState
 
@@ -38,7 +38,16 @@ def rule_for(layer: Layer) -> Rule:
 
 
 def propagate(layer: Layer, state: CovState, ctx: RuleContext) -> CovState:
-    """Apply ``layer``'s kernel rule."""
+    """Apply ``layer``'s kernel rule.
+
+    With ``ctx.with_ntk`` a layer whose class declares ``has_ntk = False`` raises
+    :class:`ArchitectureError` naming it, instead of silently returning a wrong or missing Θ.
+    """
+    if ctx.with_ntk and not getattr(type(layer), "has_ntk", True):
+        raise ArchitectureError(
+            f"{layer.describe()} has no neural tangent kernel: the NTK is not defined for this layer "
+            "(use NNGPKernel, or an architecture without it)"
+        )
     return rule_for(layer)(layer, state, ctx)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 
 class ArchitectureError(ValueError):
@@ -50,7 +51,13 @@ class Layer:
     Subclasses implement :meth:`propagate` (validation: what signal comes out given what goes in) and,
     if they hold learnable variances, :meth:`variance_slots` (how many (σw², σb²) pairs they draw from
     the kernel's hyperparameters, in traversal order).
+
+    ``has_ntk`` declares whether the layer's kernel rule can carry the neural tangent kernel Θ. A layer
+    without an NTK (batch norm: its infinite-width NTK is not a pairwise kernel) sets it to ``False``;
+    the covariance algebra then raises :class:`ArchitectureError` naming the layer whenever Θ is asked for.
     """
+
+    has_ntk: ClassVar[bool] = True
 
     def propagate(self, signal: Signal, path: str) -> Signal:  # pragma: no cover - abstract
         raise NotImplementedError
