@@ -17,6 +17,7 @@ sampler, ``k × width`` features for the Gram sampler — stays within ``max_byt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -62,6 +63,18 @@ def split_readout(architecture: Layer) -> tuple[Layer | None, Dense | None]:
     return architecture, None
 
 
+def _with_readout_units(architecture: Layer, units: int) -> Layer:
+    """The architecture with its final open-width ``Dense`` set to ``units`` output units."""
+    if units < 1:
+        raise ValueError(f"readout_units must be >= 1, got {units}")
+    if isinstance(architecture, Dense) and architecture.width is None:
+        return dataclasses.replace(architecture, width=units)
+    if isinstance(architecture, Serial) and isinstance(architecture.layers[-1], Dense) \
+            and architecture.layers[-1].width is None:
+        return Serial(*architecture.layers[:-1], dataclasses.replace(architecture.layers[-1], width=units))
+    return architecture
+
+
 def as_hyperparameters(weight_var: float | Hyperparameters = 1.0, bias_var: float = 0.0) -> Hyperparameters:
     if isinstance(weight_var, Hyperparameters):
         return weight_var
@@ -88,6 +101,7 @@ def sample_ensemble(
     max_bytes: int = DEFAULT_MAX_BYTES,
     dtype: torch.dtype = torch.float32,
     progress=None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> EnsembleSample:
     """Sample ``networks`` finite networks of ``architecture`` and their per-network covariances.
 
@@ -97,12 +111,16 @@ def sample_ensemble(
             numbers the analytic kernel is evaluated with.
         sampler: ``"gram"`` (exact Gram-conditional draws for dense layers, ~40× faster) or
             ``"literal"`` (explicit weight matrices: the reference).
+        analytic_readout: average a final ``Dense`` readout exactly (Rao–Blackwell); otherwise sample
+            ``readout_units`` output units per network.
         progress: optional callable ``progress(done_networks)`` (e.g. a tqdm ``update``).
+        input_shape: per-example shape of structured inputs, handed to the twins as ``ctx.input_shape``
+            (inputs stay flat ``(M, k, d)``).
 
     Returns:
         :class:`EnsembleSample` with ``covariances`` ``(networks, k, k)`` float64.
     """
-    architecture.validate()
+    architecture.validate(input_shape)
     if inputs.dim() != 2:
         raise ValueError(f"inputs must be (k, d), got shape {tuple(inputs.shape)}")
     if not torch.isfinite(inputs).all():
@@ -110,7 +128,10 @@ def sample_ensemble(
     if networks < 2 or width < 1:
         raise ValueError(f"need networks >= 2 and width >= 1, got networks={networks}, width={width}")
     hyper = as_hyperparameters(weight_var, bias_var)
-    body, readout = split_readout(architecture) if analytic_readout else (architecture, None)
+    if analytic_readout:
+        body, readout = split_readout(architecture)
+    else:
+        body, readout = _with_readout_units(architecture, readout_units), None
     k, d = inputs.shape
     x = inputs.to(dtype)
     chunk = chunk_size or _chunk_size(networks, k, d, width, sampler, max_bytes)
@@ -119,7 +140,8 @@ def sample_ensemble(
     parts = []
     for first in range(0, networks, chunk):
         m = min(chunk, networks - first)
-        ctx = TwinContext(generator=generator, width=width, hyper=hyper, sampler=sampler, dtype=dtype)
+        ctx = TwinContext(generator=generator, width=width, hyper=hyper, sampler=sampler, dtype=dtype,
+                          input_shape=tuple(input_shape) if input_shape is not None else None)
         h = x.expand(m, k, d)
         if body is not None:
             with torch.no_grad():
@@ -129,9 +151,7 @@ def sample_ensemble(
             w, b = ctx.variances(readout, readout.weight_var, readout.bias_var)
             cov = w * hd @ hd.transpose(-1, -2) / hd.shape[-1] + b
         else:
-            if hd.shape[-1] != readout_units and not isinstance(readout, Dense):
-                hd = hd[..., :readout_units] if hd.shape[-1] >= readout_units else hd
-            cov = hd @ hd.transpose(-1, -2) / hd.shape[-1]
+            cov = hd @ hd.transpose(-1, -2) / hd.shape[-1]  # (1/n_out)·Σ_units f fᵀ
         parts.append(cov)
         if progress is not None:
             progress(m)

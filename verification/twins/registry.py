@@ -79,6 +79,9 @@ class TwinContext:
             (exact Gram-conditional sampling of pre-activations where a weight is used once per pass).
         dtype: sampling dtype (float32 by default; estimates are accumulated in float64).
         record_affine: keep :class:`AffineRecord` entries (the empirical NTK needs them).
+        input_shape: per-example shape of structured inputs (``(C, H, W)``, ``(T, d)``) or ``None``. The
+            ensemble feeds flat inputs ``(M, k, d)``; the first twin of a structured family reshapes
+            them with this shape.
     """
 
     generator: torch.Generator
@@ -88,6 +91,7 @@ class TwinContext:
     dtype: torch.dtype = torch.float32
     record_affine: bool = False
     records: list[AffineRecord] = field(default_factory=list)
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
