@@ -18,6 +18,23 @@ ZERO_BIAS_FLOOR = 1e-12
 Variance = float | Sequence[float] | torch.Tensor
 
 
+# Prior closures are module-level functions (not lambdas) so that kernels with priors can be pickled.
+def _weight_var_param(m: InfiniteWidthKernel) -> torch.Tensor:
+    return m.weight_var
+
+
+def _weight_var_closure(m: InfiniteWidthKernel, v: Variance) -> None:
+    m._set_weight_var(v)
+
+
+def _bias_var_param(m: InfiniteWidthKernel) -> torch.Tensor:
+    return m.bias_var
+
+
+def _bias_var_closure(m: InfiniteWidthKernel, v: Variance) -> None:
+    m._set_bias_var(v)
+
+
 class InfiniteWidthKernel(Kernel):
     r"""Shared machinery of :class:`NNGPKernel` and :class:`NTKKernel`.
 
@@ -97,12 +114,10 @@ class InfiniteWidthKernel(Kernel):
         self.register_constraint("raw_bias_var", bias_var_constraint or Positive())
         if weight_var_prior is not None:
             self._check_prior(weight_var_prior, "weight_var_prior")
-            self.register_prior("weight_var_prior", weight_var_prior, lambda m: m.weight_var,
-                                lambda m, v: m._set_weight_var(v))
+            self.register_prior("weight_var_prior", weight_var_prior, _weight_var_param, _weight_var_closure)
         if bias_var_prior is not None:
             self._check_prior(bias_var_prior, "bias_var_prior")
-            self.register_prior("bias_var_prior", bias_var_prior, lambda m: m.bias_var,
-                                lambda m, v: m._set_bias_var(v))
+            self.register_prior("bias_var_prior", bias_var_prior, _bias_var_param, _bias_var_closure)
         self._set_weight_var(weight_var)
         self._set_bias_var(bias_var)
 
