@@ -6,3 +6,19 @@ from .twins import NoFiniteTwinError, TwinContext, finite_twin
 
 __all__ = ["EnsembleSample", "NoFiniteTwinError", "TwinContext", "default_inputs", "finite_twin",
            "sample_ensemble", "split_readout"]
+
+from .mutants import MUTANTS, Mutant  # noqa: E402
+from .registry_archs import ARCHITECTURES, CatalogueEntry, register_architecture  # noqa: E402
+from .statistics import (  # noqa: E402
+    ConvergenceResult,
+    MeanTestResult,
+    extrapolation_test,
+    hotelling_p_value,
+    mean_test,
+    width_convergence,
+)
+from .verify import analytic_kernel, verify  # noqa: E402
+
+__all__ += ["ARCHITECTURES", "CatalogueEntry", "ConvergenceResult", "MUTANTS", "MeanTestResult", "Mutant",
+            "analytic_kernel", "extrapolation_test", "hotelling_p_value", "mean_test", "register_architecture",
+            "verify", "width_convergence"]

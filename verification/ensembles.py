@@ -132,8 +132,11 @@ def sample_ensemble(
         body, readout = split_readout(architecture)
     else:
         body, readout = _with_readout_units(architecture, readout_units), None
-    k, d = inputs.shape
-    x = inputs.to(dtype)
+    # Duplicate inputs are run once and their covariances copied, so that duplicates agree exactly (as
+    # in the analytic kernel) whatever the sampler's rounding.
+    unique, inverse = torch.unique(inputs, dim=0, return_inverse=True)
+    k, d = unique.shape
+    x = unique.to(dtype)
     chunk = chunk_size or _chunk_size(networks, k, d, width, sampler, max_bytes)
     generator = torch.Generator(device=inputs.device).manual_seed(int(seed))
     start = time.perf_counter()
@@ -155,7 +158,7 @@ def sample_ensemble(
         parts.append(cov)
         if progress is not None:
             progress(m)
-    covariances = torch.cat(parts)
+    covariances = torch.cat(parts)[:, inverse][:, :, inverse]
     if not torch.isfinite(covariances).all():
         raise FloatingPointError(f"non-finite network outputs for {architecture.describe()}")
     return EnsembleSample(covariances, networks, width, sampler, time.perf_counter() - start)

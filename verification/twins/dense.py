@@ -17,13 +17,17 @@ def gram_conditional_preactivations(h: torch.Tensor, width: int, weight_var: flo
 
     Given ``h``, the ``width`` output units are i.i.d. ``N(0, G)`` over the k inputs with
     ``G = σw²·h hᵀ/n + σb²`` (reference/verification.md): sample ``Z·L`` with ``G = L Lᵀ``. ``L`` comes
-    from an eigendecomposition in float64, so a singular ``G`` (duplicate inputs, dead ReLUs) is fine.
+    from an eigendecomposition in float64, so a singular ``G`` (duplicate inputs, dead ReLUs) is fine;
+    rows with ``G_ii = 0`` (a zero-variance input) are set exactly to zero.
     Cost ``O(M·k²·n + M·k·width)`` instead of ``O(M·k·n·width)``.
     """
     hd = h.to(torch.float64)
     gram = weight_var * hd @ hd.transpose(-1, -2) / h.shape[-1] + bias_var
     evals, evecs = torch.linalg.eigh(gram)
-    root = (evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2)).to(h.dtype)  # (M, k, k), G = root rootᵀ
+    root = evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2)  # (M, k, k), G = root rootᵀ
+    # A zero-variance input (zero norm, no bias) must get exactly zero pre-activations, as with literal
+    # weights: eigh leaks ~eps into its row, which a step or sign activation would turn into ±1.
+    root = torch.where(gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-1) == 0, torch.zeros_like(root), root).to(h.dtype)
     z = ctx.randn(h.shape[0], h.shape[-2], width)  # (M, k, width): k independent normals per unit
     return root @ z
 

@@ -1,0 +1,7 @@
+"""``python -m verification``: see :mod:`verification.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
