@@ -43,7 +43,7 @@ def evaluate(
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
     """
-    ctx = RuleContext(hyper=hyper, with_ntk=with_ntk)
+    ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
     if quadrature_degree is not None:
         ctx.quadrature_degree = int(quadrature_degree)
     state = propagate(architecture, input_state(x1, x2, diag, with_ntk, input_shape), ctx)

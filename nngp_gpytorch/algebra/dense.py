@@ -9,6 +9,7 @@ NNGP and NTK in the NTK parameterization (reference/kernels.md, "NTK"):
 from __future__ import annotations
 
 from ..arch import Activation, Dense
+from . import positional
 from .registry import RuleContext, broadcast_param, kernel_rule
 from .state import CovState
 
@@ -34,7 +35,11 @@ def dense_rule(layer: Dense, state: CovState, ctx: RuleContext) -> CovState:
 
 
 def apply_dual(dual, state: CovState) -> CovState:
-    """Push Gaussian pre-activations with covariance ``state`` through an elementwise nonlinearity."""
+    """Push Gaussian pre-activations with covariance ``state`` through an elementwise nonlinearity.
+
+    Position-structured states (conv, sequences) are handled by :func:`.positional.apply_dual`."""
+    if state.positions is not None:
+        return positional.apply_dual(dual, state)
     k11, k22, k12, same = state.k11, state.k22, state.k12, state.identical
     new = dict(k12=dual.nngp(k11, k22, k12, same), k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22),
                gaussian=False)
@@ -46,4 +51,5 @@ def apply_dual(dual, state: CovState) -> CovState:
 
 @kernel_rule(Activation)
 def activation_rule(layer: Activation, state: CovState, ctx: RuleContext) -> CovState:
-    return apply_dual(ctx.dual(layer), state)
+    # keep the pre-activation state (no copy) so that a layer norm after φ can compute the mean E[φ(u)]
+    return apply_dual(ctx.dual(layer), state).replace(pre_activation=(layer, state.replace(pre_activation=None)))

@@ -113,6 +113,8 @@ class RuleContext:
     hyper: Hyperparameters
     with_ntk: bool = False
     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    #: the whole architecture being evaluated (lets structured families choose their representation once)
+    architecture: Layer | None = None
     _duals: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -11,8 +11,14 @@ For two input sets ``x1`` (n1 points) and ``x2`` (n2 points) the state holds, fo
   correlation is set to exactly 1);
 * ``inputs``: the raw inputs ``(x1, x2)`` reshaped to ``(..., n, *input_shape)`` when the kernel was
   given an ``input_shape`` (structured families build their first state from them), else ``None``;
+  ``input_shape`` is that per-example shape;
 * ``gaussian``: whether the entries are covariances of Gaussian pre-activations (output of an affine
-  layer) or of post-activation features.
+  layer) or of post-activation features;
+* ``positions``: the spatial/temporal shape ``(H, W)``, ``(T,)``, ... of position-structured states
+  (:mod:`.positional`), ``None`` for flat states; ``full_positions`` says which position layout is held
+  (full ``P×P`` covariance per pair of inputs, or same-position entries only);
+* ``pre_activation``: ``(activation, state before it)`` set by an activation rule, so that a later
+  layer (layer norm) can compute the mean ``E[φ(u)]`` of the features; ``None`` otherwise.
 
 Families with spatial or temporal structure append their own trailing axes to the entries; ``entry_ndim``
 counts the trailing axes of ``k12`` that index entries (everything before them is a batch dimension of
@@ -38,6 +44,10 @@ class CovState:
     inputs: tuple[torch.Tensor, torch.Tensor] | None = None
     gaussian: bool = False
     entry_ndim: int = 2
+    input_shape: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
+    full_positions: bool = False
+    pre_activation: tuple | None = None
 
     @property
     def has_ntk(self) -> bool:
@@ -92,4 +102,5 @@ def input_state(x1: torch.Tensor, x2: torch.Tensor, diag: bool, with_ntk: bool,
     if input_shape is not None:
         inputs = (x1.reshape(*x1.shape[:-1], *input_shape), x2.reshape(*x2.shape[:-1], *input_shape))
     return CovState(k12=k12, k11=k11, k22=k22, t12=zero, t11=zero, t22=zero, identical=identical,
-                    inputs=inputs, gaussian=False, entry_ndim=entry_ndim)
+                    inputs=inputs, gaussian=False, entry_ndim=entry_ndim,
+                    input_shape=tuple(input_shape) if input_shape is not None else None)

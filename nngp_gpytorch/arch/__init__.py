@@ -30,3 +30,6 @@ __all__ = [
 from .builders import mlp  # noqa: E402
 
 __all__ += ["mlp"]
+from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool  # noqa: E402
+
+__all__ += ["AvgPool", "Conv", "Flatten", "GlobalAvgPool"]
