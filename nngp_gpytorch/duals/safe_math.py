@@ -94,11 +94,16 @@ def correlation(
 
     ``identical`` (bool, broadcastable) marks pairs of identical inputs, for which ``c = 1`` is set
     exactly: a rounding error ε in ``c`` would otherwise become ≈ sqrt(ε) after a step or sign layer
-    (reference/kernels.md, "Numerical care"). Where ``s = 0`` (a zero-variance input) ``c = 0``.
+    and compound with depth (reference/kernels.md, "Numerical care"). For the same reason ``|c|`` within
+    a few ulps of 1 (exactly parallel or antiparallel features, e.g. inputs ``x`` and ``2x`` with
+    σb² = 0) is snapped to ±1: the snap is no larger than the rounding error already in ``c``.
+    Where ``s = 0`` (a zero-variance input) ``c = 0``.
     """
     s = safe_sqrt(k11 * k22)
-    tiny = torch.finfo(s.dtype).tiny
-    c = (k12 / s.clamp_min(tiny)).clamp(-1.0, 1.0)
+    finfo = torch.finfo(s.dtype)
+    c = (k12 / s.clamp_min(finfo.tiny)).clamp(-1.0, 1.0)
+    snap = 8 * finfo.eps
+    c = torch.where(c.abs() >= 1 - snap, torch.sign(c).detach(), c)
     c = torch.where(s > 0, c, torch.zeros_like(c))
     if identical is not None:
         c = torch.where(identical & (s > 0), torch.ones_like(c), c)

@@ -195,8 +195,6 @@ class InfiniteWidthKernel(Kernel):
                 )
             if not x.is_floating_point():
                 raise TypeError(f"{name}: {label} must be a floating-point tensor, got {x.dtype}")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name}: {label} contains NaN or Inf")
             if x.dtype != self.raw_weight_var.dtype:
                 raise TypeError(
                     f"{name}: {label} is {x.dtype} but the kernel's parameters are {self.raw_weight_var.dtype}; "
@@ -207,6 +205,8 @@ class InfiniteWidthKernel(Kernel):
                     f"{name}: {label} is on {x.device} but the kernel's parameters are on "
                     f"{self.raw_weight_var.device}; move one of them"
                 )
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name}: {label} contains NaN or Inf")
         if x2 is not None and x1.shape[-1] != x2.shape[-1]:
             raise ValueError(f"{name}: x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}")
         if self.input_dim is not None and self.active_dims is None and x1.shape[-1] != self.input_dim:
