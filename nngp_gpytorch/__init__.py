@@ -13,3 +13,9 @@ __version__ = "0.1.0"
 __all__ = [
     "InfiniteWidthKernel", "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "algebra", "arch", "duals",
 ]
+from .kernels import BatchNormMLPKernel  # noqa: E402
+
+__all__ += ["BatchNormMLPKernel"]
+from .kernels import CNNKernel, CNNNTKKernel, GraphConvKernel, GraphConvNTKKernel, ResNetKernel, ResNetNTKKernel  # noqa: E402,I001
+
+__all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel", "ResNetKernel", "ResNetNTKKernel"]

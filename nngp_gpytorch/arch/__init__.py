@@ -30,6 +30,14 @@ __all__ = [
 from .builders import mlp  # noqa: E402
 
 __all__ += ["mlp"]
+from .batchnorm import BatchNorm, batchnorm_mlp, homogeneity_degree  # noqa: E402
+
+__all__ += ["BatchNorm", "batchnorm_mlp", "homogeneity_degree"]
 from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool  # noqa: E402
 
 __all__ += ["AvgPool", "Conv", "Flatten", "GlobalAvgPool"]
+from .graph import GraphConv, normalized_adjacency  # noqa: E402
+from .norm import LayerNorm  # noqa: E402
+from .structure import Parallel, Residual  # noqa: E402
+
+__all__ += ["GraphConv", "LayerNorm", "Parallel", "Residual", "normalized_adjacency"]

@@ -5,3 +5,12 @@ from .mlp import MLPKernel, MLPNTKKernel
 from .nngp import NNGPKernel, NTKKernel
 
 __all__ = ["InfiniteWidthKernel", "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel"]
+from .batchnorm import BatchNormMLPKernel  # noqa: E402
+
+__all__ += ["BatchNormMLPKernel"]
+from .cnn import CNNKernel, CNNNTKKernel, PairTiling, cnn  # noqa: E402
+from .graph import GraphConvKernel, GraphConvNTKKernel, gcn  # noqa: E402
+from .resnet import ResNetKernel, ResNetNTKKernel, resnet  # noqa: E402
+
+__all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel", "PairTiling", "ResNetKernel",
+            "ResNetNTKKernel", "cnn", "gcn", "resnet"]

@@ -1,0 +1,144 @@
+"""The NNGP kernel of an MLP with batch norm: a kernel over a declared set of batches."""
+
+from __future__ import annotations
+
+import torch
+
+from ..algebra.batchnorm import DEFAULT_STEP, evaluate_batches
+from ..arch import Activation, ReLU, batchnorm_mlp
+from .base import InfiniteWidthKernel
+
+
+class BatchNormMLPKernel(InfiniteWidthKernel):
+    r"""NNGP of ``Serial(Dense(), BatchNorm(φ), ..., Dense(), BatchNorm(φ), Dense())`` (batch statistics).
+
+    Batch norm makes a network's output at ``x`` depend on every input of ``x``'s batch, so this kernel is
+    defined over a **declared set of batches**, not over pairs. Inputs carry their batch in column 0:
+    a row is ``[batch_id, x_1, ..., x_d]``. Declare every batch once, with all of its points, through
+    ``batches=`` or :meth:`declare_batches`; then ``K(a, b)`` for any rows ``a``, ``b`` of declared batches is
+    the entry of the joint covariance of the whole set (within a batch: one forward pass of the network on
+    that batch; across batches: two forward passes of the same network). Because every call recomputes the
+    joint kernel of the declared batches involved and then selects the requested rows, GPyTorch's lazy
+    sub-block evaluation in ``ExactGP`` prediction (``(test, test)``, ``(test, train)``) returns exactly the
+    entries of the dense joint matrix. A row whose batch was not declared, or that is not one of its
+    batch's declared points, raises ``ValueError`` instead of silently redefining the batch.
+
+    Within-batch blocks: ``V = B·∫₀^∞ V_φ(Σ_G(I + 2sΣ_G)^{−1}) det(I + 2sΣ_G)^{−1/2} ds`` (Yang et al.
+    2019; reference/kernels.md "Batch norm"), cross-batch blocks by the two-batch double integral, both
+    to ~1e-14 (:mod:`nngp_gpytorch.algebra.batchnorm`). Only the readout's σw², σb² change the kernel
+    (batch norm removes the scale and mean of each hidden layer's pre-activations), so those are the only
+    hyperparameters with non-zero gradients. Batches need ``B ≥ 2`` points (``B = 2``: ``V = I/2`` for ReLU).
+
+    Args:
+        depth: number of ``Dense → BatchNorm(φ)`` blocks (≥ 1).
+        activation: positively homogeneous ``φ`` (ReLU default; LeakyReLU, Abs, Identity, Step, Sign).
+        batches: optional ``(N, 1 + d)`` rows ``[batch_id, features]`` to declare at construction.
+        step: quadrature step (see :mod:`nngp_gpytorch.algebra.batchnorm`).
+        **kwargs: as for :class:`~nngp_gpytorch.kernels.NNGPKernel` (``weight_var``, ``bias_var``,
+            ``per_layer``, priors, ``batch_shape``, ...).
+
+    >>> kernel = BatchNormMLPKernel(depth=2)
+    >>> x = torch.cat([torch.tensor([[0.0]] * 4 + [[1.0]] * 4), torch.randn(8, 3)], dim=-1)
+    >>> kernel.declare_batches(x)
+    >>> K = kernel(x).to_dense()  # (8, 8), two batches of 4
+    """
+
+    def __init__(self, depth: int = 1, activation: Activation | None = None, batches: torch.Tensor | None = None,
+                 step: float = DEFAULT_STEP, **kwargs):
+        if kwargs.get("input_shape") is not None:
+            raise ValueError("BatchNormMLPKernel takes flat inputs [batch_id, features]; input_shape is not supported")
+        super().__init__(batchnorm_mlp(depth, activation or ReLU()), **kwargs)
+        self.depth = depth
+        self.step = float(step)
+        self._batches: dict[int, torch.Tensor] = {}
+        if batches is not None:
+            self.declare_batches(batches)
+
+    # --- the declared set ----------------------------------------------------------------------
+    @staticmethod
+    def _ids(x: torch.Tensor, label: str) -> torch.Tensor:
+        ids = x[..., 0]
+        if not torch.equal(ids, ids.round()) or (ids < 0).any():
+            raise ValueError(f"BatchNormMLPKernel: column 0 of {label} must hold non-negative integer batch ids")
+        return ids.long()
+
+    def declare_batches(self, x: torch.Tensor) -> None:
+        """Declare batches from rows ``[batch_id, features]`` (``(N, 1 + d)``); each id's rows are one
+        whole batch, in order. Re-declaring an id replaces it."""
+        if x.dim() != 2 or x.shape[-1] < 2:
+            raise ValueError(f"BatchNormMLPKernel: batches must be (N, 1 + d) rows [batch_id, features], got "
+                             f"{tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("BatchNormMLPKernel: declared batches contain NaN or Inf")
+        ids = self._ids(x, "the declared batches")
+        for b in ids.unique().tolist():
+            rows = x[ids == b, 1:].detach().clone()
+            if rows.shape[0] < 2:
+                raise ValueError(f"BatchNormMLPKernel: batch {b} has {rows.shape[0]} point; batch norm needs at "
+                                 "least 2 points per batch (with one the normalization is 0/0)")
+            if self._batches and next(iter(self._batches.values())).shape[-1] != rows.shape[-1]:
+                raise ValueError("BatchNormMLPKernel: all batches must have the same number of features")
+            self._batches[int(b)] = rows
+
+    @property
+    def declared_batches(self) -> dict[int, torch.Tensor]:
+        """``{batch_id: (B, d) points}`` of the declared batches."""
+        return dict(self._batches)
+
+    def _locate(self, x: torch.Tensor, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch id and position within the declared batch of every row of ``x`` ``(n, 1 + d)``."""
+        ids = self._ids(x, label)
+        positions = torch.empty_like(ids)
+        for b in ids.unique().tolist():
+            if b not in self._batches:
+                raise ValueError(
+                    f"BatchNormMLPKernel: {label} has rows of batch {b}, which was not declared; declare every "
+                    "batch with all of its points (kernel.declare_batches) before evaluating the kernel"
+                )
+            declared = self._batches[b].to(x)
+            rows = x[ids == b, 1:]
+            if rows.shape[-1] != declared.shape[-1]:
+                raise ValueError(f"BatchNormMLPKernel: {label} has {rows.shape[-1]} features but batch {b} was "
+                                 f"declared with {declared.shape[-1]}")
+            match = (rows[:, None, :] == declared[None, :, :]).all(-1)  # (n_b, B)
+            if not match.any(-1).all():
+                raise ValueError(f"BatchNormMLPKernel: a row of {label} with batch id {b} is not one of the declared "
+                                 "points of that batch (batch norm would change its meaning); re-declare the batch")
+            positions[ids == b] = match.float().argmax(-1)
+        return ids, positions
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def _check_inputs(self, x1, x2):
+        super()._check_inputs(x1, x2)
+        for label, x in (("x1", x1), ("x2", x2)):
+            if x is not None and x.dim() != 2:
+                raise ValueError(f"BatchNormMLPKernel: {label} must be (n, 1 + d) rows [batch_id, features]; "
+                                 f"batched inputs of shape {tuple(x.shape)} are not supported")
+
+    def joint(self, batch_ids: list[int] | None = None) -> torch.Tensor:
+        """The dense joint kernel ``(*batch_shape, N, N)`` over the declared batches ``batch_ids``
+        (all declared batches by default), batch after batch in the order given."""
+        batch_ids = sorted(self._batches) if batch_ids is None else list(batch_ids)
+        x = torch.cat([self._batches[b] for b in batch_ids]).to(self.raw_weight_var)
+        sizes = tuple(self._batches[b].shape[0] for b in batch_ids)
+        return evaluate_batches(self.architecture, x, sizes, self.hyperparameters_for_algebra(), step=self.step,
+                                quadrature_degree=self.quadrature_degree)
+
+    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            raise NotImplementedError("BatchNormMLPKernel does not support last_dim_is_batch")
+        ids1, pos1 = self._locate(x1, "x1")
+        ids2, pos2 = self._locate(x2, "x2")
+        involved = sorted(set(ids1.tolist()) | set(ids2.tolist()))
+        offsets, start = {}, 0
+        for b in involved:
+            offsets[b] = start
+            start += self._batches[b].shape[0]
+        k = self.joint(involved)
+        index1 = torch.tensor([offsets[b] for b in ids1.tolist()], device=x1.device) + pos1
+        index2 = torch.tensor([offsets[b] for b in ids2.tolist()], device=x2.device) + pos2
+        if diag:
+            if index1.shape != index2.shape:
+                raise ValueError("diag=True needs as many points in x1 as in x2")
+            return k[..., index1, index2]
+        return k[..., index1, :][..., :, index2]
