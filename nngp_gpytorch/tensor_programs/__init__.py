@@ -1,0 +1,21 @@
+"""Tensor programs (NETSOR, Yang 2019): write any architecture as a program, get its NNGP kernel.
+
+* :class:`Program` — the builder (inputs, matrices, biases, ``matmul``, ``lincomb``, ``nonlin``,
+  NETSOR+ ``moment``/``scalar``, ``readout``), validated instruction by instruction;
+* :func:`evaluate_program` — the master-theorem kernel (closed-form duals, Gauss–Hermite, randomized QMC
+  with a standard error; knobs in :class:`Accuracy`);
+* :class:`TensorProgramKernel` — the GPyTorch kernel with learnable, named variances;
+* :mod:`.examples` — MLP, RNN, GRU, LSTM, attention, minimal gated unit, tied-weight residual MLP.
+
+The finite twin (literal execution with random matrices) is ``verification.tensor_programs``.
+"""
+
+from .expectations import Accuracy, gaussian_expectation, psd_cholesky
+from .kernel import TensorProgramKernel
+from .master import ProgramKernelResult, evaluate_program
+from .program import Matrix, Program, ProgramError, Readout, Scalar, Token, Var
+
+__all__ = [
+    "Accuracy", "Matrix", "Program", "ProgramError", "ProgramKernelResult", "Readout", "Scalar",
+    "TensorProgramKernel", "Token", "Var", "evaluate_program", "gaussian_expectation", "psd_cholesky",
+]

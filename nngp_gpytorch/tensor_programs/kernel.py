@@ -1,0 +1,159 @@
+"""``TensorProgramKernel``: the master-theorem kernel of a NETSOR program as a GPyTorch kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from gpytorch.constraints import Interval, Positive
+from gpytorch.kernels import Kernel
+from gpytorch.priors import Prior
+
+from ..kernels.base import ZERO_BIAS_FLOOR
+from .expectations import Accuracy
+from .master import ProgramKernelResult, evaluate_program
+from .program import Program
+
+
+class TensorProgramKernel(Kernel):
+    r"""NNGP kernel of a tensor program (Yang 2019): ``K(x, x') = σ_v²·E[Z^{h(x)} Z^{h(x')}] + σ_b²``.
+
+    Hyperparameters: one positive variance per named parameter of the program
+    (``program.parameter_names``: every ``var=`` of its matrices, biases and readout), stored as
+    ``raw_variances`` of shape ``(*batch_shape, P)`` behind a :class:`~gpytorch.constraints.Positive`
+    constraint; ``variances`` gives them, :meth:`variance` / :meth:`set_variances` read and write by name.
+    ``priors={"name": Prior}`` registers ``<name>_prior`` with closures (so ``pyro_sample_from_prior``
+    can drive NUTS). A variance of exactly 0 (biases) is stored as ``1e-12`` so it stays learnable.
+    Conventions as :class:`~nngp_gpytorch.kernels.base.InfiniteWidthKernel`: input matrices give
+    ``σ²·x·x'/d``; the kernel is the covariance of one output unit.
+
+    Args:
+        program: a complete :class:`~nngp_gpytorch.tensor_programs.Program` (has inputs and a readout).
+        variances: initial values by name (default: the program's ``init`` values).
+        priors: optional priors by parameter name.
+        constraint: constraint of every variance (default :class:`Positive`).
+        accuracy: quadrature / QMC knobs (:class:`~nngp_gpytorch.tensor_programs.Accuracy`).
+        **kwargs: ``batch_shape``, ``active_dims`` as for any GPyTorch kernel.
+
+    After each evaluation ``last_result`` holds the :class:`ProgramKernelResult` (QMC standard error and
+    the rules used); :meth:`evaluate_with_error` returns both directly.
+    """
+
+    is_stationary = False
+    has_lengthscale = False
+
+    def __init__(
+        self,
+        program: Program,
+        variances: Mapping[str, float] | None = None,
+        priors: Mapping[str, Prior] | None = None,
+        constraint: Interval | None = None,
+        accuracy: Accuracy | None = None,
+        **kwargs,
+    ):
+        if kwargs.get("ard_num_dims") is not None:
+            raise ValueError("TensorProgramKernel has no lengthscale; ard_num_dims is not supported")
+        super().__init__(**kwargs)
+        if not isinstance(program, Program):
+            raise TypeError(f"program must be a tensor_programs.Program, got {type(program).__name__}")
+        program.check_complete()
+        self.program = program
+        self.accuracy = accuracy or Accuracy()
+        self.names = program.parameter_names
+        self.input_dim = program.input_dim
+        self.register_parameter("raw_variances", torch.nn.Parameter(torch.zeros(*self.batch_shape, len(self.names))))
+        self.register_constraint("raw_variances", constraint or Positive())
+        values = dict(program.parameters)
+        for name, value in (variances or {}).items():
+            if name not in values:
+                raise ValueError(f"unknown variance '{name}'; the program's parameters are {list(self.names)}")
+            values[name] = value
+        self.set_variances(**values)
+        for name, prior in (priors or {}).items():
+            if name not in values:
+                raise ValueError(f"prior for unknown variance '{name}'; parameters are {list(self.names)}")
+            if not isinstance(prior, Prior):
+                raise TypeError(f"priors['{name}'] must be a gpytorch.priors.Prior, got {type(prior).__name__}")
+            i = self.names.index(name)
+            self.register_prior(f"{name}_prior", prior, lambda m, i=i: m.variances[..., i],
+                                lambda m, v, name=name: m.set_variances(**{name: v}))
+        self.last_result: ProgramKernelResult | None = None
+
+    # --------------------------------------------------------------------- hyperparameters
+    @property
+    def variances(self) -> torch.Tensor:
+        """All variances, ``(*batch_shape, P)`` in the order of ``program.parameter_names``."""
+        return self.raw_variances_constraint.transform(self.raw_variances)
+
+    def variance(self, name: str) -> torch.Tensor:
+        """The variance called ``name``, shape ``batch_shape``."""
+        return self.variances[..., self._index(name)]
+
+    def variance_dict(self) -> dict[str, float]:
+        """The current values as floats (unbatched kernels), e.g. for the finite twin."""
+        return {n: float(self.variances[..., i].reshape(-1)[0]) for i, n in enumerate(self.names)}
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"unknown variance '{name}'; the program's parameters are {list(self.names)}")
+        return self.names.index(name)
+
+    def set_variances(self, **values) -> None:
+        """Set variances by name (floats or tensors broadcastable to ``batch_shape``)."""
+        raw = self.raw_variances.detach().clone()
+        current = self.raw_variances_constraint.transform(raw)
+        for name, value in values.items():
+            i = self._index(name)
+            value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device)
+            if not torch.isfinite(value).all() or (value < 0).any():
+                raise ValueError(f"variance '{name}' must be finite and >= 0, got {value}")
+            current[..., i] = value.clamp_min(ZERO_BIAS_FLOOR).expand(current[..., i].shape)
+        self.initialize(raw_variances=self.raw_variances_constraint.inverse_transform(current))
+
+    # --------------------------------------------------------------------- evaluation
+    def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
+        self._check_inputs(x1, x2)
+        return super().__call__(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+
+    def _check_inputs(self, x1, x2) -> None:
+        name = f"TensorProgramKernel({self.program.name})"
+        for label, x in (("x1", x1), ("x2", x2)):
+            if x is None:
+                continue
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dim() < 2:
+                raise ValueError(f"{name}: {label} has shape {tuple(x.shape)}; inputs must be (..., n, d)")
+            if not x.is_floating_point():
+                raise TypeError(f"{name}: {label} must be a floating-point tensor, got {x.dtype}")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{name}: {label} contains NaN or Inf")
+            if x.dtype != self.raw_variances.dtype:
+                raise TypeError(f"{name}: {label} is {x.dtype} but the kernel's parameters are "
+                                f"{self.raw_variances.dtype}; convert one of them (e.g. kernel.to({x.dtype}))")
+            if x.device != self.raw_variances.device:
+                raise ValueError(f"{name}: {label} is on {x.device}, the kernel on {self.raw_variances.device}")
+            if self.active_dims is None and x.shape[-1] != self.input_dim:
+                raise ValueError(f"{name}: {label} has {x.shape[-1]} features, the program's inputs have "
+                                 f"{self.input_dim}")
+
+    def evaluate_with_error(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                            diag: bool = False) -> ProgramKernelResult:
+        """Kernel, QMC standard error and the rules used (applies ``active_dims``)."""
+        self._check_inputs(x1, x2)
+        if self.active_dims is not None:
+            x1 = x1.index_select(-1, self.active_dims)
+            x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
+        return evaluate_program(self.program, x1, x2, self.variances, diag=diag, accuracy=self.accuracy)
+
+    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            raise NotImplementedError("TensorProgramKernel does not support last_dim_is_batch")
+        same = x2 is x1 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        result = evaluate_program(self.program, x1, None if same else x2, self.variances, diag=diag,
+                                  accuracy=self.accuracy)
+        self.last_result = result
+        return result.kernel
+
+    def extra_repr(self) -> str:
+        return f"program={self.program.describe()}"
