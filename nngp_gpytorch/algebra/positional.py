@@ -101,6 +101,8 @@ def _map_k_and_t(state: CovState, f12, f11, f22, **changes) -> CovState:
         for name, f in (("t12", f12), ("t11", f11), ("t22", f22)):
             t = getattr(state, name)
             new[name] = t if t.dim() == 0 else f(t)
+    if state.pre_activation != "centred":
+        new["pre_activation"] = None  # the features' mean (for a later layer norm) is no longer tracked
     new.update(changes)
     return state.replace(**new)
 
@@ -420,6 +422,7 @@ def normalize(state: CovState, means: tuple[torch.Tensor, torch.Tensor] | None =
     with the centred variances ``σ²[p] = K[p, p] − μ[p]²``; Θ divided by the same factor (the centring does
     not change Θ in the limit). Works for flat states too (``P = 1``). ``means``: per-position means of
     the features, shaped like :func:`self_variances` of the same state (``None``: zero-mean Gaussian).
+    The result is marked ``pre_activation="centred"`` (its channel mean is 0).
     """
     v1, v2 = self_variances(state) if state.positions is not None else (state.k11, state.k22)
     k12, k11, k22 = state.k12, state.k11, state.k22
@@ -439,10 +442,14 @@ def normalize(state: CovState, means: tuple[torch.Tensor, torch.Tensor] | None =
         s12, s11, s22 = r1 * r2, r1 * r1.transpose(-1, -2), r2.transpose(-1, -2) * r2
     else:
         s12, s11, s22 = r1 * r2, r1 * r1, r2 * r2
-    new = dict(k12=k12 * s12, k11=k11 * s11, k22=k22 * s22)
+    k12 = k12 * s12
+    ident = identical_positions(state) if state.positions is not None else state.identical
+    if ident is not None:  # identical inputs at equal positions: correlation exactly 1 (not a rounded ratio)
+        k12 = torch.where(ident, torch.ones_like(k12), k12)
+    new = dict(k12=k12, k11=k11 * s11, k22=k22 * s22)
     if state.has_ntk:
         new.update(t12=state.t12 * s12, t11=state.t11 * s11, t22=state.t22 * s22)
-    return state.replace(gaussian=False, pre_activation=None, **new)
+    return state.replace(pre_activation="centred", **new)
 
 
 __all__ = [
