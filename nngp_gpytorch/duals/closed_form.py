@@ -32,13 +32,15 @@ class LeakyReLUDual(Dual):
     def nngp(self, k11, k22, k12, identical=None):
         c, s = correlation(k11, k22, k12, identical)
         a, b = self.a, self.b
+        if a == 0.0:  # ReLU-like: the general form reduces to b²·s·J1(c)/(2π)
+            return (b * b / _TWO_PI) * s * arccos_kernel_j1(c)
         return s * ((a - b) ** 2 / _TWO_PI * (arccos_kernel_j1(c) - math.pi * c) + (a * a + b * b) / 2 * c)
 
     def nngp_diag(self, k):
         return k * (self.a**2 + self.b**2) / 2
 
     def ntk(self, k11, k22, k12, identical=None):
-        c, _ = correlation(k11, k22, k12, identical)
+        c, _ = correlation(k11, k22, k12, identical, snap=True)
         theta = safe_arccos(c)
         a, b = self.a, self.b
         return ((a * a + b * b) * (math.pi - theta) + 2 * a * b * theta) / _TWO_PI
@@ -53,7 +55,7 @@ class StepDual(Dual):
     homogeneous = True
 
     def nngp(self, k11, k22, k12, identical=None):
-        c, s = correlation(k11, k22, k12, identical)
+        c, s = correlation(k11, k22, k12, identical, snap=True)
         return torch.where(s > 0, (math.pi - safe_arccos(c)) / _TWO_PI, torch.zeros_like(c))
 
     def nngp_diag(self, k):
@@ -71,8 +73,8 @@ class SignDual(StepDual):
     """``φ(x) = sign(x)``: ``E = (2/π)·arcsin(c)``; ``φ' = 0`` a.e."""
 
     def nngp(self, k11, k22, k12, identical=None):
-        c, _ = correlation(k11, k22, k12, identical)
-        return (2.0 / math.pi) * safe_arcsin(c)
+        c, s = correlation(k11, k22, k12, identical, snap=True)
+        return torch.where(s > 0, (2.0 / math.pi) * safe_arcsin(c), torch.zeros_like(c))
 
     def nngp_diag(self, k):
         return (k > 0).to(k.dtype)

@@ -29,10 +29,9 @@ class _ArcCosKernelJ1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, c):
-        c = c.clamp(-1.0, 1.0)
-        theta = torch.arccos(c)
+        theta = torch.arccos(c.clamp(-1.0, 1.0))
         ctx.save_for_backward(theta)
-        return torch.sqrt((1.0 - c * c).clamp_min(0.0)) + (math.pi - theta) * c
+        return torch.sin(theta) + (math.pi - theta) * c  # sin(arccos c) = sqrt(1 - c²), accurate near |c| = 1
 
     @staticmethod
     def backward(ctx, grad):
@@ -88,23 +87,29 @@ class _SafeSqrt(torch.autograd.Function):
 
 
 def correlation(
-    k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None
+    k11: torch.Tensor,
+    k22: torch.Tensor,
+    k12: torch.Tensor,
+    identical: torch.Tensor | None = None,
+    snap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(c, s)`` with ``s = sqrt(k11·k22)`` and ``c = k12 / s`` clamped to ``[-1, 1]``.
+    """Return ``(c, s)`` with ``s = sqrt(k11)·sqrt(k22)`` and ``c = k12 / s`` clamped to ``[-1, 1]``.
 
     ``identical`` (bool, broadcastable) marks pairs of identical inputs, for which ``c = 1`` is set
     exactly: a rounding error ε in ``c`` would otherwise become ≈ sqrt(ε) after a step or sign layer
-    and compound with depth (reference/kernels.md, "Numerical care"). For the same reason ``|c|`` within
-    a few ulps of 1 (exactly parallel or antiparallel features, e.g. inputs ``x`` and ``2x`` with
-    σb² = 0) is snapped to ±1: the snap is no larger than the rounding error already in ``c``.
-    Where ``s = 0`` (a zero-variance input) ``c = 0``.
+    and compound with depth (reference/kernels.md, "Numerical care"). With ``snap=True`` (for duals
+    with infinite slope at ``|c| = 1``: step, sign, the ReLU derivative) ``|c|`` within a few ulps of 1
+    (exactly parallel or antiparallel features, e.g. inputs ``x`` and ``2x`` with σb² = 0) is set to
+    ±1: the snap is no larger than the rounding error already in ``c``.
+    Where ``s = 0`` (a zero-variance input, hence ``k12 = 0``) ``c = 0``.
+
+    Square roots are taken of the variances (``O(n)``), not of the ``O(n²)`` products.
     """
-    s = safe_sqrt(k11 * k22)
+    s = safe_sqrt(k11) * safe_sqrt(k22)
     finfo = torch.finfo(s.dtype)
     c = (k12 / s.clamp_min(finfo.tiny)).clamp(-1.0, 1.0)
-    snap = 8 * finfo.eps
-    c = torch.where(c.abs() >= 1 - snap, torch.sign(c).detach(), c)
-    c = torch.where(s > 0, c, torch.zeros_like(c))
+    if snap:
+        c = torch.where(c.abs() >= 1 - 8 * finfo.eps, torch.sign(c).detach(), c)
     if identical is not None:
-        c = torch.where(identical & (s > 0), torch.ones_like(c), c)
+        c = c.masked_fill(identical, 1.0)
     return c, s
