@@ -262,22 +262,25 @@ def _log_joint_fn(model: gpytorch.models.ExactGP):
     fixed = {name: value for name, value, prior in blocks if prior is None}
 
     def parts(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        values = dict(fixed)
-        log_prior = u.sum()  # Jacobian of θ = exp(u)
-        for (name, _, prior), chunk in zip(free, u.split(sizes), strict=True):
+        """``u``: ``(..., k)`` (leading dims evaluate a batch of hyperparameter values at once)."""
+        batch = u.shape[:-1]
+        values = {name: value.expand(*batch, value.numel()) for name, value in fixed.items()}
+        log_prior = u.sum(-1)  # Jacobian of θ = exp(u)
+        for (name, _, prior), chunk in zip(free, u.split(sizes, dim=-1), strict=True):
             values[name] = chunk.exp()
-            log_prior = log_prior + prior.log_prob(values[name]).sum()
+            log_prior = log_prior + prior.log_prob(values[name]).sum(-1)
         raw = {"raw_weight_var": base.raw_weight_var_constraint.inverse_transform(values["weight_var"]),
                "raw_bias_var": base.raw_bias_var_constraint.inverse_transform(values["bias_var"])}
         with gpytorch.settings.lazily_evaluate_kernels(False):  # evaluate while the raw values are swapped in
             k = torch.func.functional_call(base, raw, (x_kernel,)).to_dense()
         if scale is not None:
-            k = values["outputscale"] * k
-        k = k + values["noise"] * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+            k = values["outputscale"].unsqueeze(-1) * k
+        k = k + values["noise"].unsqueeze(-1) * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
         chol = torch.linalg.cholesky(k)
-        r = y - mean
+        r = (y - mean).expand(*batch, len(y))
         alpha = torch.cholesky_solve(r.unsqueeze(-1), chol).squeeze(-1)
-        log_lik = -0.5 * (r @ alpha) - chol.diagonal().log().sum() - 0.5 * len(y) * math.log(2 * math.pi)
+        log_lik = (-0.5 * (r * alpha).sum(-1) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+                   - 0.5 * len(y) * math.log(2 * math.pi))
         return log_lik, log_prior, values
 
     return parts, u0, sorted(fixed), free
