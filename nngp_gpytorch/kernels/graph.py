@@ -40,6 +40,13 @@ class _GraphKernelMixin:
         self.register_buffer("node_features", x.to(self.raw_weight_var.dtype))
         self.num_nodes = n
 
+    def _check_inputs(self, x1, x2) -> None:
+        for label, x in (("x1", x1), ("x2", x2)):
+            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[-1] != 1:
+                raise ValueError(f"{type(self).__name__}: {label} must be node indices of shape (..., n, 1), got "
+                                 f"{tuple(x.shape)} (the node features are fixed in the kernel)")
+        super()._check_inputs(x1, x2)
+
     def node_indices(self, x: torch.Tensor, label: str) -> torch.Tensor:
         """``(..., n, 1)`` float node ids → ``(..., n)`` long; raises on non-integers or ids out of range."""
         if x.shape[-1] != 1:
