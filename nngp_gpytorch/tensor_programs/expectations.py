@@ -68,8 +68,8 @@ class Accuracy:
 def psd_cholesky(sigma: torch.Tensor, rel_tol: float = 1e-10) -> torch.Tensor:
     """Lower factor ``L`` with ``L Lᵀ = Σ`` for PSD ``Σ`` ``(..., m, m)``, singular ones included.
 
-    Column-by-column Cholesky; where a pivot ``d_j ≤ rel_tol·max_i Σ_ii`` (default ``1e-10``) (variable ``j`` is a linear
-    function of the previous ones) the column is zero. Differentiable (no eigendecomposition, whose
+    Column-by-column Cholesky; where a pivot ``d_j ≤ rel_tol·max_i Σ_ii`` (default ``1e-10``; variable ``j``
+    is a linear function of the previous ones) the column is zero. Differentiable (no eigendecomposition, whose
     gradient is undefined at repeated eigenvalues).
     """
     m = sigma.shape[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -13,6 +14,14 @@ from ..kernels.base import ZERO_BIAS_FLOOR
 from .expectations import Accuracy
 from .master import ProgramKernelResult, evaluate_program
 from .program import Program
+
+
+def _get_variance(module: TensorProgramKernel, name: str) -> torch.Tensor:
+    return module.variance(name)
+
+
+def _set_variance(module: TensorProgramKernel, value, name: str) -> None:
+    module.set_variances(**{name: value})
 
 
 class TensorProgramKernel(Kernel):
@@ -74,9 +83,8 @@ class TensorProgramKernel(Kernel):
                 raise ValueError(f"prior for unknown variance '{name}'; parameters are {list(self.names)}")
             if not isinstance(prior, Prior):
                 raise TypeError(f"priors['{name}'] must be a gpytorch.priors.Prior, got {type(prior).__name__}")
-            i = self.names.index(name)
-            self.register_prior(f"{name}_prior", prior, lambda m, i=i: m.variances[..., i],
-                                lambda m, v, name=name: m.set_variances(**{name: v}))
+            self.register_prior(f"{name}_prior", prior, functools.partial(_get_variance, name=name),
+                                functools.partial(_set_variance, name=name))
         self.last_result: ProgramKernelResult | None = None
 
     # --------------------------------------------------------------------- hyperparameters

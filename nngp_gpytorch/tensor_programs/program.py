@@ -41,8 +41,6 @@ import torch
 
 from ..arch import Activation
 
-_PROBE_SCALES = (0.0, 0.3, 1.0, 3.0, 10.0)
-
 
 class ProgramError(ValueError):
     """An ill-formed tensor program; the message names the offending instruction."""
@@ -423,6 +421,18 @@ def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a * b
 
 
+class _Composed:
+    """``fn(*(arg.flat_fn(base values of arg) for arg in args))`` — a picklable closure."""
+
+    def __init__(self, fn, args: Sequence[Var], base: Sequence[Var]):
+        self.fn = fn
+        self.inner = [a.flat_fn for a in args]
+        self.where = [tuple(base.index(g) for g in a.base) for a in args]
+
+    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
+        return self.fn(*(f(*(values[i] for i in idx)) for f, idx in zip(self.inner, self.where, strict=True)))
+
+
 def _compose(fn, args: Sequence[Var]) -> tuple[tuple[Var, ...], Callable[..., torch.Tensor]]:
     """Flatten ``fn(args)`` with H-var arguments into one function of the union of their base G-vars."""
     base: list[Var] = []
@@ -430,21 +440,19 @@ def _compose(fn, args: Sequence[Var]) -> tuple[tuple[Var, ...], Callable[..., to
         for g in a.base:
             if g not in base:
                 base.append(g)
-    where = [tuple(base.index(g) for g in a.base) for a in args]
-    inner = [a.flat_fn for a in args]
-
-    def flat(*values: torch.Tensor) -> torch.Tensor:
-        return fn(*(f(*(values[i] for i in idx)) for f, idx in zip(inner, where, strict=True)))
-
-    return tuple(base), flat
+    return tuple(base), _Composed(fn, args, base)
 
 
 def _probe(fn, arity: int, where: str, positive: bool = False) -> None:
-    """Call ``fn`` on small float64 probes (scales 0 … 10) and check shape and finiteness."""
+    """Call ``fn`` on small float64 probes (a grid over ``[−10, 10]`` and random normals at scales 0.3 … 3)
+    and check the output's shape and finiteness."""
     gen = torch.Generator().manual_seed(0)
-    shape = (len(_PROBE_SCALES), 7)
-    scales = torch.tensor(_PROBE_SCALES, dtype=torch.float64)[:, None]
-    probes = [torch.randn(shape, generator=gen, dtype=torch.float64) * scales for _ in range(arity)]
+    shape = (4, 10)
+    grid = torch.linspace(-10.0, 10.0, 21, dtype=torch.float64)
+    probes = []
+    for i in range(arity):
+        rand = torch.randn(19, generator=gen, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0]).repeat(7)[:19]
+        probes.append(torch.cat([grid.roll(3 * i), rand]).reshape(shape))
     if positive:
         probes = [p.abs() for p in probes]
     try:
@@ -456,4 +464,4 @@ def _probe(fn, arity: int, where: str, positive: bool = False) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ProgramError(f"{where}: fn must be elementwise: {arity} input(s) of shape {shape} gave output {got}")
     if not torch.isfinite(out).all():
-        raise ProgramError(f"{where}: fn returned non-finite values on finite probe inputs (|x| ≤ 30)")
+        raise ProgramError(f"{where}: fn returned non-finite values on finite probe inputs (|x| ≤ 10)")
