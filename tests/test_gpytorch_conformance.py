@@ -217,3 +217,33 @@ def test_multi_device_kernel():
     base = MLPKernel(2).double().to(devices[0])
     kernel = MultiDeviceKernel(base, device_ids=devices, output_device=devices[0])
     torch.testing.assert_close(kernel(x).to_dense(), base(x).to_dense())
+
+
+# --- conveniences (nngp_gpytorch.models) -------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_fit_learns_hyperparameters_on_diabetes(optimizer):
+    from sklearn.datasets import load_diabetes
+
+    from nngp_gpytorch.models import NNGPRegressionModel, fit
+
+    features, targets = load_diabetes(return_X_y=True)
+    x = torch.tensor(features[:200])
+    y = torch.tensor(targets[:200])
+    x, y = (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
+    model = NNGPRegressionModel(x[:150], y[:150], MLPKernel(2))
+    result = fit(model, optimizer=optimizer, steps=60 if optimizer == "adam" else 10)
+    assert result.final_loss < result.losses[0]
+    assert model.covar_module.weight_var.item() != pytest.approx(1.0, abs=1e-3)
+    mean, variance = model.predict(x[150:])
+    assert (variance > 0).all()
+    assert ((mean - y[150:]) ** 2).mean() < 0.8 * ((y[150:] - y[:150].mean()) ** 2).mean()
+
+
+def test_fit_rejects_bad_arguments():
+    from nngp_gpytorch.models import NNGPRegressionModel, fit
+
+    x, y = _data(10)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(NNGPRegressionModel(x, y), optimizer="sgd")
+    with pytest.raises(ValueError, match="train_y"):
+        NNGPRegressionModel(x, y[:5])
