@@ -115,7 +115,8 @@ def hotelling_p_value(deviations: torch.Tensor, rel_eig_tol: float = 1e-10) -> f
 
     The sample covariance is eigendecomposed; directions with eigenvalue below ``rel_eig_tol·λ_max``
     (duplicate inputs make entries identical) are dropped, leaving rank ``r``. Then
-    ``F = (M − r)/(r(M − 1))·T² ~ F(r, M − r)`` under H0 for Gaussian rows. ``None`` when ``M ≤ r``.
+    ``F = (M − r)/(r(M − 1))·T² ~ F(r, M − r)`` under H0 for Gaussian rows. ``None`` when ``r ≥ M − 1``
+    (the rank is then limited by the sample size, not by the structure of the entries).
     """
     d = deviations.to(torch.float64)
     m, p = d.shape
@@ -127,7 +128,7 @@ def hotelling_p_value(deviations: torch.Tensor, rel_eig_tol: float = 1e-10) -> f
     evals, evecs = torch.linalg.eigh(cov)
     keep = evals > rel_eig_tol * evals.max().clamp_min(torch.finfo(torch.float64).tiny)
     r = int(keep.sum())
-    if r == 0 or m <= r:
+    if r == 0 or r >= m - 1:  # a sample covariance has rank ≤ M − 1: r = M − 1 means M too small, not structure
         return None
     proj = evecs[:, keep].T @ mean
     t2 = m * float((proj**2 / evals[keep]).sum())
