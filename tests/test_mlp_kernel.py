@@ -178,3 +178,15 @@ def test_kernel_module_agrees_with_monte_carlo(activation):
         analytic = kernel(x).to_dense()
     result = verify(A.mlp(2, activation), x, weight_var=1.6, bias_var=0.2, seed=11, analytic=analytic)
     assert result.passed, result.summary()
+
+
+@pytest.mark.parametrize("activation", [A.ReLU(), A.Erf(), A.Tanh(), A.Sign()], ids=str)
+def test_float32_deep_kernel_with_duplicates_is_symmetric_finite_and_psd(activation):
+    """Peers' users report NaN and non-PSD float32 kernels: depth 8, 20 duplicated rows, float32."""
+    x = _inputs(120, 10, seed=5, dtype=torch.float32)
+    x = torch.cat([x, x[:20]])
+    with torch.no_grad():
+        k = MLPKernel(8, activation, weight_var=2.0, bias_var=0.05)(x).to_dense()
+    assert torch.isfinite(k).all() and torch.equal(k, k.T)
+    eig = torch.linalg.eigvalsh(k.double())
+    assert eig.min() >= -1e-6 * eig.sum()  # float32 rounding (eps ≈ 1.2e-7) scale, not a sqrt(eps) defect
