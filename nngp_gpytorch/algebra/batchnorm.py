@@ -53,6 +53,8 @@ from .state import CovState, input_state
 DEFAULT_STEP = 0.1
 #: Tail mass left out at each end of the ``r`` range (relative).
 _TAIL_LOG = 38.0
+#: Memory bound (bytes) of one chunk of the tensor-product grid of the cross-batch integral.
+_CHUNK_BYTES = 2**26
 #: Eigenvalues of the normalized ``Σ_G`` below this are treated as zero when choosing the range.
 _RANK_TOL = 1e-10
 
@@ -207,22 +209,31 @@ def batchnorm_cross_dual(sigma: torch.Tensor, b1: int, dual: Dual, degree: int,
     t = torch.exp(rb)  # (Nt,)
     lead = centred.dim() - 2
     out = torch.zeros(*centred.shape[:-2], b1, b2, dtype=sigma.dtype, device=sigma.device)
-    for a, weight_a in zip(ra.tolist(), da.tolist(), strict=True):
-        s = math.exp(a)
-        inv_sqrt_a = (w * torch.rsqrt(1 + 2 * s * mu).unsqueeze(-2)) @ w.transpose(-1, -2)
-        nu, v = _spectrum(inv_sqrt_a @ gram2 @ inv_sqrt_a)
-        z = factor @ inv_sqrt_a @ v  # (..., n, r)
-        shrink = 1.0 / (1 + 2 * t.view(-1, *([1] * (lead + 1))) * nu.unsqueeze(0))  # (Nt, ..., r)
-        zs = z.unsqueeze(0) * shrink.unsqueeze(-2)  # (Nt, ..., n, r)
-        cross = zs[..., rows, :] @ z[..., cols, :].transpose(-1, -2).unsqueeze(0)  # (Nt, ..., B1, B2)
-        d1 = (zs[..., rows, :] * z[..., rows, :].unsqueeze(0)).sum(-1)  # (Nt, ..., B1)
-        d2 = (zs[..., cols, :] * z[..., cols, :].unsqueeze(0)).sum(-1)
+    nt, r = len(rb), factor.shape[-1]
+    per_s = nt * max(1, int(torch.Size(centred.shape[:-2]).numel())) * (b1 * b2 + n * r) * 8 * 4
+    chunk = max(1, min(len(ra), _CHUNK_BYTES // per_s))
+    tv = t.view(nt, 1, *([1] * lead), 1)  # broadcasts against (Nt, C, ..., r)
+    z1_rows, z2_rows = rows, cols
+    for first in range(0, len(ra), chunk):
+        a = ra[first:first + chunk]
+        s_c = torch.exp(a).view(-1, *([1] * lead), 1)  # (C, ..., 1)
+        inv_sqrt_a = (w.unsqueeze(0) * torch.rsqrt(1 + 2 * s_c * mu.unsqueeze(0)).unsqueeze(-2)) \
+            @ w.transpose(-1, -2).unsqueeze(0)  # A_s^{-1/2}: (C, ..., r, r)
+        nu, v = _spectrum(inv_sqrt_a @ gram2.unsqueeze(0) @ inv_sqrt_a)
+        z = factor.unsqueeze(0) @ inv_sqrt_a @ v  # (C, ..., n, r)
+        z1, z2 = z[..., z1_rows, :], z[..., z2_rows, :]
+        shrink = 1.0 / (1 + 2 * tv * nu.unsqueeze(0))  # (Nt, C, ..., r)
+        z1s = z1.unsqueeze(0) * shrink.unsqueeze(-2)  # (Nt, C, ..., B1, r)
+        cross = z1s @ z2.transpose(-1, -2).unsqueeze(0)  # (Nt, C, ..., B1, B2)
+        d1 = (z1s * z1.unsqueeze(0)).sum(-1)
+        d2 = (z2.unsqueeze(0) * shrink.unsqueeze(-2) * z2.unsqueeze(0)).sum(-1)
         values = dual.nngp(d1.unsqueeze(-1), d2.unsqueeze(-2), cross)
-        logdet = torch.log1p(2 * s * mu).sum(-1).unsqueeze(0) + torch.log1p(
-            2 * t.view(-1, *([1] * (lead + 1))) * nu.unsqueeze(0)).sum(-1)  # (Nt, ...)
-        rb_ = rb.view(-1, *([1] * lead))
-        weight = weight_a * db.view(-1, *([1] * lead)) * torch.exp(half * (a + rb_) - logdet / 2)
-        out = out + (weight.unsqueeze(-1).unsqueeze(-1) * values).sum(0)
+        logdet = torch.log1p(2 * s_c * mu.unsqueeze(0)).sum(-1).unsqueeze(0) + torch.log1p(
+            2 * tv * nu.unsqueeze(0)).sum(-1)  # (Nt, C, ...)
+        view_a, view_b = (1, -1, *([1] * lead)), (-1, 1, *([1] * lead))
+        weight = da[first:first + chunk].view(view_a) * db.view(view_b) * torch.exp(
+            half * (a.view(view_a) + rb.view(view_b)) - logdet / 2)
+        out = out + (weight.unsqueeze(-1).unsqueeze(-1) * values).sum((0, 1))
     return out * ((b1 * b2) ** half / math.gamma(half) ** 2)
 
 
@@ -318,10 +329,17 @@ def evaluate_batches(architecture: Layer, x: torch.Tensor, batch_sizes: tuple[in
             f"{architecture.describe()}: gradients through BatchNorm are provided only when each BatchNorm "
             "directly follows a single Dense layer (as in batchnorm_mlp); evaluate under torch.no_grad()"
         )
-    ctx = BatchRuleContext(hyper=hyper, batch_sizes=sizes, step=step)
-    if quadrature_degree is not None:
-        ctx.quadrature_degree = int(quadrature_degree)
-    state = propagate(architecture, input_state(x, x, diag=False, with_ntk=False), ctx)
+    state = propagate_batches(architecture, x, sizes, hyper, step, quadrature_degree)
     if not state.gaussian:
         raise ValueError(f"{architecture.describe()} does not end in an affine readout")
     return state.k12
+
+
+def propagate_batches(architecture: Layer, x: torch.Tensor, batch_sizes: tuple[int, ...], hyper: Hyperparameters,
+                      step: float = DEFAULT_STEP, quadrature_degree: int | None = None) -> CovState:
+    """The joint :class:`CovState` over consecutive batches after ``architecture`` (any ending; no
+    gradient checks — see :func:`evaluate_batches`)."""
+    ctx = BatchRuleContext(hyper=hyper, batch_sizes=tuple(int(b) for b in batch_sizes), step=step)
+    if quadrature_degree is not None:
+        ctx.quadrature_degree = int(quadrature_degree)
+    return propagate(architecture, input_state(x, x, diag=False, with_ntk=False), ctx)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..algebra.batchnorm import DEFAULT_STEP, evaluate_batches
-from ..arch import Activation, ReLU, batchnorm_mlp
+from ..algebra import Hyperparameters
+from ..algebra.batchnorm import DEFAULT_STEP, propagate_batches
+from ..arch import Activation, ReLU, Serial, batchnorm_mlp
 from .base import InfiniteWidthKernel
 
 
@@ -51,6 +52,7 @@ class BatchNormMLPKernel(InfiniteWidthKernel):
         self.depth = depth
         self.step = float(step)
         self._batches: dict[int, torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
         if batches is not None:
             self.declare_batches(batches)
 
@@ -79,6 +81,7 @@ class BatchNormMLPKernel(InfiniteWidthKernel):
             if self._batches and next(iter(self._batches.values())).shape[-1] != rows.shape[-1]:
                 raise ValueError("BatchNormMLPKernel: all batches must have the same number of features")
             self._batches[int(b)] = rows
+        self._cache.clear()
 
     @property
     def declared_batches(self) -> dict[int, torch.Tensor]:
@@ -117,12 +120,33 @@ class BatchNormMLPKernel(InfiniteWidthKernel):
 
     def joint(self, batch_ids: list[int] | None = None) -> torch.Tensor:
         """The dense joint kernel ``(*batch_shape, N, N)`` over the declared batches ``batch_ids``
-        (all declared batches by default), batch after batch in the order given."""
-        batch_ids = sorted(self._batches) if batch_ids is None else list(batch_ids)
-        x = torch.cat([self._batches[b] for b in batch_ids]).to(self.raw_weight_var)
-        sizes = tuple(self._batches[b].shape[0] for b in batch_ids)
-        return evaluate_batches(self.architecture, x, sizes, self.hyperparameters_for_algebra(), step=self.step,
-                                quadrature_degree=self.quadrature_degree)
+        (all declared batches by default), batch after batch in the order given.
+
+        ``K = σw²·V + σb²`` with the readout's variances and ``V`` the post-batch-norm Gram of the last
+        hidden layer. ``V`` does not depend on any hyperparameter (each hidden ``Dense → BatchNorm`` block
+        is invariant to its σw², σb²), so it is computed once per set of batches and cached.
+        """
+        batch_ids = sorted(self._batches) if batch_ids is None else [int(b) for b in batch_ids]
+        features = self._features(tuple(batch_ids))
+        slot = self.slots - 1 if self.per_layer else 0
+        w = self.weight_var[..., slot].unsqueeze(-1).unsqueeze(-1)
+        b = self.bias_var[..., slot].unsqueeze(-1).unsqueeze(-1)
+        return w * features + b
+
+    def _features(self, batch_ids: tuple[int, ...]) -> torch.Tensor:
+        key = (batch_ids, self.raw_weight_var.dtype, self.raw_weight_var.device)
+        if key not in self._cache:
+            x = torch.cat([self._batches[b] for b in batch_ids]).to(self.raw_weight_var)
+            sizes = tuple(self._batches[b].shape[0] for b in batch_ids)
+            body = Serial(*self.architecture.layers[:-1])
+            unit = Hyperparameters.constant(1.0, 0.0, dtype=x.dtype)  # any values: V is invariant to them
+            with torch.no_grad():
+                state = propagate_batches(body, x, sizes, unit, step=self.step,
+                                          quadrature_degree=self.quadrature_degree)
+            if len(self._cache) >= 16:
+                self._cache.clear()
+            self._cache[key] = state.k12
+        return self._cache[key]
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if last_dim_is_batch:
