@@ -1,0 +1,358 @@
+"""Kernel rules of the recurrent layers: simple RNN (NNGP + NTK) and the erf-gated GRU (NNGP).
+
+Inputs follow :mod:`nngp_gpytorch.sequences`: ``state.inputs`` holds ``(..., n, T, D)``; each sequence is
+read at its own length. Every rule is self-contained: it loops over time, builds the per-step tables
+``K(t, s)`` for every pair of sequences, applies the readout and returns a flat Gaussian state.
+
+Layouts: a *pair table* has shape ``(..., n1, n2, T, T)`` (full) or ``(..., n, T, T)`` (``diag``); a
+*self table* (one sequence with itself) ``(..., n, T, T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..arch.recurrent import GRU, RNN, RecurrentLayer
+from ..duals import ErfDual
+from ..sequences import readout_weights, split_sequences
+from .orthant import DEFAULT_SAMPLES, InterleavedGaussian, gate, gate_dual, qmc_normals
+from .registry import RuleContext, kernel_rule
+from .state import CovState
+
+
+def bp(p: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a ``batch_shape`` hyperparameter with ``ndim`` trailing singleton axes."""
+    return p.reshape(*p.shape, *([1] * ndim))
+
+
+@dataclass
+class SequencePair:
+    """Both input sets of a recurrent rule, read with the sequence convention.
+
+    ``c12``: pair table of token Grams ``x_t·x'_s/d``; ``c11``, ``c22``: self tables; ``w1``, ``w2``:
+    readout weights ``(..., n, T)``; ``diag``: pair layout; ``identical``: whole-sequence identity mask
+    of the pairs; ``same12``: ``(…, T, T)`` bool, True where the two prefixes up to ``t = s`` coincide.
+    """
+
+    c12: torch.Tensor
+    c11: torch.Tensor
+    c22: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    len1: torch.Tensor
+    len2: torch.Tensor
+    diag: bool
+    identical: torch.Tensor
+    same12: torch.Tensor
+    T: int
+
+    @classmethod
+    def from_state(cls, layer: RecurrentLayer, state: CovState) -> SequencePair:
+        if state.inputs is None:
+            raise ValueError(f"{layer.describe()} needs structured inputs: give the kernel input_shape=(T, D)")
+        x1, x2 = state.inputs
+        tok1, len1 = split_sequences(x1, layer.masked)
+        tok2, len2 = split_sequences(x2, layer.masked)
+        T, d = tok1.shape[-2], tok1.shape[-1]
+        diag = state.entry_ndim == 1
+        c11 = tok1 @ tok1.transpose(-1, -2) / d
+        c22 = tok2 @ tok2.transpose(-1, -2) / d
+        if diag:
+            c12 = tok1 @ tok2.transpose(-1, -2) / d
+            eq = (tok1 == tok2).all(-1)  # (..., n, T)
+        else:
+            c12 = torch.einsum("...itd,...jsd->...ijts", tok1, tok2) / d
+            eq = (tok1.unsqueeze(-3) == tok2.unsqueeze(-4)).all(-1)  # (..., n1, n2, T)
+        prefix = eq.long().cumprod(-1).bool()
+        eye = torch.eye(T, dtype=torch.bool, device=tok1.device)
+        same12 = prefix.unsqueeze(-1) & eye
+        w1 = readout_weights(len1, T, layer.readout, c12.dtype)
+        w2 = readout_weights(len2, T, layer.readout, c12.dtype)
+        return cls(c12, c11, c22, w1, w2, len1, len2, diag, state.identical, same12, T)
+
+    def read(self, table: torch.Tensor) -> torch.Tensor:
+        """Readout of a pair table: ``Σ_{t,s} w1[t]·table[t,s]·w2[s]`` → ``(..., n1, n2)`` or ``(..., n)``."""
+        if self.diag:
+            return torch.einsum("...it,...its,...is->...i", self.w1, table, self.w2)
+        return torch.einsum("...it,...ijts,...js->...ij", self.w1, table, self.w2)
+
+    @staticmethod
+    def read_self(table: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...it,...its,...is->...i", w, table, w)
+
+    def side(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        """Broadcast a per-sequence quantity ``(..., n, *rest)`` of side 1 or 2 to the pair layout."""
+        if self.diag:
+            return x
+        rest = x.dim() - (self.c11.dim() - 2)  # trailing axes after n
+        return x.unsqueeze(-rest - 1) if which == 1 else x.unsqueeze(-rest - 2)
+
+    def output_state(self, state: CovState, k12, k11, k22, t12=None, t11=None, t22=None) -> CovState:
+        if not self.diag:
+            k11, k22 = k11.unsqueeze(-1), k22.unsqueeze(-2)
+            if t11 is not None:
+                t11, t22 = t11.unsqueeze(-1), t22.unsqueeze(-2)
+        return state.replace(k12=k12, k11=k11, k22=k22, t12=t12, t11=t11, t22=t22, inputs=None, gaussian=True)
+
+
+def recurrent_variances(layer: RecurrentLayer, ctx: RuleContext):
+    """``((σu², σb²), (σw², ·), (σv², σvb²))`` in the slot order of :class:`RecurrentLayer`."""
+    return tuple(ctx.variances(layer, w, b) for w, b in layer.slot_requests())
+
+
+# --- simple RNN ------------------------------------------------------------------------------------
+
+def rnn_chain(cdiag: torch.Tensor, wu, b, ww, dual, with_ntk: bool):
+    """Per-sequence diagonal ``Σ(t,t)`` (and ``Θ(t,t)``): ``Σ(t,t) = σw²·V_φ(Σ(t−1,t−1)) + σu²·C(t,t) + σb²``.
+
+    ``cdiag`` ``(..., n, T)``; hyperparameters ``batch_shape``. Returns ``(..., n, T)`` tensors.
+    """
+    sig, th = [], []
+    for t in range(cdiag.shape[-1]):
+        s = bp(wu, 1) * cdiag[..., t] + bp(b, 1)
+        if t > 0:
+            s = s + bp(ww, 1) * dual.nngp_diag(sig[-1])
+        sig.append(s)
+        if with_ntk:
+            th.append(s if t == 0 else s + bp(ww, 1) * dual.ntk_diag(sig[-2]) * th[-1])
+    return torch.stack(sig, -1), (torch.stack(th, -1) if with_ntk else None)
+
+
+def rnn_table(c: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, same: torch.Tensor, wu, b, ww, dual,
+              with_ntk: bool, entry_ndim: int):
+    """Pair table of the RNN: ``Σ(t,s) = σw²·V_φ(Σ)(t−1,s−1)·[t,s>0] + σu²·C(t,s) + σb²`` and
+    ``Θ(t,s) = Σ(t,s) + σw²·V_φ'(Σ)(t−1,s−1)·Θ(t−1,s−1)`` (weights shared over time accumulate; NTK
+    parameterization, Alemohammad et al. 2021, "The recurrent neural tangent kernel").
+
+    ``c`` ``(..., T, T)``; ``s1`` ``(..., T)``, ``s2`` ``(..., T)`` the diagonals of each side;
+    ``same`` bool ``(..., T, T)``. ``entry_ndim``: axes of a row ``c[..., t, :]`` that are not batch axes.
+    Returns ``(V, V'⊙Θ)`` tables (``None`` for the second without NTK).
+    """
+    T = c.shape[-1]
+    vs, dts = [], []
+    prev_v = prev_dt = None
+    zero = torch.zeros_like(c[..., 0, :1])
+    for t in range(T):
+        sig = bp(wu, entry_ndim) * c[..., t, :] + bp(b, entry_ndim)
+        if t > 0:
+            sig = sig + bp(ww, entry_ndim) * torch.cat([zero.expand_as(prev_v[..., :1]), prev_v[..., :-1]], -1)
+        k11 = s1[..., t: t + 1]
+        v = dual.nngp(k11, s2, sig, same[..., t, :])
+        vs.append(v)
+        if with_ntk:
+            th = sig
+            if t > 0:
+                th = sig + bp(ww, entry_ndim) * torch.cat([zero.expand_as(prev_dt[..., :1]), prev_dt[..., :-1]], -1)
+            dt = dual.ntk(k11, s2, sig, same[..., t, :]) * th
+            dts.append(dt)
+            prev_dt = dt
+        prev_v = v
+    return torch.stack(vs, -2), (torch.stack(dts, -2) if with_ntk else None)
+
+
+@kernel_rule(RNN)
+def rnn_rule(layer: RNN, state: CovState, ctx: RuleContext) -> CovState:
+    seq = SequencePair.from_state(layer, state)
+    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
+    dual = ctx.dual(layer.activation)
+    ntk = state.has_ntk
+    T = seq.T
+    d1, _ = rnn_chain(seq.c11.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
+    d2, _ = rnn_chain(seq.c22.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
+    nd = 2 if seq.diag else 3
+    v12, dt12 = rnn_table(seq.c12, seq.side(d1, 1), seq.side(d2, 2), seq.same12, wu, b, ww, dual, ntk, nd)
+    k12 = bp(wv, nd - 1) * seq.read(v12) + bp(bv, nd - 1)
+    t12 = k12 + bp(wv, nd - 1) * seq.read(dt12) if ntk else None
+    eye = torch.eye(T, dtype=torch.bool, device=seq.c11.device)
+    sides = []
+    for c, dd, w in ((seq.c11, d1, seq.w1), (seq.c22, d2, seq.w2)):
+        v, dt = rnn_table(c, dd, dd, eye, wu, b, ww, dual, ntk, 2)
+        k = bp(wv, 1) * seq.read_self(v, w) + bp(bv, 1)
+        sides.append((k, k + bp(wv, 1) * seq.read_self(dt, w) if ntk else None))
+    (k11, t11), (k22, t22) = sides
+    return seq.output_state(state, k12, k11, k22, t12, t11, t22)
+
+
+# --- erf-gated GRU ---------------------------------------------------------------------------------
+
+def _flat(x: torch.Tensor, batch: torch.Size, lead: int) -> torch.Tensor:
+    """Expand ``x`` to ``(*batch, *x.shape[-lead:])``'s broadcast and flatten the batch into one axis P."""
+    x = x.expand(*batch, *x.shape[x.dim() - lead:])
+    return x.reshape(-1, *x.shape[len(batch):])
+
+
+def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | None,
+               k11: torch.Tensor | None, k22: torch.Tensor | None, wu, b, ww,
+               normals: torch.Tensor) -> torch.Tensor:
+    """Hidden-state kernel ``K(t, s) = lim ⟨h_t, h'_s⟩/n`` of the erf-GRU for ``P`` pairs (Yang 2019).
+
+    Self mode (``k11 is None``): one sequence with itself, ``c`` its token Gram ``(P, T, T)``.
+    Cross mode: ``c`` the cross Gram, ``c11``/``c22`` the self Grams and ``k11``/``k22`` the self
+    kernels (from self mode). Hyperparameters ``(P,)``; ``normals`` QMC points ``(N, T)`` or ``(N, 2T)``.
+
+    Recursion (reference kernels.md "GRU", steps from 0, ``K(−1, ·) = 0``):
+    ``Σ_z(t,s) = σu²C(t,s) + σw²K(t−1,s−1) + σb²`` (also Σ_r); ``R = E[ς ς]`` under Σ_r;
+    ``Σ_h = σu²C + σw²K(t−1,s−1)·R + σb²``; ``S = E[erf erf]`` under Σ_h; and with
+    ``ω(a,t) = ς(z_a)·Π_{a<k≤t}(1 − ς(z_k))``, ``K(t,s) = Σ_{a≤t,b≤s} E[ω(a,t) ω'(b,s)]·S(a,b)``.
+    The gate expectation is computed per QMC point with ``Q(t,b) = (1−g_t)Q(t−1,b) + g_t S(t,b)`` and
+    ``R(t,s) = (1−g'_s)R(t,s−1) + g'_s Q(t,s)`` (``K = mean R``): ``O(T²)`` per point and pair.
+    """
+    self_mode = k11 is None
+    T = c.shape[-1]
+    erf = ErfDual()
+    wu, b, ww = wu[:, None], b[:, None], ww[:, None]
+    K: dict = {}  # (t, s) -> (P,)
+    Z: dict = {}  # Σ_z(t, s)
+    S: dict = {}
+    Q: dict = {}  # (t, b) -> (P, N)
+    R: dict = {}
+    g1: list = []
+    g2: list = []
+    sampler = InterleavedGaussian(normals, self_mode)
+
+    def kprev(t, s, table=None):
+        if t == 0 or s == 0:
+            return torch.zeros_like(c[:, 0, 0])
+        return K[(t - 1, s - 1)] if table is None else table[:, t - 1, s - 1]
+
+    def sigma_z(t, s):
+        if (t, s) not in Z:
+            Z[(t, s)] = wu[:, 0] * c[:, t, s] + ww[:, 0] * kprev(t, s) + b[:, 0]
+        return Z[(t, s)]
+
+    def self_sigma(cc, kk):  # full Σ_z table of one side from its self kernel
+        kp = torch.zeros_like(cc)
+        kp[:, 1:, 1:] = kk[:, :-1, :-1]
+        return wu[:, :, None] * cc + ww[:, :, None] * kp + b[:, :, None]
+
+    if not self_mode:
+        z11, z22 = self_sigma(c11, k11), self_sigma(c22, k22)
+        zd1, zd2 = z11.diagonal(dim1=-2, dim2=-1), z22.diagonal(dim1=-2, dim2=-1)
+        r11 = gate_dual(zd1, zd1, zd1)
+        r22 = gate_dual(zd2, zd2, zd2)
+        kd1 = torch.cat([torch.zeros_like(zd1[:, :1]), k11.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
+        kd2 = torch.cat([torch.zeros_like(zd2[:, :1]), k22.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
+        hd1 = wu * c11.diagonal(dim1=-2, dim2=-1) + ww * kd1 * r11 + b
+        hd2 = wu * c22.diagonal(dim1=-2, dim2=-1) + ww * kd2 * r22 + b
+    hd: dict = {}
+
+    def s_entry(t, s):
+        z12 = sigma_z(t, s)
+        if self_mode:
+            zt, zs = sigma_z(t, t), sigma_z(s, s)
+            h11, h22 = hd[t], hd[s]
+        else:
+            zt, zs = zd1[:, t], zd2[:, s]
+            h11, h22 = hd1[:, t], hd2[:, s]
+        r = gate_dual(zt, zs, z12)
+        h12 = wu[:, 0] * c[:, t, s] + ww[:, 0] * kprev(t, s) * r + b[:, 0]
+        same = torch.tensor(self_mode and t == s)
+        return erf.nngp(h11, h22, h12, same)
+
+    for ell in range(T):
+        # new gate samples at step ell
+        if self_mode:
+            hd[ell] = wu[:, 0] * c[:, ell, ell] + ww[:, 0] * kprev(ell, ell) * gate_dual(
+                sigma_z(ell, ell), sigma_z(ell, ell), sigma_z(ell, ell)) + b[:, 0]
+            cov = torch.stack([torch.stack([sigma_z(min(i, j), max(i, j)) for j in range(ell + 1)], -1)
+                               for i in range(ell + 1)], -2)
+            y1, y2 = sampler.step(cov, None, None)
+        else:
+            cov12 = torch.stack([torch.stack([sigma_z(i, j) for j in range(ell + 1)], -1)
+                                 for i in range(ell + 1)], -2)
+            y1, y2 = sampler.step(z11[:, : ell + 1, : ell + 1], z22[:, : ell + 1, : ell + 1], cov12)
+        g1.append(gate(y1))
+        g2.append(gate(y2))
+        # new S entries: row ell (s ≤ ell) and column ell (t < ell)
+        for s in range(ell + 1):
+            S[(ell, s)] = s_entry(ell, s)
+        for t in range(ell):
+            S[(t, ell)] = S[(ell, t)] if self_mode else s_entry(t, ell)
+        # Q: column b = ell for t ≤ ell, then row t = ell for b < ell
+        q = None
+        for t in range(ell + 1):
+            term = g1[t] * S[(t, ell)][:, None]
+            q = term if q is None else (1 - g1[t]) * q + term
+            Q[(t, ell)] = q
+        for bb in range(ell):
+            Q[(ell, bb)] = (1 - g1[ell]) * Q[(ell - 1, bb)] + g1[ell] * S[(ell, bb)][:, None] if ell > 0 \
+                else g1[ell] * S[(ell, bb)][:, None]
+        # R: row t = ell for s ≤ ell, column s = ell for t < ell
+        r = None
+        for s in range(ell + 1):
+            term = g2[s] * Q[(ell, s)]
+            r = term if r is None else (1 - g2[s]) * r + term
+            R[(ell, s)] = r
+        for t in range(ell):
+            R[(t, ell)] = (1 - g2[ell]) * R[(t, ell - 1)] + g2[ell] * Q[(t, ell)]
+        for s in range(ell + 1):
+            K[(ell, s)] = R[(ell, s)].mean(-1)
+        for t in range(ell):
+            K[(t, ell)] = K[(ell, t)] if self_mode else R[(t, ell)].mean(-1)
+    return torch.stack([torch.stack([K[(t, s)] for s in range(T)], -1) for t in range(T)], -2)
+
+
+def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int):
+    """Run a gated recursion (GRU or LSTM) on the self pairs and the cross pairs, flattened to ``P``.
+
+    ``table_fn(c, c11, c22, k11, k22, wu, b, ww, normals)``. Pairs whose sequences are identical take
+    the self result. Returns the pair table and both self tables in their natural layouts.
+    """
+    dims_self = table_fn.qmc_dims(seq.T, True)
+    dims_cross = table_fn.qmc_dims(seq.T, False)
+    dtype, device = seq.c12.dtype, seq.c12.device
+    n_self = qmc_normals(dims_self, layer.samples, layer.qmc_seed, dtype, device)
+    n_cross = qmc_normals(dims_cross, layer.samples, layer.qmc_seed + 1, dtype, device)
+
+    def run_self(cc):
+        batch = torch.broadcast_shapes(cc.shape[:-2], wu.shape + (1,))
+        cf = _flat(cc, batch, 2)
+        pf = [_flat(p.reshape(*p.shape, 1), batch, 0) for p in (wu, b, ww)]
+        out = torch.cat([table_fn(cf[i:i + block], None, None, None, None, *(p[i:i + block] for p in pf), n_self)
+                         for i in range(0, cf.shape[0], block)])
+        return out.reshape(*batch, seq.T, seq.T)
+
+    k11, k22 = run_self(seq.c11), run_self(seq.c22)
+    if seq.diag and bool(seq.identical.all()):
+        return k11, k11, k22
+    s1, s2 = seq.side(k11, 1), seq.side(k22, 2)
+    c1, c2 = seq.side(seq.c11, 1), seq.side(seq.c22, 2)
+    nd = 2 if seq.diag else 3
+    batch = torch.broadcast_shapes(seq.c12.shape[:-2], s1.shape[:-2], s2.shape[:-2], bp(wu, nd - 1).shape)
+    cf, c1f, c2f, k1f, k2f = (_flat(x, batch, 2) for x in (seq.c12, c1, c2, s1, s2))
+    pf = [_flat(bp(p, nd - 1), batch, 0) for p in (wu, b, ww)]
+    parts = [table_fn(cf[i:i + block], c1f[i:i + block], c2f[i:i + block], k1f[i:i + block], k2f[i:i + block],
+                      *(p[i:i + block] for p in pf), n_cross) for i in range(0, cf.shape[0], block)]
+    k12 = torch.cat(parts).reshape(*batch, seq.T, seq.T)
+    same = seq.identical
+    if same is not None and bool(same.any()):
+        selfk = seq.side(k11, 1).expand_as(k12)
+        k12 = torch.where(same.reshape(*same.shape, 1, 1), selfk, k12)
+    return k12, k11, k22
+
+
+gru_tables.qmc_dims = lambda T, self_mode: T if self_mode else 2 * T
+
+
+def pair_block(samples: int, T: int, budget: int = 2**24) -> int:
+    """Pairs per chunk so that the per-point tables (``~3T²`` tensors of ``samples`` floats) fit ``budget``."""
+    return max(1, budget // max(1, 3 * T * T * samples))
+
+
+@kernel_rule(GRU)
+def gru_rule(layer: GRU, state: CovState, ctx: RuleContext) -> CovState:
+    if state.has_ntk:
+        raise NotImplementedError(f"{layer.describe()}: the GRU NTK is not implemented yet (NNGP only)")
+    seq = SequencePair.from_state(layer, state)
+    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
+    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, gru_tables, pair_block(layer.samples, seq.T))
+    nd = 1 if seq.diag else 2
+    out12 = bp(wv, nd) * seq.read(k12) + bp(bv, nd)
+    out11 = bp(wv, 1) * seq.read_self(k11, seq.w1) + bp(bv, 1)
+    out22 = bp(wv, 1) * seq.read_self(k22, seq.w2) + bp(bv, 1)
+    return seq.output_state(state, out12, out11, out22)
+
+
+__all__ = ["DEFAULT_SAMPLES", "SequencePair", "gru_tables", "rnn_chain", "rnn_rule", "rnn_table"]
