@@ -218,7 +218,8 @@ def test_kernel_cache_equals_full_algebra_with_per_layer_variances():
     """The kernel caches the hyperparameter-free post-BN Gram; the full algebra with arbitrary
     per-layer variances gives the same matrix."""
     g = torch.Generator().manual_seed(2)
-    x = torch.cat([rows(0, torch.randn(4, 3, generator=g, dtype=DT)), rows(1, torch.randn(3, 3, generator=g, dtype=DT))])
+    x = torch.cat([rows(0, torch.randn(4, 3, generator=g, dtype=DT)),
+                   rows(1, torch.randn(3, 3, generator=g, dtype=DT))])
     kernel = BatchNormMLPKernel(depth=2, per_layer=True, weight_var=[0.7, 3.1, 1.3], bias_var=[0.5, 0.0, 0.2]).double()
     kernel.declare_batches(x)
     with torch.no_grad():
