@@ -19,3 +19,7 @@ __all__ += ["BatchNormMLPKernel"]
 from .kernels import CNNKernel, CNNNTKKernel, GraphConvKernel, GraphConvNTKKernel, ResNetKernel, ResNetNTKKernel  # noqa: E402,I001
 
 __all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel", "ResNetKernel", "ResNetNTKKernel"]
+from . import sequences  # noqa: E402
+from .kernels import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel  # noqa: E402
+
+__all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel", "sequences"]

@@ -41,3 +41,6 @@ from .norm import LayerNorm  # noqa: E402
 from .structure import Parallel, Residual  # noqa: E402
 
 __all__ += ["GraphConv", "LayerNorm", "Parallel", "Residual", "normalized_adjacency"]
+from .recurrent import GRU, LSTM, RNN, RecurrentLayer  # noqa: E402
+
+__all__ += ["GRU", "LSTM", "RNN", "RecurrentLayer"]

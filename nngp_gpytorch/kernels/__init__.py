@@ -14,3 +14,6 @@ from .resnet import ResNetKernel, ResNetNTKKernel, resnet  # noqa: E402
 
 __all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel", "PairTiling", "ResNetKernel",
             "ResNetNTKKernel", "cnn", "gcn", "resnet"]
+from .recurrent import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel  # noqa: E402
+
+__all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel"]
