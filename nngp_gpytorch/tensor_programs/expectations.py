@@ -45,7 +45,7 @@ class Accuracy:
         max_chunk_elements: memory bound (number of function evaluations held at once).
     """
 
-    quadrature_degree: int = 32
+    quadrature_degree: int = 64
     gh_max_dim: int = 3
     gh_max_nodes: int = 2**14
     qmc_points: int = 2**12
