@@ -23,3 +23,6 @@ from . import sequences  # noqa: E402
 from .kernels import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel  # noqa: E402
 
 __all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel", "sequences"]
+from .kernels import TransformerKernel, TransformerNTKKernel  # noqa: E402
+
+__all__ += ["TransformerKernel", "TransformerNTKKernel"]

@@ -44,3 +44,6 @@ __all__ += ["GraphConv", "LayerNorm", "Parallel", "Residual", "normalized_adjace
 from .recurrent import GRU, LSTM, RNN, RecurrentLayer  # noqa: E402
 
 __all__ += ["GRU", "LSTM", "RNN", "RecurrentLayer"]
+from .attention import SelfAttention, SequenceReadout, TokenDense, transformer  # noqa: E402
+
+__all__ += ["SelfAttention", "SequenceReadout", "TokenDense", "transformer"]

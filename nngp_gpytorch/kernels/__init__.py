@@ -17,3 +17,6 @@ __all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel"
 from .recurrent import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel  # noqa: E402
 
 __all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel"]
+from .transformer import TransformerKernel, TransformerNTKKernel  # noqa: E402
+
+__all__ += ["TransformerKernel", "TransformerNTKKernel"]
