@@ -82,11 +82,11 @@ class SequencePair:
     def read_self(table: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.einsum("...it,...its,...is->...i", w, table, w)
 
-    def side(self, x: torch.Tensor, which: int) -> torch.Tensor:
-        """Broadcast a per-sequence quantity ``(..., n, *rest)`` of side 1 or 2 to the pair layout."""
+    def side(self, x: torch.Tensor, which: int, rest: int = 2) -> torch.Tensor:
+        """Broadcast a per-sequence quantity ``(..., n, *rest)`` (``rest`` trailing axes) of side 1 or 2 to
+        the pair layout."""
         if self.diag:
             return x
-        rest = x.dim() - (self.c11.dim() - 2)  # trailing axes after n
         return x.unsqueeze(-rest - 1) if which == 1 else x.unsqueeze(-rest - 2)
 
     def output_state(self, state: CovState, k12, k11, k22, t12=None, t11=None, t22=None) -> CovState:
@@ -162,7 +162,7 @@ def rnn_rule(layer: RNN, state: CovState, ctx: RuleContext) -> CovState:
     d1, _ = rnn_chain(seq.c11.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
     d2, _ = rnn_chain(seq.c22.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
     nd = 2 if seq.diag else 3
-    v12, dt12 = rnn_table(seq.c12, seq.side(d1, 1), seq.side(d2, 2), seq.same12, wu, b, ww, dual, ntk, nd)
+    v12, dt12 = rnn_table(seq.c12, seq.side(d1, 1, 1), seq.side(d2, 2, 1), seq.same12, wu, b, ww, dual, ntk, nd)
     k12 = bp(wv, nd - 1) * seq.read(v12) + bp(bv, nd - 1)
     t12 = k12 + bp(wv, nd - 1) * seq.read(dt12) if ntk else None
     eye = torch.eye(T, dtype=torch.bool, device=seq.c11.device)
@@ -294,11 +294,12 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     return torch.stack([torch.stack([K[(t, s)] for s in range(T)], -1) for t in range(T)], -2)
 
 
-def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int):
+def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int, symmetric: bool = False):
     """Run a gated recursion (GRU or LSTM) on the self pairs and the cross pairs, flattened to ``P``.
 
     ``table_fn(c, c11, c22, k11, k22, wu, b, ww, normals)``. Pairs whose sequences are identical take
-    the self result. Returns the pair table and both self tables in their natural layouts.
+    the self result; ``symmetric`` (the two input sets are equal) computes only the pairs ``i < j``.
+    Returns the pair table and both self tables in their natural layouts.
     """
     dims_self = table_fn.qmc_dims(seq.T, True)
     dims_cross = table_fn.qmc_dims(seq.T, False)
@@ -317,6 +318,19 @@ def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int):
     k11, k22 = run_self(seq.c11), run_self(seq.c22)
     if seq.diag and bool(seq.identical.all()):
         return k11, k11, k22
+    if symmetric and not seq.diag and seq.c12.dim() == 4 and wu.dim() == 0:
+        # one Gram K(X, X): compute the pairs i < j only and mirror them (K12[j, i] = K12[i, j]ᵀ)
+        n = seq.c12.shape[0]
+        iu = torch.triu_indices(n, n, 1, device=seq.c12.device)
+        k12 = k11.unsqueeze(1).expand(n, n, seq.T, seq.T)
+        if iu.shape[1]:
+            parts = [table_fn(seq.c12[iu[0, i:i + block], iu[1, i:i + block]], seq.c11[iu[0, i:i + block]],
+                              seq.c11[iu[1, i:i + block]], k11[iu[0, i:i + block]], k11[iu[1, i:i + block]],
+                              *(p.expand(min(block, iu.shape[1] - i)) for p in (wu, b, ww)), n_cross)
+                     for i in range(0, iu.shape[1], block)]
+            upper = torch.cat(parts)
+            k12 = k12.index_put((iu[0], iu[1]), upper).index_put((iu[1], iu[0]), upper.transpose(-1, -2))
+        return k12, k11, k22
     s1, s2 = seq.side(k11, 1), seq.side(k22, 2)
     c1, c2 = seq.side(seq.c11, 1), seq.side(seq.c22, 2)
     nd = 2 if seq.diag else 3
@@ -336,6 +350,12 @@ def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int):
 gru_tables.qmc_dims = lambda T, self_mode: T if self_mode else 2 * T
 
 
+def same_inputs(state: CovState) -> bool:
+    """Whether both input sets of the state are the same points (a Gram ``K(X, X)``)."""
+    x1, x2 = state.inputs
+    return x1.shape == x2.shape and bool(torch.equal(x1, x2))
+
+
 def pair_block(samples: int, T: int, budget: int = 2**24) -> int:
     """Pairs per chunk so that the per-point tables (``~3T²`` tensors of ``samples`` floats) fit ``budget``."""
     return max(1, budget // max(1, 3 * T * T * samples))
@@ -347,7 +367,8 @@ def gru_rule(layer: GRU, state: CovState, ctx: RuleContext) -> CovState:
         raise NotImplementedError(f"{layer.describe()}: the GRU NTK is not implemented yet (NNGP only)")
     seq = SequencePair.from_state(layer, state)
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
-    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, gru_tables, pair_block(layer.samples, seq.T))
+    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, gru_tables, pair_block(layer.samples, seq.T),
+                                  same_inputs(state))
     nd = 1 if seq.diag else 2
     out12 = bp(wv, nd) * seq.read(k12) + bp(bv, nd)
     out11 = bp(wv, 1) * seq.read_self(k11, seq.w1) + bp(bv, 1)

@@ -1,0 +1,248 @@
+"""Recurrent kernels against independent references (closed forms, scalar loops, quadrature)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nngp_gpytorch import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel
+from nngp_gpytorch import arch as A
+from nngp_gpytorch.algebra import Hyperparameters, evaluate
+from nngp_gpytorch.algebra.orthant import gate_product_expectation, gru_reference_table, orthant_probability_reference
+from nngp_gpytorch.sequences import pack_sequences
+
+torch.set_num_threads(1)
+DT = torch.float64
+HYPER = Hyperparameters(torch.tensor([1.0, 1.5, 1.2], dtype=DT), torch.tensor([0.1, 0.0, 0.05], dtype=DT))
+
+
+def _seqs(lengths, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(L, d, generator=g, dtype=DT) for L in lengths]
+
+
+def _erf_dual(k11, k22, k12):
+    return 2 / math.pi * math.asin(2 * k12 / math.sqrt((1 + 2 * k11) * (1 + 2 * k22)))
+
+
+def rnn_erf_reference(a: torch.Tensor, b: torch.Tensor, wu, bb, ww, wv, bv, readout="last") -> float:
+    """Scalar-loop RNN NNGP of one pair of sequences of their own lengths (kernels.md "Simple RNN")."""
+    A_, B_ = a.numpy(), b.numpy()
+    d = A_.shape[1]
+
+    def sig(x, y, tx, ty, cache):
+        if (tx, ty) in cache:
+            return cache[(tx, ty)]
+        v = wu * float(x[tx] @ y[ty]) / d + bb
+        if tx > 0 and ty > 0:
+            v += ww * _erf_dual(sig(x, x, tx - 1, tx - 1, {}), sig(y, y, ty - 1, ty - 1, {}),
+                                sig(x, y, tx - 1, ty - 1, cache))
+        cache[(tx, ty)] = v
+        return v
+
+    def V(tx, ty):
+        return _erf_dual(sig(A_, A_, tx, tx, {}), sig(B_, B_, ty, ty, {}), sig(A_, B_, tx, ty, {}))
+
+    if readout == "last":
+        return wv * V(len(A_) - 1, len(B_) - 1) + bv
+    return wv * np.mean([V(t, s) for t in range(len(A_)) for s in range(len(B_))]) + bv
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_rnn_matches_scalar_reference_with_own_lengths(readout):
+    seqs = _seqs([1, 3, 5, 8])
+    x = pack_sequences(seqs, 8)
+    K, _ = evaluate(A.RNN(activation=A.Erf(), readout=readout, masked=True, readout_bias_var=None), x, x, HYPER, input_shape=(8, 3))
+    for i, j in itertools.product(range(4), repeat=2):
+        ref = rnn_erf_reference(seqs[i], seqs[j], 1.0, 0.1, 1.5, 1.2, 0.05, readout)
+        assert abs(K[i, j].item() - ref) < 1e-12
+
+
+def test_rnn_padding_invariance_and_unmasked_equivalence():
+    seqs = _seqs([4, 4, 4])
+    layer = A.RNN(activation=A.ReLU(), masked=True)
+    k6, _ = evaluate(layer, pack_sequences(seqs, 6), pack_sequences(seqs, 6), HYPER, input_shape=(6, 3))
+    k9, _ = evaluate(layer, pack_sequences(seqs, 9), pack_sequences(seqs, 9), HYPER, input_shape=(9, 3))
+    flat = torch.stack(seqs).reshape(3, 8)
+    ku, _ = evaluate(A.RNN(activation=A.ReLU()), flat, flat, HYPER, input_shape=(4, 2))
+    torch.testing.assert_close(k6, k9, rtol=0, atol=1e-13)
+    torch.testing.assert_close(k6, ku, rtol=0, atol=1e-13)
+
+
+def test_rnn_single_step_is_one_hidden_layer_mlp():
+    x = torch.randn(5, 3, dtype=DT)
+    K, _ = evaluate(A.RNN(activation=A.Erf(), readout_bias_var=None), x, x, HYPER, input_shape=(1, 3))
+    k0 = 1.0 * x @ x.T / 3 + 0.1
+    d = k0.diagonal()
+    ref = torch.tensor([[_erf_dual(d[i], d[j], k0[i, j]) for j in range(5)] for i in range(5)], dtype=DT)
+    torch.testing.assert_close(K, 1.2 * ref + 0.05, rtol=0, atol=1e-12)
+
+
+def test_rnn_readout_scale_is_sigma_v_only():
+    """The readout scales by σv² alone (a public reference multiplies by an extra σw²)."""
+    x = pack_sequences(_seqs([2, 5, 3]), 5)
+    layer = A.RNN(activation=A.Erf(), masked=True, readout_bias_var=0.0)
+    h1 = Hyperparameters(torch.tensor([1.0, 2.0, 1.0], dtype=DT), torch.tensor([0.1, 0.0, 0.0], dtype=DT))
+    h3 = Hyperparameters(torch.tensor([1.0, 2.0, 3.0], dtype=DT), torch.tensor([0.1, 0.0, 0.0], dtype=DT))
+    k1, _ = evaluate(layer, x, x, h1, input_shape=(5, 3))
+    k3, _ = evaluate(layer, x, x, h3, input_shape=(5, 3))
+    torch.testing.assert_close(k3, 3 * k1)
+
+
+def test_gru_single_step_closed_form():
+    x = torch.randn(4, 2, dtype=DT)
+    K, _ = evaluate(A.GRU(readout_bias_var=None), x, x, HYPER, input_shape=(1, 2))
+    c = x @ x.T / 2
+    z = 1.0 * c + 0.1  # Σ_z = Σ_h at t = 1 (K(0, ·) = 0)
+    d = z.diagonal()
+    for i, j in itertools.product(range(4), repeat=2):
+        arg = 2 * z[i, j] / torch.sqrt((1 + 2 * d[i]) * (1 + 2 * d[j]))
+        gate = 0.25 + torch.arcsin(arg.clamp(-1, 1)) / (2 * math.pi)
+        ref = 1.2 * gate * _erf_dual(d[i], d[j], z[i, j]) + 0.05
+        assert abs(K[i, j] - ref) < 2e-5
+
+
+def _gh_orthant(nodes=24):
+    """P(X ≥ 0), X ~ N(0, C + ½I) as E[Π Φ(√2 y)], y ~ N(0, C), by tensor Gauss–Hermite (dim ≤ 4)."""
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+
+    def orthant(mean, cov):
+        from scipy.special import ndtr
+
+        c = cov - 0.5 * np.eye(len(mean))
+        evals, evecs = np.linalg.eigh(c)
+        L = evecs * np.sqrt(np.clip(evals, 0, None))
+        m = len(mean)
+        grid = np.array(list(itertools.product(range(nodes), repeat=m)))
+        g = math.sqrt(2) * x[grid]
+        wt = np.prod(w[grid], axis=1) / math.pi ** (m / 2)
+        y = g @ L.T
+        return float(np.sum(wt * np.prod(ndtr(math.sqrt(2) * y), axis=1)))
+
+    return orthant
+
+
+def test_gru_two_steps_matches_orthant_reference():
+    """QMC gate expectations vs every orthant problem solved by tensor Gauss–Hermite (T = 2)."""
+    seqs = _seqs([2, 2], seed=3)
+    x = torch.stack(seqs).reshape(2, 4)
+    K, _ = evaluate(A.GRU(samples=2**14, readout_bias_var=None), x, x, Hyperparameters.constant(1.5, 0.1), input_shape=(2, 2))
+    c12 = (seqs[0] @ seqs[1].T / 2).numpy()
+    c11 = (seqs[0] @ seqs[0].T / 2).numpy()
+    c22 = (seqs[1] @ seqs[1].T / 2).numpy()
+    k12, k11, k22 = gru_reference_table(c12, c11, c22, 1.5, 0.1, 1.5, orthant=_gh_orthant())
+    # QMC error of 2^14 scrambled Sobol points on this table: ~1.5e-5 (docs/recurrent.md); bound 5e-5
+    assert abs(K[0, 1].item() - (1.5 * k12[-1, -1] + 0.1)) < 5e-5
+    assert abs(K[0, 0].item() - (1.5 * k11[-1, -1] + 0.1)) < 5e-5
+
+
+def test_gate_product_expectation_matches_scipy():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 5, generator=g, dtype=DT)
+    cov = a @ a.T / 5 + 0.2
+    signs = torch.tensor([1.0, -1, 1, -1, -1], dtype=DT)
+    mean = torch.zeros(5, dtype=DT)
+    ref = orthant_probability_reference(np.zeros(5), (signs[:, None] * cov * signs).numpy() + 0.5 * np.eye(5),
+                                        abseps=1e-8, releps=0)
+    assert abs(gate_product_expectation(mean, cov, signs, 2**14).item() - ref) < 2e-5
+
+
+def _lstm_one_step_reference(c, wu, b, wv, bv):
+    """T = 1: σv²·E[σ(o)σ(o')]·E[tanh(σ(i)tanh(g)) tanh(σ(i')tanh(g'))] + σvb², by 2-D/4-D Gauss–Hermite."""
+    x, w = np.polynomial.hermite.hermgauss(40)
+    sig = wu * c + b
+    n = len(c)
+    out = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        cov = np.array([[sig[i, i], sig[i, j]], [sig[i, j], sig[j, j]]])
+        L = np.linalg.cholesky(cov + 1e-14 * np.eye(2))
+        u = math.sqrt(2) * np.stack(np.meshgrid(x, x, indexing="ij"), -1) @ L.T  # (40, 40, 2)
+        ww2 = np.outer(w, w) / math.pi
+        s = 1 / (1 + np.exp(-u))
+        eo = np.sum(ww2 * s[..., 0] * s[..., 1])
+        hi = s  # σ(i) on the grid
+        tg = np.tanh(u)
+        ci = hi[:, :, None, None, 0] * tg[None, None, :, :, 0]
+        cj = hi[:, :, None, None, 1] * tg[None, None, :, :, 1]
+        ec = np.sum(ww2[:, :, None, None] * ww2[None, None] * np.tanh(ci) * np.tanh(cj))
+        out[i, j] = wv * eo * ec + bv
+    return out
+
+
+def test_lstm_single_step_matches_quadrature():
+    x = torch.randn(3, 2, dtype=DT)
+    K, _ = evaluate(A.LSTM(samples=2**14, readout_bias_var=None), x, x, HYPER, input_shape=(1, 2))
+    ref = _lstm_one_step_reference((x @ x.T / 2).numpy(), 1.0, 0.1, 1.2, 0.05)
+    assert np.abs(K.numpy() - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("kernel_cls", [GRUKernel, LSTMKernel, RNNKernel])
+def test_gated_kernels_are_deterministic_symmetric_psd_and_differentiable(kernel_cls):
+    x = pack_sequences(_seqs([1, 4, 2, 4], seed=5), 4)
+    kw = {} if kernel_cls is RNNKernel else {"samples": 2**11}
+    k = kernel_cls(input_shape=(4, 3), masked=True, **kw).to(DT)
+    k.weight_var = [1.0, 1.5, 1.2]
+    K1 = k(x).to_dense()
+    K2 = k(x).to_dense()
+    assert torch.equal(K1, K2)
+    torch.testing.assert_close(K1, K1.T, rtol=0, atol=1e-14)
+    assert torch.linalg.eigvalsh(K1.detach()).min() > -1e-8
+    torch.testing.assert_close(k(x, diag=True), K1.diagonal(), rtol=0, atol=1e-12)
+    K1.sum().backward()
+    assert torch.isfinite(k.raw_weight_var.grad).all() and k.raw_weight_var.grad.abs().sum() > 0
+
+
+def test_rnn_batch_shape_kernel():
+    x = pack_sequences(_seqs([2, 3]), 3)
+    k = RNNKernel(input_shape=(3, 3), masked=True, batch_shape=torch.Size([2])).to(DT)
+    k.weight_var = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], dtype=DT)
+    K = k(x).to_dense()
+    assert K.shape == (2, 2, 2)
+    k1 = RNNKernel(input_shape=(3, 3), masked=True).to(DT)
+    k1.weight_var = [2.0, 2.0, 2.0]
+    torch.testing.assert_close(K[1], k1(x).to_dense())
+
+
+def _rnn_empirical_ntk(x, T, d, width, networks, seed, wu, b, ww, wv):
+    """Mean empirical NTK of erf RNNs in the NTK parameterization, by autograd (weights shared in time)."""
+    g = torch.Generator().manual_seed(seed)
+    k = x.shape[0]
+    tokens = x.reshape(k, T, d)
+    out = []
+    for _ in range(networks):
+        U = torch.randn(d, width, generator=g, dtype=DT, requires_grad=True)
+        W = torch.randn(width, width, generator=g, dtype=DT, requires_grad=True)
+        bias = torch.randn(width, generator=g, dtype=DT, requires_grad=True)
+        v = torch.randn(width, generator=g, dtype=DT, requires_grad=True)
+        h = None
+        for t in range(T):
+            pre = math.sqrt(wu / d) * tokens[:, t] @ U + math.sqrt(b) * bias
+            if h is not None:
+                pre = pre + math.sqrt(ww / width) * torch.erf(h) @ W
+            h = pre
+        f = math.sqrt(wv / width) * torch.erf(h) @ v
+        J = torch.stack([torch.cat([p.reshape(-1) for p in torch.autograd.grad(f[i], [U, W, bias, v],
+                                                                                 retain_graph=True)])
+                         for i in range(k)])
+        out.append(J @ J.T)
+    return torch.stack(out)
+
+
+def test_rnn_ntk_matches_empirical_ntk():
+    T, d = 3, 2
+    x = torch.stack(_seqs([3, 3, 3], seed=7)).reshape(3, T * d)
+    hyper = Hyperparameters(torch.tensor([1.0, 1.5, 1.2], dtype=DT), torch.tensor([0.2, 0.0, 0.0], dtype=DT))
+    _, theta = evaluate(A.RNN(activation=A.Erf()), x, x, hyper, with_ntk=True, input_shape=(T, d))
+    samples = _rnn_empirical_ntk(x, T, d, 256, 24, 0, 1.0, 0.2, 1.5, 1.2)
+    mean, se = samples.mean(0), samples.std(0) / math.sqrt(samples.shape[0])
+    z = (mean - theta) / se
+    # 6 distinct entries, Holm/Bonferroni at α = 1e-4: |z| < 4.9 (t with 23 d.o.f.: 5.9); bias O(1/256)
+    assert z.abs().max() < 5.9, (z, mean, theta)
+    k = RNNNTKKernel(input_shape=(T, d)).to(DT)
+    k.weight_var = [1.0, 1.5, 1.2]
+    k.bias_var = [0.2, 0.0, 0.0]
+    torch.testing.assert_close(k(x).to_dense(), theta)
