@@ -124,3 +124,17 @@ def test_bad_shapes_and_nonfinite_kernel():
         mean_test(C[0], K)
     with pytest.raises(ValueError, match="NaN"):
         mean_test(C, K * float("nan"))
+
+
+def test_verify_extrapolated_on_a_deep_relu_network():
+    """Depth-4 ReLU at width 32 with M = 8192 (M/n = 256) is visibly biased for a one-width test; the
+    1/width extrapolation over widths 32, 64, 128 removes the bias (seeded, α = 1e-4)."""
+    from nngp_gpytorch import arch as A
+    from verification.verify import verify, verify_extrapolated
+
+    arch = A.mlp(4, A.ReLU())
+    r = verify_extrapolated(arch, widths=(32, 64, 128), networks=8192, weight_var=2.0, bias_var=0.1, alpha=1e-4)
+    assert r.passed, r.summary()
+    assert "extrapolation" in r.bias_handling
+    biased = verify(arch, networks=8192, width=32, weight_var=2.0, bias_var=0.1, alpha=1e-4)
+    assert not biased.passed, biased.summary()
