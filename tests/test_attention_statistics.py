@@ -15,7 +15,7 @@ from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from nngp_gpytorch.sequences import pack_sequences
 from verification.ensembles import sample_ensemble
-from verification.ntk import verify_ntk
+from verification.ntk import analytic_ntk, empirical_ntk
 from verification.statistics import mean_test
 
 ALPHA = 1e-4
@@ -81,12 +81,17 @@ def test_mutants_are_rejected():
 
 def test_ntk_matches_empirical_ntk():
     """Θ carried through attention with deterministic weights matches the mean empirical NTK J·Jᵀ of
-    literal transformers (the softmax path's contribution is O(1/width))."""
+    literal transformers (the softmax path's contribution is O(1/width)); the NTK of a mutant
+    (temperature × 2) is rejected by the same sample."""
     torch.set_num_threads(1)
     x, shape = fixed_inputs(k=3, t=4, d=3, seed=5)
     arch = A.transformer(1)
-    result = verify_ntk(arch, x, networks=64, width=512, seed=9, weight_var=HYPER, input_shape=shape)
+    sample = empirical_ntk(arch, x, 64, 512, seed=9, weight_var=HYPER, input_shape=shape)
+    theta = analytic_ntk(arch, x, HYPER, input_shape=shape)[1]
+    result = mean_test(sample.ntks, theta, alpha=ALPHA, width=512)
     assert result.passed, (result.p_value, result.max_abs_t, result.relative_error)
+    wrong = analytic_ntk(A.transformer(1, temperature=2.0), x, HYPER, input_shape=shape)[1]
+    assert not mean_test(sample.ntks, wrong, alpha=ALPHA, width=512).passed
 
 
 @pytest.mark.slow
