@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 @given(vst.kernel_cases())
 def test_random_mlps_match_their_kernels(case):
     result = verify(case.architecture, case.inputs, networks=128, width=1024, seed=0, weight_var=case.hyper,
-                    alpha=1e-4)
+                    alpha=1e-4, input_shape=case.input_shape)
     assert result.passed, f"{case}: {result.summary()}"
 
 

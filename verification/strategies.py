@@ -11,7 +11,9 @@ Exported for users to property-test their own kernels::
         assert result.passed
 
 Composable: :func:`architectures` draws from every strategy registered with
-:func:`register_architecture_strategy` (MLPs here; other families add theirs with one call), and the
+:func:`register_architecture_strategy` (flat-input families: MLPs here; others add theirs with one call),
+:func:`all_kernel_cases` also from :func:`register_case_strategy` (families whose cases carry an
+``input_shape``: conv, recurrent), and the
 building blocks (:func:`activations`, :func:`dense_layers`, :func:`mlps`, :func:`hyperparameters`,
 :func:`input_sets`) are usable on their own. Strategies shrink towards shallow ReLU networks with shared
 variances and few, generic inputs.
@@ -141,11 +143,13 @@ def input_sets(draw, min_points: int = 2, max_points: int = 6, min_dim: int = 1,
 
 @dataclass(frozen=True)
 class KernelCase:
-    """An architecture with its hyperparameters and a set of inputs."""
+    """An architecture with its hyperparameters and a set of ``(k, d)`` inputs (with the per-example
+    ``input_shape`` for structured families, ``d = prod(input_shape)``)."""
 
     architecture: A.Layer
     hyper: Hyperparameters
     inputs: torch.Tensor
+    input_shape: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return (f"KernelCase({self.architecture.describe()}, weight_var={self.hyper.weight_var.tolist()}, "
@@ -161,7 +165,24 @@ def kernel_cases(draw, architecture_strategy=None, inputs_strategy=None) -> Kern
     return KernelCase(architecture, hyper, inputs)
 
 
+_CASE_STRATEGIES: list[st.SearchStrategy] = []
+
+
+def register_case_strategy(strategy: st.SearchStrategy) -> st.SearchStrategy:
+    """Add a strategy of whole :class:`KernelCase` values (architecture + hyperparameters + inputs with
+    their ``input_shape``) to :func:`all_kernel_cases`: the way for families with structured inputs (conv,
+    recurrent) to join the property tests."""
+    _CASE_STRATEGIES.append(strategy)
+    return strategy
+
+
+def all_kernel_cases() -> st.SearchStrategy[KernelCase]:
+    """:func:`kernel_cases` over flat architectures, or any registered structured case strategy."""
+    return st.one_of(kernel_cases(), *_CASE_STRATEGIES)
+
+
 __all__ = [
-    "KernelCase", "NAMED", "USER_CALLABLES", "activations", "architectures", "bias_vars", "dense_layers",
-    "hyperparameters", "input_sets", "kernel_cases", "mlps", "register_architecture_strategy", "weight_vars",
+    "KernelCase", "NAMED", "USER_CALLABLES", "activations", "all_kernel_cases", "architectures", "bias_vars",
+    "dense_layers", "hyperparameters", "input_sets", "kernel_cases", "mlps", "register_architecture_strategy",
+    "register_case_strategy", "weight_vars",
 ]
