@@ -4,7 +4,8 @@ Independent of the master-theorem kernel: every instruction is run as written on
 vectorized over ``M`` networks (leading axis) and ``k`` inputs:
 
 * hidden matrices ``W`` ``(M, n, n)`` with entries ``N(0, σ²/n)``, drawn once per network and reused by
-  every ``MatMul`` that names them (weight sharing, recurrence are literal);
+  every ``MatMul`` that names them (weight sharing, recurrence are literal; a matrix used once may be
+  replaced by its exact Gram-conditional draw, below);
 * input matrices ``(M, d, n)`` with ``N(0, σ²/d)``, biases ``(M, 1, n)`` with ``N(0, σ²)``;
 * ``Nonlin`` applies the user's callable to the argument vectors; NETSOR+ moments are actual averages
   over the ``n`` coordinates.
@@ -13,8 +14,10 @@ The readout is averaged analytically (Rao–Blackwell, reference/verification.md
 ``H_m`` ``(k, n)`` of network ``m``, ``C_m = E[f fᵀ | network m] = σ_v²·H_m H_mᵀ/n + σ_b²``, i.i.d.
 across networks with ``E[C_m] = K_width`` — the input of :func:`verification.statistics.mean_test`.
 
-Cost per network: one ``n²`` draw per hidden matrix (RNG-bound: ~200 M normals/s in float32) plus
-``k·n²`` multiply-adds per ``MatMul``. Networks are processed in chunks bounded by ``max_bytes``.
+Cost per network: one ``n²`` draw per reused hidden matrix (RNG-bound: ~200 M normals/s in float32) plus
+``k·n²`` multiply-adds per ``MatMul``; matrices used once, and input matrices, are drawn exactly and
+cheaply from their Gram-conditional distribution (``sampler="gram"``, cost linear in ``n``).
+Networks are processed in chunks bounded by ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,35 @@ def program_variances(program: Program, variances: Mapping[str, float] | None = 
     return values
 
 
+def _gram_root(gram: torch.Tensor) -> torch.Tensor:
+    """``R`` with ``R Rᵀ = gram`` (eigendecomposition in float64: singular Grams are fine)."""
+    evals, evecs = torch.linalg.eigh(gram.to(torch.float64))
+    return evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2)
+
+
 def run_program(program: Program, inputs: torch.Tensor, width: int, variances: Mapping[str, float],
-                networks: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                networks: int, generator: torch.Generator, dtype: torch.dtype = torch.float32,
+                sampler: str = "gram") -> torch.Tensor:
     """Execute ``program`` on ``inputs`` ``(k, D)`` for ``networks`` random networks; returns the readout
-    vectors ``(M, k, n)`` (``Σ_t c_t h_t`` of the readout terms)."""
+    vectors ``(M, k, n)`` (``Σ_t c_t h_t`` of the readout terms).
+
+    ``sampler="literal"`` draws every matrix. ``sampler="gram"`` (default) draws exactly the same
+    distribution faster where a matrix's inputs are known when it is used: an input matrix ``U`` is
+    applied only to input tokens, so all its products ``U x_t`` are drawn jointly as ``n`` i.i.d. rows
+    ``N(0, σ²·X Xᵀ/d)`` over every (token, point); a hidden matrix used by a single ``MatMul`` gives rows
+    ``N(0, σ²·h hᵀ/n)`` given ``h`` (reference/verification.md, Gram-conditional sampling). Hidden matrices
+    used more than once (weight sharing, recurrence) are always drawn literally.
+    """
+    if sampler not in ("gram", "literal"):
+        raise ValueError(f"sampler must be 'gram' or 'literal', got {sampler!r}")
     m, (k, _) = networks, inputs.shape
     x = inputs.to(dtype)
     mats: dict[int, torch.Tensor] = {}
+    uses: dict[int, list] = {}
+    for v in program.vars:
+        if v.op in ("input", "matmul"):
+            uses.setdefault(id(v.matrix), []).append(v)
+    joint: dict[int, torch.Tensor] = {}  # gram sampler: input projections, by var index
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=dtype, device=inputs.device)
@@ -59,6 +84,27 @@ def run_program(program: Program, inputs: torch.Tensor, width: int, variances: M
             else:
                 mats[id(mat)] = randn(m, mat.fan_in, width) * math.sqrt(var / mat.fan_in)
         return mats[id(mat)]
+
+    def input_projection(v):
+        if sampler == "literal":
+            tok = v.source
+            return x[:, tok.offset:tok.offset + tok.dim] @ matrix(v.matrix)  # (M, k, n)
+        if v.index not in joint:
+            group = uses[id(v.matrix)]
+            rows = torch.cat([inputs[:, u.source.offset:u.source.offset + u.source.dim] for u in group])
+            gram = variances[v.matrix.var] * rows @ rows.T / v.matrix.fan_in  # (G·k, G·k)
+            out = _gram_root(gram).to(dtype) @ randn(m, rows.shape[0], width)
+            for j, u in enumerate(group):
+                joint[u.index] = out[:, j * k:(j + 1) * k]
+        return joint.pop(v.index)
+
+    def hidden_product(v):
+        h = values[v.source.index]
+        if sampler == "literal" or len(uses[id(v.matrix)]) > 1:
+            return h @ matrix(v.matrix).transpose(-1, -2)  # rows: W h
+        hd = h.to(torch.float64)
+        gram = variances[v.matrix.var] * hd @ hd.transpose(-1, -2) / width
+        return _gram_root(gram).to(dtype) @ randn(m, k, width)
 
     values: dict[int, torch.Tensor] = {}
     scalars: dict[int, torch.Tensor] = {}
@@ -74,10 +120,9 @@ def run_program(program: Program, inputs: torch.Tensor, width: int, variances: M
         if v.op == "bias":
             out = randn(m, 1, width).expand(m, k, width) * math.sqrt(variances[v.var])
         elif v.op == "input":
-            tok = v.source
-            out = x[:, tok.offset:tok.offset + tok.dim] @ matrix(v.matrix)  # (M, k, n)
+            out = input_projection(v)
         elif v.op == "matmul":
-            out = values[v.source.index] @ matrix(v.matrix).transpose(-1, -2)  # rows: W h
+            out = hidden_product(v)
         elif v.op == "lincomb":
             out = 0
             for coef, term in v.terms:
@@ -105,6 +150,7 @@ def sample_program(
     chunk_size: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     dtype: torch.dtype = torch.float32,
+    sampler: str = "gram",
     progress=None,
 ) -> EnsembleSample:
     """Per-network covariance estimates ``C_m`` ``(M, k, k)`` float64 of ``program``'s readout.
@@ -112,6 +158,8 @@ def sample_program(
     Args:
         inputs: ``(k, D)`` with ``D = program.input_dim``.
         variances: by name; default the program's ``init`` values (e.g. ``kernel.variance_dict()``).
+        sampler: ``"gram"`` (default; exact conditional draws where a matrix's inputs are known, see
+            :func:`run_program`) or ``"literal"`` (every matrix drawn: the reference).
         progress: optional callable ``progress(done_networks)``.
     """
     program.check_complete()
@@ -123,7 +171,12 @@ def sample_program(
         raise ValueError(f"need networks >= 2 and width >= 1, got networks={networks}, width={width}")
     values = program_variances(program, variances)
     k = inputs.shape[0]
-    hidden = sum(1 for mat in program.matrices if mat.kind == "hidden")
+    counts = {}
+    for v in program.vars:
+        if v.op == "matmul":
+            counts[id(v.matrix)] = counts.get(id(v.matrix), 0) + 1
+    hidden = sum(1 for mat in program.matrices if mat.kind == "hidden" and (sampler == "literal" or
+                                                                         counts.get(id(mat), 0) > 1))
     per_network = 4 * (hidden * width * width + (len(program.vars) + 4) * k * width
                        + sum(mat.fan_in or 0 for mat in program.matrices) * width)
     chunk = chunk_size or int(max(1, min(networks, max_bytes // max(per_network, 1))))
@@ -134,7 +187,7 @@ def sample_program(
     for first in range(0, networks, chunk):
         m = min(chunk, networks - first)
         with torch.no_grad():
-            h = run_program(program, inputs, width, values, m, generator, dtype)
+            h = run_program(program, inputs, width, values, m, generator, dtype, sampler)
         hd = h.to(torch.float64)
         cov = values[r.var] * hd @ hd.transpose(-1, -2) / width
         if r.bias is not None:
@@ -145,7 +198,7 @@ def sample_program(
     covariances = torch.cat(parts)
     if not torch.isfinite(covariances).all():
         raise FloatingPointError(f"non-finite network outputs for {program.name}")
-    return EnsembleSample(covariances, networks, width, "literal-program", time.perf_counter() - start)
+    return EnsembleSample(covariances, networks, width, f"{sampler}-program", time.perf_counter() - start)
 
 
 __all__ = ["program_variances", "run_program", "sample_program"]

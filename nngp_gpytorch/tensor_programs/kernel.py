@@ -99,7 +99,8 @@ class TensorProgramKernel(Kernel):
 
     def variance_dict(self) -> dict[str, float]:
         """The current values as floats (unbatched kernels), e.g. for the finite twin."""
-        return {n: float(self.variances[..., i].reshape(-1)[0]) for i, n in enumerate(self.names)}
+        values = self.variances.detach()
+        return {n: float(values[..., i].reshape(-1)[0]) for i, n in enumerate(self.names)}
 
     def _index(self, name: str) -> int:
         if name not in self.names:

@@ -313,6 +313,8 @@ def evaluate_program(
     k = target.readout()
     shape = (*batch, *((x1.shape[-2],) if diag else (x1.shape[-2], x2.shape[-2])))
     k = k.expand(k.shape[0], *shape)
+    if same_inputs and not diag:
+        k = (k + k.transpose(-1, -2)) / 2  # a Gram matrix: exactly symmetric (QMC estimates of (i,j), (j,i) differ)
     if k.shape[0] > 1:
         mean, stderr = k.mean(0), k.std(0) / math.sqrt(k.shape[0])
     else:
