@@ -60,32 +60,28 @@ _RANK_TOL = 1e-10
 
 
 def _centre(sigma: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """``diag(G_1, ..., G_k)·Σ·diag(G_1, ..., G_k)``, each block scaled to mean diagonal 1."""
-    parts, start = [], 0
-    for b in sizes:
-        parts.append(torch.full((b,), 1.0 / b, dtype=sigma.dtype, device=sigma.device))
-        start += b
-    idx = torch.repeat_interleave(torch.arange(len(sizes), device=sigma.device),
-                                  torch.tensor(sizes, device=sigma.device))
-    same = idx[:, None] == idx[None, :]
+    """``diag(G_1, ..., G_k)·Σ·diag(G_1, ..., G_k)`` (``G_b = I − 11ᵀ/B_b``), each block scaled to mean diagonal 1.
+
+    Raises ``ValueError`` for a batch whose centred covariance vanishes (relative to ``Σ``'s own scale,
+    1e-13): all its points have the same pre-activations and batch norm is 0/0.
+    """
     n = sigma.shape[-1]
-    avg = torch.where(same, torch.cat(parts)[None, :].expand(n, n), torch.zeros((), dtype=sigma.dtype))
-    g = torch.eye(n, dtype=sigma.dtype, device=sigma.device) - avg  # block-diagonal centring
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(sigma.device)
+    size = torch.tensor(sizes, dtype=sigma.dtype, device=sigma.device)[batch]
+    same = batch[:, None] == batch[None, :]
+    g = torch.eye(n, dtype=sigma.dtype, device=sigma.device) - same.to(sigma.dtype) / size[None, :]
     centred = g @ sigma @ g
     centred = (centred + centred.transpose(-1, -2)) / 2
-    diag = centred.diagonal(dim1=-2, dim2=-1)
+    diag, raw = centred.diagonal(dim1=-2, dim2=-1), sigma.diagonal(dim1=-2, dim2=-1).abs()
     scales = []
-    start = 0
-    for b in sizes:
-        m = diag[..., start:start + b].mean(-1, keepdim=True)
-        scale = sigma.diagonal(dim1=-2, dim2=-1)[..., start:start + b].abs().mean(-1, keepdim=True)
-        if not bool((m > 1e-13 * scale.clamp_min(torch.finfo(sigma.dtype).tiny)).all()) or not bool((m > 0).all()):
+    for part, raw_part in zip(torch.split(diag, list(sizes), -1), torch.split(raw, list(sizes), -1), strict=True):
+        m = part.mean(-1, keepdim=True)
+        if not bool((m > 1e-13 * raw_part.mean(-1, keepdim=True)).all() and (m > 0).all()):
             raise ValueError(
                 "batch norm is undefined for a batch whose points all have the same pre-activations "
                 "(the centred covariance is zero: 0/0); the points of a batch must not all coincide"
             )
-        scales.append(m.expand(*m.shape[:-1], b))
-        start += b
+        scales.append(m.expand(*m.shape[:-1], part.shape[-1]))
     inv_sqrt = torch.cat(scales, -1).rsqrt()
     return centred * inv_sqrt.unsqueeze(-1) * inv_sqrt.unsqueeze(-2)
 
