@@ -8,6 +8,8 @@ import gpytorch
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from scipy import integrate
 
 from nngp_gpytorch import BatchNormMLPKernel, NNGPKernel
@@ -228,3 +230,22 @@ def test_kernel_cache_equals_full_algebra_with_per_layer_variances():
         kernel.weight_var = [2.0, 0.1, 0.9]
         full = evaluate_batches(kernel.architecture, x[:, 1:], (4, 3), kernel.hyperparameters_for_algebra())
         assert torch.allclose(kernel(x).to_dense(), full, atol=1e-13)
+
+
+@settings(max_examples=25)
+@given(b=st.integers(2, 12), d=st.integers(1, 6), seed=st.integers(0, 10**6),
+       scale=st.floats(1e-4, 1e4), shift=st.floats(-10, 10), degree_one=st.sampled_from(["relu", "abs", "leaky"]))
+def test_invariants_property(b, d, seed, scale, shift, degree_one):
+    """For any batch (rank-deficient included): V(λΣ + c11ᵀ) = V(Σ), symmetric PSD; trace B/2 for ReLU."""
+    activation = {"relu": A.ReLU(), "abs": A.Abs(), "leaky": A.LeakyReLU(0.3)}[degree_one]
+    dual = dual_for(activation)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, generator=g, dtype=DT)
+    sigma = x @ x.T / d
+    centred = sigma - sigma.mean(0, keepdim=True) - sigma.mean(1, keepdim=True) + sigma.mean()
+    assume(float(centred.diagonal().mean()) > 1e-8 * float(sigma.diagonal().mean()))
+    v = batchnorm_dual(sigma, dual, 1)
+    assert torch.allclose(batchnorm_dual(scale * sigma + shift * scale, dual, 1), v, atol=1e-10)
+    assert float(torch.linalg.eigvalsh(v).min()) > -1e-10
+    if degree_one == "relu":
+        assert abs(float(v.trace()) - b / 2) < 1e-10
