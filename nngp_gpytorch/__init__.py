@@ -26,3 +26,7 @@ __all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel", "sequences"]
 from .kernels import TransformerKernel, TransformerNTKKernel  # noqa: E402
 
 __all__ += ["TransformerKernel", "TransformerNTKKernel"]
+from . import tensor_programs  # noqa: E402
+from .tensor_programs import Program, TensorProgramKernel  # noqa: E402
+
+__all__ += ["Program", "TensorProgramKernel", "tensor_programs"]

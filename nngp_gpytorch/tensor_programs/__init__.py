@@ -10,6 +10,7 @@
 The finite twin (literal execution with random matrices) is ``verification.tensor_programs``.
 """
 
+from . import examples
 from .expectations import Accuracy, gaussian_expectation, psd_cholesky
 from .kernel import TensorProgramKernel
 from .master import ProgramKernelResult, evaluate_program
@@ -17,5 +18,5 @@ from .program import Matrix, Program, ProgramError, Readout, Scalar, Token, Var
 
 __all__ = [
     "Accuracy", "Matrix", "Program", "ProgramError", "ProgramKernelResult", "Readout", "Scalar",
-    "TensorProgramKernel", "Token", "Var", "evaluate_program", "gaussian_expectation", "psd_cholesky",
+    "TensorProgramKernel", "Token", "Var", "evaluate_program", "examples", "gaussian_expectation", "psd_cholesky",
 ]
