@@ -253,14 +253,16 @@ def _pad_axis(x: torch.Tensor, axis: int, lo: int, hi: int, circular: bool) -> t
     if lo == 0 and hi == 0:
         return x
     n = x.shape[axis]
-    idx = torch.arange(-lo, n + hi, device=x.device)
     if circular:
+        if lo <= n and hi <= n:
+            return torch.cat([x.narrow(axis, n - lo, lo), x, x.narrow(axis, 0, hi)], dim=axis)
+        idx = torch.arange(-lo, n + hi, device=x.device)
         return x.index_select(axis, idx % n)
     shape = list(x.shape)
-    shape[axis] = 1
-    ext = torch.cat([x, x.new_zeros(shape)], dim=axis)
-    idx = torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))
-    return ext.index_select(axis, idx)
+    shape[axis] = n + lo + hi
+    out = x.new_zeros(shape)
+    out.narrow(axis, lo, n).copy_(x)
+    return out
 
 
 def _strided(axis: int, start: int, count: int, stride: int, ndim: int) -> tuple:
