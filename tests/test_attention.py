@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nngp_gpytorch import TransformerKernel, TransformerNTKKernel
 from nngp_gpytorch import arch as A
@@ -39,11 +41,11 @@ def reference_kernel(seqs: list[torch.Tensor], depth: int, w: float, b: float, t
     for _ in range(depth):
         sigma = w * sigma + b
         a = torch.zeros_like(sigma)
-        for st, length in zip(starts, lengths, strict=True):
-            block = sigma[st:st + length, st:st + length] / temperature
+        for first, length in zip(starts, lengths, strict=True):
+            block = sigma[first:first + length, first:first + length] / temperature
             if causal:
                 block = block.masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf"))
-            a[st:st + length, st:st + length] = torch.eye(length, dtype=DT) + torch.softmax(block, -1)
+            a[first:first + length, first:first + length] = torch.eye(length, dtype=DT) + torch.softmax(block, -1)
         hat = _corr(a @ sigma @ a.T)
         f = w * _relu_dual(w * hat + b) + b
         sigma = _corr(f + hat)
@@ -131,3 +133,16 @@ def test_unsupported_regimes_and_misuse_raise():
         A.Serial(A.TokenDense(), A.SequenceReadout(), A.Dense()).validate()
     with pytest.raises(ValueError, match="input_shape"):
         TransformerKernel(1)
+
+
+@settings(max_examples=15)
+@given(depth=st.integers(1, 3), lengths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+       w=st.floats(0.3, 3.0), b=st.floats(0.0, 1.0), temperature=st.floats(0.2, 5.0), causal=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_kernel_is_psd_and_matches_reference_property(depth, lengths, w, b, temperature, causal, seed):
+    seqs = sequences(lengths, d=3, seed=seed)
+    x = pack_sequences(seqs)
+    arch = A.transformer(depth, temperature=temperature, causal=causal, masked=True)
+    k, _ = evaluate(arch, x, x, Hyperparameters.constant(w, b), input_shape=(max(lengths), 4))
+    assert torch.allclose(k, reference_kernel(seqs, depth, w, b, temperature, causal), atol=1e-10, rtol=1e-10)
+    assert float(torch.linalg.eigvalsh(k).min()) > -1e-10
