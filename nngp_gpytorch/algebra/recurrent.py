@@ -238,17 +238,22 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
         hd2 = wu * c22.diagonal(dim1=-2, dim2=-1) + ww * kd2 * r22 + b
     hd: dict = {}
 
-    def s_entry(t, s):
-        z12 = sigma_z(t, s)
+    def s_block(pairs):
+        """S(t, s) for a list of (t, s) index pairs at once: ``(P, len(pairs))``."""
+        ts = [t for t, _ in pairs]
+        ss = [s_ for _, s_ in pairs]
+        z12 = torch.stack([sigma_z(t, s_) for t, s_ in pairs], -1)
+        kp = torch.stack([kprev(t, s_) for t, s_ in pairs], -1)
         if self_mode:
-            zt, zs = sigma_z(t, t), sigma_z(s, s)
-            h11, h22 = hd[t], hd[s]
+            zt = torch.stack([sigma_z(t, t) for t in ts], -1)
+            zs = torch.stack([sigma_z(s_, s_) for s_ in ss], -1)
+            h11 = torch.stack([hd[t] for t in ts], -1)
+            h22 = torch.stack([hd[s_] for s_ in ss], -1)
         else:
-            zt, zs = zd1[:, t], zd2[:, s]
-            h11, h22 = hd1[:, t], hd2[:, s]
+            zt, zs, h11, h22 = zd1[:, ts], zd2[:, ss], hd1[:, ts], hd2[:, ss]
         r = gate_dual(zt, zs, z12)
-        h12 = wu[:, 0] * c[:, t, s] + ww[:, 0] * kprev(t, s) * r + b[:, 0]
-        same = torch.tensor(self_mode and t == s)
+        h12 = wu * c[:, ts, ss] + ww * kp * r + b
+        same = torch.tensor([self_mode and t == s_ for t, s_ in pairs], device=c.device)
         return erf.nngp(h11, h22, h12, same)
 
     for ell in range(T):
@@ -264,29 +269,31 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
                                  for i in range(ell + 1)], -2)
             y1, y2 = sampler.step(z11[:, : ell + 1, : ell + 1], z22[:, : ell + 1, : ell + 1], cov12)
         g1.append(gate(y1))
-        g2.append(gate(y2))
-        # new S entries: row ell (s ≤ ell) and column ell (t < ell)
-        for s in range(ell + 1):
-            S[(ell, s)] = s_entry(ell, s)
-        for t in range(ell):
-            S[(t, ell)] = S[(ell, t)] if self_mode else s_entry(t, ell)
+        g2.append(g1[-1] if self_mode else gate(y2))
+        # new S entries: row ell (s ≤ ell) and column ell (t < ell), in one batched dual evaluation
+        pairs = [(ell, s) for s in range(ell + 1)] + ([] if self_mode else [(t, ell) for t in range(ell)])
+        block = s_block(pairs)
+        for i, key in enumerate(pairs):
+            S[key] = block[:, i]
+        if self_mode:
+            for t in range(ell):
+                S[(t, ell)] = S[(ell, t)]
         # Q: column b = ell for t ≤ ell, then row t = ell for b < ell
+        # (1 − g)·prev + g·new = lerp(prev, new, g): one fused operation per entry and point
         q = None
         for t in range(ell + 1):
-            term = g1[t] * S[(t, ell)][:, None]
-            q = term if q is None else (1 - g1[t]) * q + term
+            st = S[(t, ell)][:, None]
+            q = g1[t] * st if q is None else torch.lerp(q, st.expand_as(q), g1[t])
             Q[(t, ell)] = q
         for bb in range(ell):
-            Q[(ell, bb)] = (1 - g1[ell]) * Q[(ell - 1, bb)] + g1[ell] * S[(ell, bb)][:, None] if ell > 0 \
-                else g1[ell] * S[(ell, bb)][:, None]
+            Q[(ell, bb)] = torch.lerp(Q[(ell - 1, bb)], S[(ell, bb)][:, None].expand_as(g1[ell]), g1[ell])
         # R: row t = ell for s ≤ ell, column s = ell for t < ell
         r = None
         for s in range(ell + 1):
-            term = g2[s] * Q[(ell, s)]
-            r = term if r is None else (1 - g2[s]) * r + term
+            r = g2[s] * Q[(ell, s)] if r is None else torch.lerp(r, Q[(ell, s)], g2[s])
             R[(ell, s)] = r
         for t in range(ell):
-            R[(t, ell)] = (1 - g2[ell]) * R[(t, ell - 1)] + g2[ell] * Q[(t, ell)]
+            R[(t, ell)] = torch.lerp(R[(t, ell - 1)], Q[(t, ell)], g2[ell])
         for s in range(ell + 1):
             K[(ell, s)] = R[(ell, s)].mean(-1)
         for t in range(ell):
