@@ -249,3 +249,20 @@ def test_invariants_property(b, d, seed, scale, shift, degree_one):
     assert float(torch.linalg.eigvalsh(v).min()) > -1e-10
     if degree_one == "relu":
         assert abs(float(v.trace()) - b / 2) < 1e-10
+
+
+def test_general_degree_against_monte_carlo():
+    """The α-homogeneous formula (prefactor B^α/Γ(α), factor s^(α−1)) for α = 2, φ = ReLU², against
+    2·10⁵ direct samples of φ(BN(g)): every entry within 5 standard errors (two-sided per-entry false
+    alarm 6e-7, 15 entries)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=DT)
+    sigma = x @ x.T / 3
+    dual = dual_for(A.Activation(lambda z: torch.relu(z) ** 2, name="relu_squared"), 64)
+    v = batchnorm_dual(sigma, dual, 2)
+    samples = torch.randn(200_000, 5, generator=g, dtype=DT) @ torch.linalg.cholesky(sigma).T
+    centred = samples - samples.mean(1, keepdim=True)
+    f = torch.relu(centred / centred.pow(2).mean(1, keepdim=True).sqrt()) ** 2
+    products = f[:, :, None] * f[:, None, :]
+    z = (v - products.mean(0)) / (products.std(0) / math.sqrt(f.shape[0]))
+    assert float(z.abs().max()) < 5
