@@ -130,7 +130,7 @@ def test_random_programs_agree_with_their_finite_twins(program):
     ("tied-mlp-5", tied_mlp_program(5, 3, A.Erf(), bias_var=0.1, hidden_var=0.7)),
 ])
 def test_longer_programs_against_finite_networks(name, program):
-    test, _, _ = check(program, width=1024, networks=256, seed=31)
+    test, _, _ = check(program, width=1024, networks=256, seed=31, accuracy=Accuracy(qmc_points=2**14))
     assert test.passed, f"{name}: {test.summary()}"
 
 
@@ -151,7 +151,8 @@ def test_gated_three_way(kind, make):
     program = make(T, d, bias_var=0.1)
     x = default_inputs(5, T * d)
     dedicated = _dedicated(kind, T, d)(x).to_dense().detach()
-    test, result, _ = check(program, k=5, width=1024, networks=256, seed=41, x=x)
+    test, result, _ = check(program, k=5, width=1024, networks=256, seed=41, x=x,
+                            accuracy=Accuracy(qmc_points=2**14))
     assert ((result.kernel.detach() - dedicated).abs() <= 5 * result.stderr + 2e-4).all(), \
         (result.kernel.detach() - dedicated).abs().max()
     assert test.passed, test.summary()
