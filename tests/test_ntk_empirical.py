@@ -95,3 +95,49 @@ def test_per_layer_hyperparameters():
     hyper = Hyperparameters(torch.tensor([1.5, 0.8]), torch.tensor([0.1, 0.3]))
     res = verify_ntk(arch, x, networks=64, width=512, seed=5, weight_var=hyper)
     assert res.passed, res.summary()
+
+
+STRUCTURED = [
+    (A.Serial(A.Conv(kernel_size=3, padding="same"), A.ReLU(), A.Conv(kernel_size=3, padding="same"), A.ReLU(),
+              A.GlobalAvgPool(), A.Dense()), (2, 4, 4)),
+    (A.Serial(A.Conv(kernel_size=3, padding="valid"), A.Erf(), A.Flatten(), A.Dense()), (2, 4, 4)),
+    (A.Serial(A.Dense(), A.Residual(A.Serial(A.ReLU(), A.Dense())), A.LayerNorm(), A.ReLU(), A.Dense()), None),
+]
+
+
+@pytest.mark.parametrize("arch,shape", STRUCTURED, ids=["conv-gap", "conv-flatten", "residual-layernorm"])
+def test_structured_families_pass_and_reject_dropped_derivative(arch, shape):
+    """Weights shared over positions (conv): records with positions; residual sums and layer norm on Θ."""
+    x = default_inputs(k=6, d=32)
+    width = 64 if shape else 256
+    res = verify_ntk(arch, x, networks=32, width=width, seed=7, bias_var=0.1, readout_units=1, input_shape=shape)
+    assert res.passed, res.summary()
+    mutant = analytic_ntk(arch, x, 1.0, 0.1, input_shape=shape, mutant="dropped_derivative")[1]
+    res_m = verify_ntk(arch, x, networks=32, width=width, seed=7, bias_var=0.1, readout_units=1, input_shape=shape,
+                       analytic=mutant)
+    assert not res_m.passed
+
+
+def test_conv_delta_trick_matches_jacrev():
+    """Weight sharing over positions: δ-trick NTK of a tiny conv net equals Σ over all ω, β of ∂f ∂f."""
+    x = default_inputs(k=3, d=1 * 3 * 3)
+    arch = A.Serial(A.Conv(kernel_size=2, padding="valid"), A.ReLU(), A.Flatten(), A.Dense())
+    s = empirical_ntk(arch, x, networks=2, width=3, seed=4, weight_var=1.2, bias_var=0.3, readout_units=1,
+                      input_shape=(1, 3, 3))
+    g = torch.Generator().manual_seed(4)
+    m, width, taps = 2, 3, 4
+    bias = torch.randn(m, 1, width, generator=g)  # the conv twin draws its bias first, then the weight
+    weight = torch.randn(m, taps, width, generator=g)
+    v = torch.randn(1, m, 1, 4 * width, generator=g)
+    img = x.to(torch.float32).reshape(3, 3, 3)
+    for net in range(m):
+        def f(w_, b_, v_, beta, im, net=net):
+            patches = torch.stack([im[i:i + 2, j:j + 2].reshape(-1) for i in range(2) for j in range(2)])  # (4, taps)
+            z = patches @ w_ * (1.2 / taps) ** 0.5 + 0.3**0.5 * b_[0]
+            h = torch.relu(z).reshape(-1)  # flatten (position-major, channels last)
+            return h @ v_ * (1.2 / h.shape[0]) ** 0.5 + 0.3**0.5 * beta
+
+        jac = torch.func.vmap(torch.func.jacrev(f, argnums=(0, 1, 2, 3)), in_dims=(None, None, None, None, 0))(
+            weight[net], bias[net], v[0, net, 0], torch.zeros(()), img)
+        rows = torch.cat([j.reshape(3, -1) for j in jac], dim=1).double()
+        torch.testing.assert_close(s.ntks[net], rows @ rows.T, rtol=2e-5, atol=2e-5)
