@@ -134,7 +134,7 @@ class BatchNormMLPKernel(InfiniteWidthKernel):
         return w * features + b
 
     def _features(self, batch_ids: tuple[int, ...]) -> torch.Tensor:
-        key = (batch_ids, self.raw_weight_var.dtype, self.raw_weight_var.device)
+        key = (batch_ids, self.raw_weight_var.dtype, self.raw_weight_var.device, self.step, self.quadrature_degree)
         if key not in self._cache:
             x = torch.cat([self._batches[b] for b in batch_ids]).to(self.raw_weight_var)
             sizes = tuple(self._batches[b].shape[0] for b in batch_ids)
