@@ -204,3 +204,18 @@ def test_program_without_bias_and_zero_input():
     z = torch.zeros(2, 2, dtype=torch.float64)
     k = TensorProgramKernel(p).double()(z).to_dense()
     assert torch.equal(k, torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_batched_inputs_diag_and_active_dims():
+    """The GPyTorch contract: batched inputs, diag without the full matrix, active_dims."""
+    kernel = TensorProgramKernel(mlp_program(2, 4, A.Erf(), 1.3, 0.1)).double()
+    x = torch.randn(3, 2, 5, 4, dtype=torch.float64)
+    k = kernel(x).to_dense()
+    assert k.shape == (3, 2, 5, 5)
+    torch.testing.assert_close(k[1, 0], kernel(x[1, 0]).to_dense())
+    torch.testing.assert_close(kernel(x, diag=True), k.diagonal(dim1=-1, dim2=-2))
+    y = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    assert kernel(x, y).to_dense().shape == (3, 2, 5, 4)
+    wide = torch.randn(6, 9, dtype=torch.float64)
+    sub = TensorProgramKernel(mlp_program(2, 4, A.Erf(), 1.3, 0.1), active_dims=torch.tensor([0, 2, 4, 6])).double()
+    torch.testing.assert_close(sub(wide).to_dense(), kernel(wide[:, [0, 2, 4, 6]]).to_dense())

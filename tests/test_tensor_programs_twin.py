@@ -158,3 +158,25 @@ def test_gated_three_way(kind, make):
     assert test.passed, test.summary()
     assert mean_test(sample_program(program, x, 256, 1024, seed=42).covariances, dedicated, alpha=ALPHA,
                      width=1024).passed
+
+
+CALIBRATION_PROGRAMS = [
+    ("rnn-erf", lambda: rnn_program(3, 2, A.Erf(), bias_var=0.1), None),
+    ("tied-tanh", lambda: tied_mlp_program(3, 3, A.Tanh(), bias_var=0.1, hidden_var=1.0), None),
+    ("gru-T2", lambda: gru_program(2, 2, bias_var=0.1), Accuracy(qmc_points=2**14)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, make, accuracy", CALIBRATION_PROGRAMS)
+def test_calibration_over_seeds(name, make, accuracy):
+    """False-alarm rate over 100 seeds at α = 0.01 (width 256, 64 networks: M/width = 1/4): at most 5
+    rejections (P(Bin(100, 0.01) ≥ 6) ≈ 5e-4)."""
+    program = make()
+    x = default_inputs(6, program.input_dim)
+    kernel = TensorProgramKernel(program, accuracy=accuracy).double()
+    k = kernel(x).to_dense().detach()
+    rejections = sum(not mean_test(sample_program(program, x, 64, 256, seed=1000 + s).covariances, k,
+                                   alpha=0.01, width=256).passed for s in range(100))
+    print(f"{name}: {rejections}/100 rejections at alpha=0.01")
+    assert rejections <= 5
