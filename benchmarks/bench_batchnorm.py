@@ -8,13 +8,14 @@ Prints, for a depth-2 ReLU batch-norm MLP (``batchnorm_mlp(2)``), d = 16:
   ``‖ΦΦᵀ/n − V‖²/‖V‖²`` of one finite network's post-BN Gram against the kernel, and the log-log slope
   (expected −1).
 
-    python benchmarks/bench_batchnorm.py [--repeats 2] [--skip-64-cross]
+    python benchmarks/bench_batchnorm.py [--repeats 2] [--skip-64-cross] [--plot PATH.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,7 +24,8 @@ from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters
 from nngp_gpytorch.algebra.batchnorm import batchnorm_dual, propagate_batches
 from nngp_gpytorch.duals import dual_for
-from verification.statistics import fit_loglog
+from verification.report import plot_convergence
+from verification.statistics import width_convergence
 from verification.twins.batchnorm import sample_batch_ensemble
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-64-cross", action="store_true")
+    parser.add_argument("--plot", default=None, help="save the width-convergence plot to this PNG path")
     args = parser.parse_args()
     torch.set_num_threads(1)
     hyper = Hyperparameters.constant(2.0, 0.1)
@@ -72,15 +75,16 @@ def main() -> None:
     x = torch.randn(10, 4, dtype=torch.float64)
     with torch.no_grad():
         v = propagate_batches(body, x, (6, 4), hyper).k12
-    widths, errors = [2**p for p in range(6, 13)], []
-    for w in widths:
+    by_width = {}
+    for w in [2**p for p in range(6, 13)]:
         phi = sample_batch_ensemble(arch, x, (6, 4), 20, w, seed=w, weight_var=hyper, return_features=True)
-        grams = phi @ phi.transpose(-1, -2) / w
-        errors.append(float((((grams - v) ** 2).sum((-1, -2)) / (v**2).sum()).mean()))
-        print(f"  width {w:5d}: relative squared Frobenius error {errors[-1]:.3e}")
-    slope, _ = fit_loglog(widths, errors)
-    print(f"  log-log slope {slope:.3f} (expected −1)")
-
+        by_width[w] = phi @ phi.transpose(-1, -2) / w
+    result = width_convergence(by_width, v)
+    for w, e in zip(result.widths, result.errors, strict=True):
+        print(f"  width {w:5d}: relative squared Frobenius error {e:.3e}")
+    print(f"  log-log slope {result.slope:.3f} (expected −1)")
+    if args.plot:
+        print("  plot:", plot_convergence(result, Path(args.plot), title="batchnorm_mlp(2), batches 6+4"))
 
 if __name__ == "__main__":
     main()

@@ -5,13 +5,14 @@ a depth-2 ReLU MLP kernel on the same flattened inputs (baseline), the time for 
 and the width convergence of one finite transformer's kernel estimate ``σw²·ΦΦᵀ/n + σb²`` (relative squared
 Frobenius error against the kernel, mean over 20 networks, widths 64…4096, log-log slope expected −1).
 
-    python benchmarks/bench_transformer.py [--repeats 5]
+    python benchmarks/bench_transformer.py [--repeats 5] [--plot PATH.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from nngp_gpytorch.sequences import pack_sequences
 from verification.ensembles import sample_ensemble
+from verification.report import plot_convergence
 from verification.statistics import width_convergence
 
 
@@ -35,6 +37,7 @@ def best_time(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--plot", default=None, help="save the width-convergence plot to this PNG path")
     args = parser.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -69,6 +72,8 @@ def main() -> None:
     for w, e in zip(result.widths, result.errors, strict=True):
         print(f"  width {w:5d}: relative squared Frobenius error {e:.3e}")
     print(f"  log-log slope {result.slope:.3f} (expected −1)")
+    if args.plot:
+        print("  plot:", plot_convergence(result, Path(args.plot), title="transformer depth 2"))
 
 
 if __name__ == "__main__":
