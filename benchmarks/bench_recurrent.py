@@ -50,14 +50,14 @@ def timed(fn, repeat=1):
 def speed(args):
     x7, x9, shape = pair_inputs()
     xg, gshape = gram_inputs()
-    for name, make in [("GRU", lambda n: A.GRU(masked=True, samples=n)), ("LSTM", lambda n: A.LSTM(masked=True, samples=n))]:
+    for name, cls in [("GRU", A.GRU), ("LSTM", A.LSTM)]:
         for n in args.samples:
-            layer = make(n)
-            _, t = timed(lambda: evaluate(layer, x7, x9, HYPER, input_shape=shape))
+            layer = cls(masked=True, samples=n)
+            _, t = timed(lambda layer=layer: evaluate(layer, x7, x9, HYPER, input_shape=shape))
             print(f"{name} 7x9-token pair   samples=2^{int(math.log2(n))}: {t:7.3f} s   "
                   f"({REFERENCE_PAIR_SECONDS / t:6.0f}x faster than the 22 CPU-s reference)")
         gl = (A.GRU if name == "GRU" else A.LSTM)(samples=args.gram_samples)
-        _, t = timed(lambda: evaluate(gl, xg, xg, HYPER, input_shape=gshape))
+        _, t = timed(lambda gl=gl: evaluate(gl, xg, xg, HYPER, input_shape=gshape))
         print(f"{name} 64x64 Gram, T=8   samples=2^{int(math.log2(args.gram_samples))}: {t:7.2f} s")
     rnn = A.RNN(activation=A.Erf())
     _, t = timed(lambda: evaluate(rnn, xg, xg, HYPER, input_shape=gshape), repeat=3)
@@ -86,10 +86,10 @@ def accuracy(args):
 
 
 def convergence(args):
+    from nngp_gpytorch.sequences import readout_weights, split_sequences
     from verification.statistics import fit_loglog
     from verification.twins import TwinContext
     from verification.twins.recurrent import recurrent_features
-    from nngp_gpytorch.sequences import readout_weights, split_sequences
 
     g = torch.Generator().manual_seed(4)
     x = pack_sequences([torch.randn(L, 2, generator=g, dtype=DT) for L in (1, 3, 5, 8, 6, 8)], 8)

@@ -56,7 +56,8 @@ def rnn_erf_reference(a: torch.Tensor, b: torch.Tensor, wu, bb, ww, wv, bv, read
 def test_rnn_matches_scalar_reference_with_own_lengths(readout):
     seqs = _seqs([1, 3, 5, 8])
     x = pack_sequences(seqs, 8)
-    K, _ = evaluate(A.RNN(activation=A.Erf(), readout=readout, masked=True, readout_bias_var=None), x, x, HYPER, input_shape=(8, 3))
+    layer = A.RNN(activation=A.Erf(), readout=readout, masked=True, readout_bias_var=None)
+    K, _ = evaluate(layer, x, x, HYPER, input_shape=(8, 3))
     for i, j in itertools.product(range(4), repeat=2):
         ref = rnn_erf_reference(seqs[i], seqs[j], 1.0, 0.1, 1.5, 1.2, 0.05, readout)
         assert abs(K[i, j].item() - ref) < 1e-12
@@ -130,7 +131,8 @@ def test_gru_two_steps_matches_orthant_reference():
     """QMC gate expectations vs every orthant problem solved by tensor Gauss–Hermite (T = 2)."""
     seqs = _seqs([2, 2], seed=3)
     x = torch.stack(seqs).reshape(2, 4)
-    K, _ = evaluate(A.GRU(samples=2**14, readout_bias_var=None), x, x, Hyperparameters.constant(1.5, 0.1), input_shape=(2, 2))
+    K, _ = evaluate(A.GRU(samples=2**14, readout_bias_var=None), x, x, Hyperparameters.constant(1.5, 0.1),
+                    input_shape=(2, 2))
     c12 = (seqs[0] @ seqs[1].T / 2).numpy()
     c11 = (seqs[0] @ seqs[0].T / 2).numpy()
     c22 = (seqs[1] @ seqs[1].T / 2).numpy()
@@ -246,3 +248,20 @@ def test_rnn_ntk_matches_empirical_ntk():
     k.weight_var = [1.0, 1.5, 1.2]
     k.bias_var = [0.2, 0.0, 0.0]
     torch.testing.assert_close(k(x).to_dense(), theta)
+
+
+def test_gru_control_variate_is_exact_for_one_step_and_consistent():
+    from nngp_gpytorch.algebra.orthant import qmc_normals
+    from nngp_gpytorch.algebra.recurrent import gru_tables
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, 2, generator=g, dtype=DT)
+    c = x @ x.transpose(-1, -2) / 2
+    p = [torch.tensor([v], dtype=DT) for v in (1.0, 0.1, 1.5)]
+    plain = gru_tables(c, None, None, None, None, *p, qmc_normals(4, 2**15, 0))
+    cv = gru_tables(c, None, None, None, None, *p, qmc_normals(4, 2**8, 0), control_variate=True)
+    exact = gru_tables(c[:, :1, :1], None, None, None, None, *p, qmc_normals(1, 2**4, 0), control_variate=True)
+    zc = c[0, 0, 0].item() + 0.1
+    ref = (0.25 + math.asin(2 * zc / (1 + 2 * zc)) / (2 * math.pi)) * 2 / math.pi * math.asin(2 * zc / (1 + 2 * zc))
+    assert abs(exact[0, 0, 0].item() - ref) < 1e-13
+    assert (plain - cv).abs().max() < 2e-3

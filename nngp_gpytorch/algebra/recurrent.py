@@ -185,7 +185,7 @@ def _flat(x: torch.Tensor, batch: torch.Size, lead: int) -> torch.Tensor:
 
 def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | None,
                k11: torch.Tensor | None, k22: torch.Tensor | None, wu, b, ww,
-               normals: torch.Tensor) -> torch.Tensor:
+               normals: torch.Tensor, control_variate: bool = False) -> torch.Tensor:
     """Hidden-state kernel ``K(t, s) = lim ⟨h_t, h'_s⟩/n`` of the erf-GRU for ``P`` pairs (Yang 2019).
 
     Self mode (``k11 is None``): one sequence with itself, ``c`` its token Gram ``(P, T, T)``.
@@ -198,6 +198,12 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     ``ω(a,t) = ς(z_a)·Π_{a<k≤t}(1 − ς(z_k))``, ``K(t,s) = Σ_{a≤t,b≤s} E[ω(a,t) ω'(b,s)]·S(a,b)``.
     The gate expectation is computed per QMC point with ``Q(t,b) = (1−g_t)Q(t−1,b) + g_t S(t,b)`` and
     ``R(t,s) = (1−g'_s)R(t,s−1) + g'_s Q(t,s)`` (``K = mean R``): ``O(T²)`` per point and pair.
+
+    ``control_variate``: with ``g = ½ + δ`` (``δ = erf(z)/2``, zero mean) the recursions are expanded in
+    powers of δ; the terms of order 1 and 2 are subtracted per point and replaced by their exact
+    expectations (0 and ``Σ c_ij E[δ_iδ_j]`` with ``E[δ_iδ_j] = arcsin(2Σ_ij/√((1+2Σ_ii)(1+2Σ_jj)))/2π``),
+    tracked by deterministic coefficient recursions (:class:`_Chain`). Exact for T = 1; on 7×9-token
+    pairs it lowers the error only ~1.5–2× at ~2× the cost per point, hence off by default.
     """
     self_mode = k11 is None
     T = c.shape[-1]
@@ -211,6 +217,9 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     g1: list = []
     g2: list = []
     sampler = InterleavedGaussian(normals, self_mode)
+    P = c.shape[0]
+    V = T if self_mode else 2 * T
+    z11 = z22 = cov12 = cov = None
 
     def kprev(t, s, table=None):
         if t == 0 or s == 0:
@@ -278,6 +287,33 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
         if self_mode:
             for t in range(ell):
                 S[(t, ell)] = S[(ell, t)]
+        if control_variate:
+            M = _delta_moments(cov if self_mode else None, z11, z22, cov12 if not self_mode else None, ell, T)
+            var1, var2 = ell, (ell if self_mode else T + ell)
+            d1, d2 = g1[ell] - 0.5, g2[ell] - 0.5
+
+            def svalue(key):
+                return _Chain.constant(S[key], V)
+
+            # Q: column b = ell for t ≤ ell (vars of side 1 at steps t), then row t = ell for b < ell
+            q = _Chain.zero(P, V, c)
+            for t in range(ell + 1):
+                q = q.mix(svalue((t, ell)), g1[t], g1[t] - 0.5, t, M[:, t])
+                Q[(t, ell)] = q
+            for bb in range(ell):
+                Q[(ell, bb)] = Q[(ell - 1, bb)].mix(svalue((ell, bb)), g1[ell], d1, var1, M[:, var1])
+            r = _Chain.zero(P, V, c)
+            for s_ in range(ell + 1):
+                v2_ = s_ if self_mode else T + s_
+                r = r.mix(Q[(ell, s_)], g2[s_], g2[s_] - 0.5, v2_, M[:, v2_])
+                R[(ell, s_)] = r
+            for t in range(ell):
+                R[(t, ell)] = R[(t, ell - 1)].mix(Q[(t, ell)], g2[ell], d2, var2, M[:, var2])
+            for s_ in range(ell + 1):
+                K[(ell, s_)] = R[(ell, s_)].estimate()
+            for t in range(ell):
+                K[(t, ell)] = K[(ell, t)] if self_mode else R[(t, ell)].estimate()
+            continue
         # Q: column b = ell for t ≤ ell, then row t = ell for b < ell
         # (1 − g)·prev + g·new = lerp(prev, new, g): one fused operation per entry and point
         q = None
@@ -299,6 +335,66 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
         for t in range(ell):
             K[(t, ell)] = K[(ell, t)] if self_mode else R[(t, ell)].mean(-1)
     return torch.stack([torch.stack([K[(t, s)] for s in range(T)], -1) for t in range(T)], -2)
+
+
+class _Chain:
+    """A recursion value ``X`` per QMC point with its expansion in the zero-mean gate parts ``δ``:
+    ``full`` (P, N); ``o0`` order-0 part (P,); ``a1`` coefficients of the order-1 part over the ``V``
+    gate variables (P, V); ``v1``, ``v2`` the order-1 and order-2 parts per point (P, N); ``e2`` the exact
+    expectation of the order-2 part (P,)."""
+
+    __slots__ = ("full", "o0", "a1", "v1", "v2", "e2")
+
+    def __init__(self, full, o0, a1, v1, v2, e2):
+        self.full, self.o0, self.a1, self.v1, self.v2, self.e2 = full, o0, a1, v1, v2, e2
+
+    @classmethod
+    def zero(cls, P, V, like):
+        z = torch.zeros((), dtype=like.dtype, device=like.device)
+        return cls(z, z, torch.zeros(P, V, dtype=like.dtype, device=like.device), z, z, z)
+
+    @classmethod
+    def constant(cls, value, V):
+        z = torch.zeros((), dtype=value.dtype, device=value.device)
+        return cls(value[:, None], value, torch.zeros(value.shape[0], V, dtype=value.dtype, device=value.device),
+                   z, z, z)
+
+    def mix(self, new: _Chain, g, d, var: int, mrow) -> _Chain:
+        """``(1 − g)·self + g·new`` with ``g = ½ + d``, ``d`` the gate variable ``var``; ``mrow`` = E[δ_var δ]."""
+        full = torch.lerp(self.full.expand_as(g) if self.full.dim() < 2 else self.full,
+                          new.full.expand_as(g), g)
+        do0 = new.o0 - self.o0
+        o0 = 0.5 * (self.o0 + new.o0)
+        a1 = 0.5 * (self.a1 + new.a1)
+        a1 = a1 + torch.nn.functional.one_hot(torch.tensor(var), a1.shape[-1]).to(a1.dtype) * _col(do0)
+        v1 = 0.5 * (self.v1 + new.v1) + d * _col(do0)
+        v2 = 0.5 * (self.v2 + new.v2) + d * (new.v1 - self.v1)
+        e2 = 0.5 * (self.e2 + new.e2) + ((new.a1 - self.a1) * mrow).sum(-1)
+        return _Chain(full, o0, a1, v1, v2, e2)
+
+    def estimate(self):
+        return (self.full - self.v1 - self.v2).mean(-1) + self.e2
+
+
+def _col(x):
+    return x[:, None] if x.dim() == 1 else x
+
+
+def _delta_moments(cov, z11, z22, cov12, ell, T):
+    """``E[δ_i δ_j]`` ``(P, V, V)`` for the gate variables revealed up to step ``ell`` (zeros elsewhere)."""
+    if cov is not None:  # self mode
+        full = torch.nn.functional.pad(cov, (0, T - ell - 1, 0, T - ell - 1))
+    else:
+        m = ell + 1
+        pad = T - m
+        a = torch.nn.functional.pad(z11[:, :m, :m], (0, pad, 0, pad))
+        bb = torch.nn.functional.pad(z22[:, :m, :m], (0, pad, 0, pad))
+        x = torch.nn.functional.pad(cov12, (0, pad, 0, pad))
+        full = torch.cat([torch.cat([a, x], -1), torch.cat([x.transpose(-1, -2), bb], -1)], -2)
+    dg = full.diagonal(dim1=-2, dim2=-1)
+    den = torch.sqrt((1 + 2 * dg)[:, :, None] * (1 + 2 * dg)[:, None, :])
+    from ..duals.safe_math import safe_arcsin
+    return safe_arcsin((2 * full / den).clamp(-1, 1)) / (2 * torch.pi)
 
 
 def _gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int, symmetric: bool = False):
