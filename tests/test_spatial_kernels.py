@@ -250,3 +250,13 @@ def test_ntk_kernel_of_cnn_runs():
     x = _x(3, 2 * 4 * 4)
     k = NTKKernel(A.Serial(A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense()), input_shape=(2, 4, 4)).double()
     assert torch.isfinite(k(x, x).to_dense()).all()
+
+
+def test_flatten_of_flat_features_is_identity():
+    """Flatten after Dense/ReLU on structured inputs must not rebuild positions from the raw input."""
+    x = _x(3, 16)
+    plain, _ = evaluate(A.Serial(A.Dense(), A.ReLU(), A.Dense()), x, x, H)
+    for net in (A.Serial(A.Dense(), A.ReLU(), A.Flatten(), A.Dense()),
+                A.Serial(A.Flatten(), A.Dense(), A.ReLU(), A.Dense())):
+        k, _ = evaluate(net, x, x, H, input_shape=(1, 4, 4))
+        torch.testing.assert_close(k, plain, rtol=1e-12, atol=1e-14)

@@ -28,8 +28,6 @@ def global_avg_pool_rule(layer: GlobalAvgPool, state: CovState, ctx: RuleContext
 
 @kernel_rule(Flatten)
 def flatten_rule(layer: Flatten, state: CovState, ctx: RuleContext) -> CovState:
-    if state.positions is None and (state.inputs is None or state.gaussian or state.input_shape is None):
-        return state  # already flat
-    if state.positions is None and state.input_shape is not None and len(state.input_shape) < 2:
-        return state
-    return reduce_positions(ensure_positional(state, ctx, layer), "mean_same")
+    if state.positions is None:
+        return state  # flat features (or the raw input, whose flattening is itself): nothing to do
+    return reduce_positions(state, "mean_same")

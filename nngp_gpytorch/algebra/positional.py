@@ -163,7 +163,7 @@ def ensure_positional(state: CovState, ctx, layer, channel_axis: int = 0) -> Cov
     """
     if state.positions is not None:
         return state
-    if state.inputs is None or state.gaussian:
+    if state.inputs is None or state.gaussian or state.pre_activation is not None:
         raise ValueError(
             f"{layer.describe()} needs structured inputs: give the kernel input_shape=(C, H, W) (channels first, "
             "inputs flattened to C·H·W features) and put it before any Dense/Flatten"
