@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -44,7 +45,12 @@ class GraphConv(Layer):
     Kernel: ``K' = σb² + σw²·Â K Âᵀ``, ``Θ' = K' + σw²·Â Θ Âᵀ`` — a kernel over the node set of the graph, so
     the covariance state must hold all N nodes, in order (transductive; see
     :class:`~nngp_gpytorch.kernels.graph.GraphConvKernel`, whose inputs are node indices).
+
+    ``transductive = True`` tells tools that the inputs are one fixed, ordered node set: they must not be
+    reordered or deduplicated (e.g. by an ensemble sampler).
     """
+
+    transductive: ClassVar[bool] = True
 
     adjacency: torch.Tensor = field(default=None, repr=False)
     normalize: str = "sym"
