@@ -219,3 +219,28 @@ def test_batched_inputs_diag_and_active_dims():
     wide = torch.randn(6, 9, dtype=torch.float64)
     sub = TensorProgramKernel(mlp_program(2, 4, A.Erf(), 1.3, 0.1), active_dims=torch.tensor([0, 2, 4, 6])).double()
     torch.testing.assert_close(sub(wide).to_dense(), kernel(wide[:, [0, 2, 4, 6]]).to_dense())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_and_transformer_programs_match_dedicated_kernels(causal):
+    from nngp_gpytorch import NNGPKernel, TransformerKernel
+    from nngp_gpytorch.arch.attention import SelfAttention, SequenceReadout, TokenDense
+    from nngp_gpytorch.tensor_programs.examples import transformer_program
+
+    T, d = 3, 2
+    x = torch.randn(5, T * d, dtype=torch.float64)
+    x[3] = x[1]
+    prog = attention_program(T, d, temperature=0.7, causal=causal, input_var=1.3, bias_var=0.2, readout_var=1.3,
+                             readout_bias_var=0.2)
+    ours = TensorProgramKernel(prog).double()
+    ours.set_variances(**prog.parameters)
+    dedicated = NNGPKernel(A.Serial(TokenDense(), SelfAttention(temperature=0.7, causal=causal, residual=True),
+                                    SequenceReadout(readout="mean"), A.Dense()), input_shape=(T, d)).double()
+    dedicated.weight_var, dedicated.bias_var = 1.3, 0.2
+    torch.testing.assert_close(ours(x).to_dense(), dedicated(x).to_dense(), rtol=1e-12, atol=1e-12)
+    prog = transformer_program(T, d, temperature=0.7, causal=causal, weight_var=1.3, bias_var=0.2)
+    ours = TensorProgramKernel(prog).double()
+    ours.set_variances(**prog.parameters)
+    dedicated = TransformerKernel(1, input_shape=(T, d), temperature=0.7, causal=causal).double()
+    dedicated.weight_var, dedicated.bias_var = 1.3, 0.2
+    torch.testing.assert_close(ours(x).to_dense(), dedicated(x).to_dense(), rtol=1e-12, atol=1e-12)

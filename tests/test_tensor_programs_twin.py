@@ -22,6 +22,7 @@ from nngp_gpytorch.tensor_programs.examples import (
     mlp_program,
     rnn_program,
     tied_mlp_program,
+    transformer_program,
 )
 from verification import default_inputs
 from verification.statistics import mean_test
@@ -68,6 +69,7 @@ def test_mlp_three_way():
     ("attention", attention_program(3, 2, temperature=0.5), 5),
     ("attention-causal", attention_program(3, 2, causal=True, readout="last"), 6),
     ("mgu", minimal_gated_unit_program(2, 2), 7),
+    ("transformer", transformer_program(3, 2, temperature=0.7, weight_var=1.3, bias_var=0.2), 10),
     ("tied-mlp", tied_mlp_program(3, 3, A.Tanh(), bias_var=0.1, hidden_var=1.0), 8),
 ])
 def test_example_programs_pass_against_finite_networks(name, program, seed):

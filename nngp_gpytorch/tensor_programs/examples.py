@@ -9,7 +9,9 @@ program kernel, the dedicated kernel and finite networks can be compared three w
   :mod:`nngp_gpytorch.arch.recurrent` (variances ``input_var``, ``hidden_var``, ``bias_var``,
   ``readout_var``, ``readout_bias_var``; inputs flattened time-major, ``input_shape = (T, d)``);
 * :func:`attention_program` — tied query/key self-attention with ``1/n`` logits (reference kernels.md,
-  "Attention"): deterministic weights ``Δ = softmax(σu²·Σ/temp)`` via NETSOR+ moments.
+  "Attention"): deterministic weights ``Δ = softmax(σu²·Σ/temp)`` via NETSOR+ moments;
+* :func:`transformer_program` — the reference transformer block (attention, layer norms as NETSOR+
+  moments, position-wise ReLU MLP with residual), as :class:`~nngp_gpytorch.kernels.TransformerKernel`.
 
 Two outside the layer vocabulary:
 
@@ -158,33 +160,81 @@ def lstm_program(length: int, token_dim: int, readout: str = "last", input_var: 
     return p
 
 
+def _attend(p: Program, keys: list[Var], temperature: float, causal: bool, tag: str) -> list[Var]:
+    """``y_t = k_t + Σ_s a_ts k_s`` with ``a_t· = softmax_s(⟨k_t, k_s⟩/(n·temperature))`` (NETSOR+)."""
+    ys = []
+    for t, k in enumerate(keys):
+        visible = list(range(t + 1)) if causal else list(range(len(keys)))
+        logits = [p.moment(None, k, keys[s], name=f"{tag}theta{t},{s}") for s in visible]
+        terms = [k]
+        for j, s in enumerate(visible):
+            weight = p.scalar(lambda *th, j=j: torch.softmax(torch.stack(th, -1) / temperature, -1)[..., j],
+                              *logits, name=f"{tag}a{t},{s}")
+            terms.append((weight, keys[s]))
+        ys.append(p.lincomb(*terms, name=f"{tag}y{t}"))
+    return ys
+
+
+def _rsqrt(theta: torch.Tensor) -> torch.Tensor:
+    return torch.rsqrt(theta)
+
+
+def _layer_norm(p: Program, g: Var, name: str) -> Var:
+    """``g/√(⟨g, g⟩/n)``: layer norm over the width (the coordinate mean of a centred G-var vanishes)."""
+    scale = p.scalar(_rsqrt, p.moment(None, g, g, name=f"{name}.ms"), name=f"{name}.scale")
+    return p.lincomb((scale, g), name=name)
+
+
 def attention_program(length: int, token_dim: int, temperature: float = 1.0, causal: bool = False,
-                      readout: str = "mean", input_var: float = 1.0, readout_var: float = 1.0) -> Program:
+                      readout: str = "mean", input_var: float = 1.0, bias_var: float | None = None,
+                      readout_var: float = 1.0, readout_bias_var: float | None = None) -> Program:
     """Tied query/key self-attention with ``1/n`` logits and a residual, read out linearly.
 
-    ``k_t = U x_t``; logits ``θ_ts = ⟨k_t, k_s⟩/n`` (NETSOR+ moments, → ``σu²·x_t·x_s/d``);
+    ``k_t = U x_t (+ b)``; logits ``θ_ts = ⟨k_t, k_s⟩/n`` (NETSOR+ moments, → ``Cov(k_t, k_s)``);
     ``a_t· = softmax_s(θ_t·/temperature)`` (causal: ``s ≤ t``); ``y_t = k_t + Σ_s a_ts k_s``;
-    ``f = v·(1/T)Σ_t y_t/√n`` (``readout="last"``: ``y_T``). Kernel (reference kernels.md):
-    ``Σ̂ = (I + Δ)·σu²Σ·(I + Δ′)ᵀ`` with each sequence's own ``Δ``, read out by ``σv²``.
+    ``f = v·(1/T)Σ_t y_t/√n (+ b_v)`` (``readout="last"``: ``y_T``). Kernel (reference kernels.md):
+    ``Σ̂ = (I + Δ)·Σ·(I + Δ′)ᵀ`` with each sequence's own ``Δ``, read out by ``σv²``. With
+    ``input_var = readout_var`` and both biases this is
+    ``Serial(TokenDense(), SelfAttention(residual=True), SequenceReadout(), Dense())``.
     """
     p = Program(f"attention(T={length}, temp={temperature}, {'causal' if causal else 'full'}, {readout})")
     xs = p.sequence("x", length, token_dim)
     u = p.input_matrix("U", var="input_var", init=input_var)
-    keys = [p.matmul(u, x, name=f"k{t}") for t, x in enumerate(xs)]
-    ys = []
-    for t, k in enumerate(keys):
-        visible = list(range(t + 1)) if causal else list(range(length))
-        logits = [p.moment(None, k, keys[s], name=f"theta{t},{s}") for s in visible]
-        terms = [k]
-        for j, s in enumerate(visible):
-            weight = p.scalar(lambda *th, j=j: torch.softmax(torch.stack(th, -1) / temperature, -1)[..., j],
-                              *logits, name=f"a{t},{s}")
-            terms.append((weight, keys[s]))
-        ys.append(p.lincomb(*terms, name=f"y{t}"))
-    if readout == "last":
-        p.readout(ys[-1], var="readout_var", init=readout_var)
-    else:
-        p.readout([(1.0 / length, y) for y in ys], var="readout_var", init=readout_var)
+    b = p.bias("b", var="bias_var", init=bias_var) if bias_var is not None else None
+    keys = [p.matmul(u, x, name=f"ux{t}") for t, x in enumerate(xs)]
+    if b is not None:
+        keys = [p.lincomb(k, b, name=f"k{t}") for t, k in enumerate(keys)]
+    ys = _attend(p, keys, temperature, causal, "")
+    terms = ys[-1] if readout == "last" else [(1.0 / length, y) for y in ys]
+    bias = "readout_bias_var" if readout_bias_var is not None else None
+    p.readout(terms, var="readout_var", init=readout_var, bias=bias, bias_init=readout_bias_var or 0.0)
+    return p
+
+
+def transformer_program(length: int, token_dim: int, temperature: float = 1.0, causal: bool = False,
+                        readout: str = "mean", weight_var: float = 1.0, bias_var: float = 0.1) -> Program:
+    """One reference transformer block (:func:`nngp_gpytorch.arch.attention.transformer` with depth 1)::
+
+        k_t = U x_t + b;  h_t = LN(k_t + Σ_s a_ts k_s);  z_t = LN(W₂ ReLU(W₁ h_t + b₁) + b₂ + h_t)
+        f = v·(1/T)Σ_t z_t/√n + b_v
+
+    with ``LN(g) = g/√(⟨g, g⟩/n)`` (NETSOR+ moments), ``W₁``, ``W₂`` shared by all tokens, and every weight
+    variance ``weight_var``, every bias variance ``bias_var`` (as ``TransformerKernel``).
+    """
+    p = Program(f"transformer(T={length}, temp={temperature}, {'causal' if causal else 'full'}, {readout})")
+    xs = p.sequence("x", length, token_dim)
+    u = p.input_matrix("U", var="weight_var", init=weight_var)
+    b0 = p.bias("b0", var="bias_var", init=bias_var)
+    keys = [p.lincomb(p.matmul(u, x), b0, name=f"k{t}") for t, x in enumerate(xs)]
+    hs = [_layer_norm(p, y, f"h{t}") for t, y in enumerate(_attend(p, keys, temperature, causal, ""))]
+    w1, w2 = p.matrix("W1", var="weight_var", init=weight_var), p.matrix("W2", var="weight_var", init=weight_var)
+    b1, b2 = p.bias("b1", var="bias_var", init=bias_var), p.bias("b2", var="bias_var", init=bias_var)
+    zs = []
+    for t, h in enumerate(hs):
+        mid = p.nonlin(ReLU(), p.lincomb(p.matmul(w1, h), b1, name=f"m{t}"), name=f"r{t}")
+        zs.append(_layer_norm(p, p.lincomb(p.matmul(w2, mid), b2, h, name=f"s{t}"), f"z{t}"))
+    terms = zs[-1] if readout == "last" else [(1.0 / length, z) for z in zs]
+    p.readout(terms, var="weight_var", init=weight_var, bias="bias_var", bias_init=bias_var)
     return p
 
 
@@ -241,4 +291,4 @@ def tied_mlp_program(depth: int, input_dim: int, activation: Activation | None =
 
 
 __all__ = ["attention_program", "gate", "gru_program", "lstm_program", "minimal_gated_unit_program",
-           "mlp_program", "rnn_program", "tied_mlp_program"]
+           "mlp_program", "rnn_program", "tied_mlp_program", "transformer_program"]

@@ -453,8 +453,8 @@ def _probe(fn, arity: int, where: str, positive: bool = False) -> None:
     for i in range(arity):
         rand = torch.randn(19, generator=gen, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0]).repeat(7)[:19]
         probes.append(torch.cat([grid.roll(3 * i), rand]).reshape(shape))
-    if positive:
-        probes = [p.abs() for p in probes]
+    if positive:  # scalars such as moments of squares: probe on positive values
+        probes = [p.abs() + 0.01 for p in probes]
     try:
         out = fn(*probes)
     except Exception as err:  # noqa: BLE001 - re-raised with the instruction named
