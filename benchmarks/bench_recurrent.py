@@ -50,10 +50,11 @@ def timed(fn, repeat=1):
 def speed(args):
     x7, x9, shape = pair_inputs()
     xg, gshape = gram_inputs()
+    evaluate(A.GRU(masked=True, samples=64), x7, x9, HYPER, input_shape=shape)  # warm-up
     for name, cls in [("GRU", A.GRU), ("LSTM", A.LSTM)]:
         for n in args.samples:
             layer = cls(masked=True, samples=n)
-            _, t = timed(lambda layer=layer: evaluate(layer, x7, x9, HYPER, input_shape=shape))
+            _, t = timed(lambda layer=layer: evaluate(layer, x7, x9, HYPER, input_shape=shape), repeat=3)
             print(f"{name} 7x9-token pair   samples=2^{int(math.log2(n))}: {t:7.3f} s   "
                   f"({REFERENCE_PAIR_SECONDS / t:6.0f}x faster than the 22 CPU-s reference)")
         gl = (A.GRU if name == "GRU" else A.LSTM)(samples=args.gram_samples)

@@ -72,3 +72,18 @@ def test_literal_readout_sampler_agrees():
     sample = sample_ensemble(layer, x, networks=64, width=256, weight_var=HYPER, sampler="literal",
                              input_shape=(8, 3), seed=3)
     assert mean_test(sample.covariances, K, alpha=ALPHA, width=256).passed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, factors", [("gru-last", [1.0, 1.3, 1.0]), ("lstm-mean", [1.5, 1.0, 1.0])])
+def test_gated_mutants_are_rejected(name, factors):
+    """Readout scale × 1.1 and a wrong weight variance (GRU σw² × 1.3; LSTM σu² × 1.5 — its kernel moves
+    only 2e-4 under σw² × 1.3 at these inputs, below what 128 networks resolve) are rejected."""
+    layer, lengths = CASES[name]
+    x = _inputs(lengths)
+    covs = _sample(layer, x, seed=9).covariances
+    K, _ = evaluate(layer, x, x, HYPER, input_shape=(8, 3))
+    assert not mean_test(covs, K * 1.1, alpha=ALPHA).passed
+    wrong = Hyperparameters(HYPER.weight_var * torch.tensor(factors, dtype=DT), HYPER.bias_var)
+    K_wrong, _ = evaluate(layer, x, x, wrong, input_shape=(8, 3))
+    assert not mean_test(covs, K_wrong, alpha=ALPHA).passed
