@@ -6,6 +6,7 @@ Prints best-of-``repeats`` wall times and the ratio NTK+NNGP / NNGP (target ≤ 
 gradients) and forward + backward to the hyperparameters (σw², σb²).
 
     python benchmarks/bench_ntk.py [--n 2000] [--conv-n 64] [--repeats 2] [--dtype float64] [--threads 1]
+                                   [--cases mlp,conv]
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", default="mlp,conv", help="comma-separated subset of mlp,conv")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -69,9 +71,13 @@ def main() -> None:
     print(f"{'case':>34s} {'mode':>8s} {'NNGP (s)':>9s} {'NNGP+NTK (s)':>11s} {'ratio':>8s}")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.n, args.d, generator=g, dtype=dtype).to(dev)
-    mlp = NNGPKernel(A.mlp(10, A.ReLU())).to(dtype=dtype, device=dev)
-    mlp.weight_var, mlp.bias_var = 2.0, 0.01
-    compare(f"ReLU MLP depth 10, N={args.n}, d={args.d}", mlp, x, args.repeats)
+    cases = set(args.cases.split(","))
+    if "mlp" in cases:
+        mlp = NNGPKernel(A.mlp(10, A.ReLU())).to(dtype=dtype, device=dev)
+        mlp.weight_var, mlp.bias_var = 2.0, 0.01
+        compare(f"ReLU MLP depth 10, N={args.n}, d={args.d}", mlp, x, args.repeats)
+    if "conv" not in cases:
+        return
     try:
         from nngp_gpytorch import CNNKernel
     except ImportError:
