@@ -22,3 +22,6 @@ from .verify import analytic_kernel, verify  # noqa: E402
 __all__ += ["ARCHITECTURES", "CatalogueEntry", "ConvergenceResult", "MUTANTS", "MeanTestResult", "Mutant",
             "analytic_kernel", "extrapolation_test", "hotelling_p_value", "mean_test", "register_architecture",
             "verify", "width_convergence"]
+from .ntk import NTKSample, empirical_ntk, train_mlp_ensemble, verify_ntk  # noqa: E402
+
+__all__ += ["NTKSample", "empirical_ntk", "train_mlp_ensemble", "verify_ntk"]
