@@ -136,3 +136,25 @@ def test_user_callable_with_autograd_matches_named_activation():
     with torch.no_grad():
         # quadrature vs closed form: ~1e-4 near correlation 1 at the default degree (duals/quadrature.py)
         torch.testing.assert_close(a(x).to_dense(), b(x).to_dense(), rtol=3e-4, atol=1e-6)
+
+
+def test_ntk_kernel_diag_tiling_batch_and_priors_behave_like_nngp():
+    import gpytorch
+
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    arch = A.mlp(2, A.ReLU())
+    plain = NTKKernel(arch, bias_var=0.1).double()
+    tiled = NTKKernel(arch, bias_var=0.1, block_size=3).double()
+    with torch.no_grad():
+        full = plain(x).to_dense()
+        torch.testing.assert_close(tiled(x).to_dense(), full)
+        torch.testing.assert_close(plain(x, diag=True), full.diagonal())
+    batched = NTKKernel(arch, per_layer=True, batch_shape=torch.Size([2]),
+                        weight_var_prior=gpytorch.priors.GammaPrior(2.0, 2.0)).double()
+    with torch.no_grad():
+        out = batched(x).to_dense()
+    assert out.shape == (2, 7, 7)
+    assert any(name.startswith("weight_var_prior") for name, *_ in batched.named_priors())
+    # gradients reach the hyperparameters through Θ
+    plain(x).to_dense().sum().backward()
+    assert plain.raw_weight_var.grad is not None and torch.isfinite(plain.raw_weight_var.grad).all()

@@ -185,7 +185,10 @@ def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int):
                     total = total + record_contribution(record, delta)
             return total.mean(0), readout_term
         out = run_twin(architecture, x, ctx)  # (M, k, units) — every affine map recorded, readout included
-        out = out.reshape(m, k, -1)[..., :units] if out.shape[-1] >= units else out.reshape(m, k, -1)
+        if out.dim() != 3:
+            raise ValueError(f"{architecture.describe()} has structured outputs {tuple(out.shape[2:])}; the "
+                             "empirical NTK is defined here for one scalar output unit (end in pooling + Dense)")
+        out = out[..., :units]
         r = out.shape[-1]
         eye = torch.eye(r, dtype=out.dtype).reshape(r, 1, 1, r).expand(r, m, k, r)
         grads = _deltas(out, eye, ctx.records)
