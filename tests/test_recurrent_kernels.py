@@ -265,3 +265,15 @@ def test_gru_control_variate_is_exact_for_one_step_and_consistent():
     ref = (0.25 + math.asin(2 * zc / (1 + 2 * zc)) / (2 * math.pi)) * 2 / math.pi * math.asin(2 * zc / (1 + 2 * zc))
     assert abs(exact[0, 0, 0].item() - ref) < 1e-13
     assert (plain - cv).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("kernel_cls", [GRUKernel, LSTMKernel, RNNNTKKernel])
+def test_diag_of_distinct_pairs_matches_full(kernel_cls):
+    g = torch.Generator().manual_seed(0)
+    a = pack_sequences([torch.randn(L, 2, generator=g, dtype=DT) for L in (2, 4, 3)], 4)
+    b = pack_sequences([torch.randn(L, 2, generator=g, dtype=DT) for L in (4, 1, 3)], 4)
+    b[2] = a[2]
+    kw = {} if kernel_cls is RNNNTKKernel else {"samples": 2**10}
+    k = kernel_cls(input_shape=(4, 3), masked=True, **kw).to(DT)
+    full = k(a, b).to_dense()
+    torch.testing.assert_close(k(a, b, diag=True), full.diagonal(), rtol=0, atol=1e-14)
