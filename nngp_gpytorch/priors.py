@@ -105,7 +105,7 @@ def run_nuts(
 
     Two equivalent routes to the same posterior:
 
-    * ``sampler="potential"`` (default, ~20× faster): NUTS on the log joint in ``u = log θ`` (the same
+    * ``sampler="potential"`` (default, ~4× faster): NUTS on the log joint in ``u = log θ`` (the same
       function :func:`laplace_log_evidence` uses), for σw², σb², the output scale and the noise.
     * ``sampler="gpytorch"``: GPyTorch's generic pattern — a Pyro model calling ``model.pyro_sample_from_prior()``
       (deep-copies the model at every gradient evaluation), for any prior-bearing parameter.
