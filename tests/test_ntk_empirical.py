@@ -141,3 +141,51 @@ def test_conv_delta_trick_matches_jacrev():
             weight[net], bias[net], v[0, net, 0], torch.zeros(()), img)
         rows = torch.cat([j.reshape(3, -1) for j in jac], dim=1).double()
         torch.testing.assert_close(s.ntks[net], rows @ rows.T, rtol=2e-5, atol=2e-5)
+
+
+def _graph():
+    adj = torch.zeros(6, 6, dtype=torch.float64)
+    for i in range(6):  # a 6-cycle plus one chord
+        adj[i, (i + 1) % 6] = adj[(i + 1) % 6, i] = 1.0
+    adj[0, 3] = adj[3, 0] = 1.0
+    return adj
+
+
+def test_graph_conv_interacting_inputs_match_jacrev():
+    """Nodes interact through Â: per-output δ's (interacting mode) against brute-force jacobians."""
+    adj = _graph()
+    layer = A.GraphConv(adj)
+    arch = A.Serial(layer, A.ReLU(), A.Dense())
+    x = default_inputs(k=6, d=3)
+    s = empirical_ntk(arch, x, networks=2, width=4, seed=9, weight_var=1.4, bias_var=0.2, readout_units=1)
+    g = torch.Generator().manual_seed(9)
+    w1, b1 = torch.randn(2, 3, 4, generator=g), torch.randn(2, 1, 4, generator=g)
+    v = torch.randn(1, 2, 1, 4, generator=g)
+    a_hat = layer.adjacency.to(torch.float32)
+    for net in range(2):
+        def f(w_, b_, v_, beta):
+            z = a_hat @ x.to(torch.float32) @ w_ * (1.4 / 3) ** 0.5 + 0.2**0.5 * b_
+            return torch.relu(z) @ v_ * (1.4 / 4) ** 0.5 + 0.2**0.5 * beta  # (6,) all nodes at once
+
+        jac = torch.func.jacrev(f, argnums=(0, 1, 2, 3))(w1[net], b1[net], v[0, net, 0], torch.zeros(()))
+        rows = torch.cat([j.reshape(6, -1) for j in jac], dim=1).double()
+        torch.testing.assert_close(s.ntks[net], rows @ rows.T, rtol=2e-5, atol=2e-5)
+
+
+def test_graph_conv_ntk_passes_and_needs_interacting_deltas():
+    adj = _graph()
+    arch = A.Serial(A.GraphConv(adj), A.ReLU(), A.GraphConv(adj), A.Erf(), A.Dense())
+    x = default_inputs(k=6)
+    assert verify_ntk(arch, x, networks=64, width=256, seed=2, bias_var=0.1).passed
+    mutant = analytic_ntk(arch, x, 1.0, 0.1, mutant="dropped_derivative")[1]
+    assert not verify_ntk(arch, x, networks=64, width=256, seed=2, bias_var=0.1, analytic=mutant).passed
+    # positive control: the per-input δ shortcut is wrong when nodes interact, and the test sees it
+    assert not verify_ntk(arch, x, networks=64, width=256, seed=2, bias_var=0.1, interacting=False).passed
+
+
+def test_interacting_mode_is_exact_for_independent_inputs():
+    x = default_inputs(k=5)
+    arch = A.mlp(2, A.ReLU())
+    a = empirical_ntk(arch, x, 3, 16, seed=1, bias_var=0.1, interacting=False).ntks
+    b = empirical_ntk(arch, x, 3, 16, seed=1, bias_var=0.1, interacting=True).ntks
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

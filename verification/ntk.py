@@ -119,6 +119,7 @@ def empirical_ntk(
     max_bytes: int = DEFAULT_MAX_BYTES,
     dtype: torch.dtype = torch.float32,
     input_shape: tuple[int, ...] | None = None,
+    interacting: bool | None = None,
 ) -> NTKSample:
     """Empirical NTKs ``J(x)·J(x')ᵀ`` of ``networks`` random finite networks (vectorized over networks).
 
@@ -128,6 +129,11 @@ def empirical_ntk(
         readout_units: output units averaged per network (one batched backward pass); with a final
             ``Dense`` the readout's own term is exact and only the body's term is averaged.
         dtype: sampling dtype (float32); contributions are accumulated in float64.
+        interacting: the k inputs interact (graph convolutions: the inputs are the nodes of one graph).
+            Then one backward pass per output row is batched (``δ^{(i)} = ∂f(x_i)/∂z`` at every row ``r``) and
+            each record contributes ``σw²/fan_in·Σ_{r,s}(a_r·a_s)(δ^{(i)}_r·δ^{(j)}_s) + σb²·(Σ_r δ^{(i)}_r)·(Σ_s
+            δ^{(j)}_s)`` (rows act as positions sharing the weight). ``None``: true when a layer class declares
+            ``transductive = True``.
 
     Returns:
         :class:`NTKSample` with ``ntks`` ``(networks, k, k)``.
@@ -141,6 +147,8 @@ def empirical_ntk(
         raise ValueError(f"need networks >= 2, width >= 1, readout_units >= 1; got {networks}, {width}, "
                          f"{readout_units}")
     hyper = as_hyperparameters(weight_var, bias_var)
+    if interacting is None:
+        interacting = any(getattr(type(layer), "transductive", False) for layer in architecture.walk())
     body, readout = split_readout(architecture)
     if readout is None:
         architecture = _with_readout_units(architecture, readout_units)
@@ -155,7 +163,7 @@ def empirical_ntk(
         m = min(chunk, networks - first)
         ctx = TwinContext(generator=generator, width=width, hyper=hyper, sampler="literal", dtype=dtype,
                           record_affine=True, input_shape=tuple(input_shape) if input_shape is not None else None)
-        ntk, cov = _one_chunk(body, readout, architecture, x.expand(m, k, d), ctx, readout_units)
+        ntk, cov = _one_chunk(body, readout, architecture, x.expand(m, k, d), ctx, readout_units, interacting)
         ntk_parts.append(ntk)
         cov_parts.append(cov)
     ntks, covs = torch.cat(ntk_parts), torch.cat(cov_parts)
@@ -164,7 +172,7 @@ def empirical_ntk(
     return NTKSample(ntks, covs, networks, width, readout_units, time.perf_counter() - start)
 
 
-def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int):
+def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int, interacting: bool = False):
     m, k = x.shape[:2]
     with torch.enable_grad():
         if readout is not None:
@@ -180,9 +188,16 @@ def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int):
             records = ctx.records
             if records:
                 v = ctx.randn(units, m, 1, n) * math.sqrt(w / n)  # ∂f/∂Φ for each readout unit
-                grads = _deltas(h, v.expand(units, *h.shape), records)
-                for record, delta in zip(records, grads, strict=True):
-                    total = total + record_contribution(record, delta)
+                if interacting:  # one backward pass per (unit, output row i): grad_outputs = v at row i only
+                    eye = torch.eye(k, dtype=h.dtype).reshape(1, k, 1, k, 1)
+                    g_out = (v.unsqueeze(1) * eye).reshape(units * k, m, k, n)
+                    grads = _deltas(h, g_out, records)
+                    for record, delta in zip(records, grads, strict=True):
+                        total = total + _interacting_contribution(record, delta, units, k)
+                else:
+                    grads = _deltas(h, v.expand(units, *h.shape), records)
+                    for record, delta in zip(records, grads, strict=True):
+                        total = total + record_contribution(record, delta)
             return total.mean(0), readout_term
         out = run_twin(architecture, x, ctx)  # (M, k, units) — every affine map recorded, readout included
         if out.dim() != 3:
@@ -190,11 +205,28 @@ def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int):
                              "empirical NTK is defined here for one scalar output unit (end in pooling + Dense)")
         out = out[..., :units]
         r = out.shape[-1]
-        eye = torch.eye(r, dtype=out.dtype).reshape(r, 1, 1, r).expand(r, m, k, r)
-        grads = _deltas(out, eye, ctx.records)
-        total = sum(record_contribution(rec, g) for rec, g in zip(ctx.records, grads, strict=True))
+        if interacting:  # one-hot over (unit, output row)
+            g_out = torch.einsum("uv,ij->uijv", torch.eye(r, dtype=out.dtype), torch.eye(k, dtype=out.dtype))
+            g_out = g_out.reshape(r * k, 1, k, r).expand(r * k, m, k, r)
+            grads = _deltas(out, g_out, ctx.records)
+            total = sum(_interacting_contribution(rec, g, r, k) for rec, g in zip(ctx.records, grads, strict=True))
+        else:
+            eye = torch.eye(r, dtype=out.dtype).reshape(r, 1, 1, r).expand(r, m, k, r)
+            grads = _deltas(out, eye, ctx.records)
+            total = sum(record_contribution(rec, g) for rec, g in zip(ctx.records, grads, strict=True))
         od = out.detach().to(torch.float64)
         return total.mean(0), od @ od.transpose(-1, -2) / r
+
+
+def _interacting_contribution(record: AffineRecord, delta: torch.Tensor, units: int, k: int) -> torch.Tensor:
+    """Contribution ``(R, M, k, k)`` when inputs interact: ``delta`` ``(R·k, M, k_rows, *positions, width)``
+    holds ``∂f(x_i)/∂z`` for output ``i`` at every row; rows × positions are the positions sharing the weight."""
+    a = record.inputs.detach()
+    m, fan_in, width = a.shape[0], a.shape[-1], delta.shape[-1]
+    a_all = a.reshape(m, 1, -1, fan_in).expand(m, k, -1, fan_in)  # (M, k_out, rows·P, fan_in)
+    d_all = delta.reshape(units, k, m, -1, width).transpose(1, 2)  # (R, M, k_out, rows·P, width)
+    return record_contribution(AffineRecord(a_all, record.outputs, record.weight_var, record.bias_var,
+                                            record.fan_in), d_all)
 
 
 def _deltas(output: torch.Tensor, grad_outputs: torch.Tensor, records: list[AffineRecord]) -> tuple:
@@ -283,6 +315,7 @@ def verify_ntk(
     readout_units: int = 4,
     analytic: torch.Tensor | None = None,
     input_shape: tuple[int, ...] | None = None,
+    interacting: bool | None = None,
 ):
     """Test ``H0: E[Θ̂_m] = Θ`` (mean empirical NTK over random networks vs the analytic NTK).
 
@@ -297,7 +330,7 @@ def verify_ntk(
     x = default_inputs() if inputs is None else inputs
     start = time.perf_counter()
     sample = empirical_ntk(architecture, x, networks, width, seed=seed, weight_var=weight_var, bias_var=bias_var,
-                           readout_units=readout_units, input_shape=input_shape)
+                           readout_units=readout_units, input_shape=input_shape, interacting=interacting)
     theta = analytic if analytic is not None else analytic_ntk(architecture, x, weight_var, bias_var,
                                                                input_shape=input_shape)[1]
     result = mean_test(sample.ntks, theta, alpha=alpha, width=width)
