@@ -16,6 +16,7 @@ from linear_operator.utils.warnings import NumericalWarning
 
 from nngp_gpytorch import MLPKernel, NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
+from nngp_gpytorch import kernels as K
 
 torch.set_num_threads(1)
 
@@ -43,6 +44,42 @@ class TestMLPKernelConformance(BaseKernelTestCase, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
         # tanh has no closed form: exercises the quadrature dual under every batch layout
         return MLPKernel(3, A.Tanh(), weight_var=1.5, bias_var=0.1, **kwargs)
+
+
+class _StructuredInputs(BaseKernelTestCase):
+    """Kernels told an ``input_shape``: the test case's data have 2 features, read as 2 positions/steps of 1
+    channel; ``active_dims`` (which changes the feature count) is incompatible with a fixed input_shape."""
+
+    def test_active_dims_list(self):
+        self.skipTest("a structured kernel's input_shape fixes the feature count")
+
+    def test_active_dims_range(self):
+        self.skipTest("a structured kernel's input_shape fixes the feature count")
+
+
+class TestResNetKernelConformance(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return K.ResNetKernel(depth=2, weight_var=1.3, bias_var=0.1, **kwargs)
+
+
+class TestResNetNTKKernelConformance(BaseKernelTestCase, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return K.ResNetNTKKernel(depth=2, weight_var=1.3, bias_var=0.1, **kwargs)
+
+
+class TestCNNKernelConformance(_StructuredInputs, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return K.CNNKernel(input_shape=(1, 2), depth=1, weight_var=1.3, bias_var=0.1, **kwargs)
+
+
+class TestRNNKernelConformance(_StructuredInputs, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return K.RNNKernel(input_shape=(2, 1), **kwargs)
+
+
+class TestTransformerKernelConformance(_StructuredInputs, unittest.TestCase):
+    def create_kernel_no_ard(self, **kwargs):
+        return K.TransformerKernel(depth=1, input_shape=(2, 1), **kwargs)
 
 
 def test_kernel_with_priors_pickles():
