@@ -168,7 +168,7 @@ def test_positional_layer_norm_matches_per_position_correlation():
 
 def test_pair_tiling_gives_identical_values():
     x1, x2 = _x(7, 2 * 6 * 6, seed=3), _x(5, 2 * 6 * 6, seed=4)
-    plain = CNNKernel((2, 6, 6), depth=2, weight_var=1.7, bias_var=0.1).double()
+    plain = CNNKernel((2, 6, 6), depth=2, weight_var=1.7, bias_var=0.1, max_memory=None).double()
     tiled = CNNKernel((2, 6, 6), depth=2, weight_var=1.7, bias_var=0.1, max_memory=16 * 8 * 1296 * 6).double()
     assert tiled.tile_sizes(7, 5, torch.float64) == (2, 3)
     with torch.no_grad():

@@ -8,7 +8,7 @@ from ..arch import Activation, Dense, ReLU, Serial
 from ..arch.norm import LayerNorm
 from ..arch.spatial import Conv, GlobalAvgPool
 from ..arch.structure import Residual
-from .cnn import PairTiling, _validate_memory
+from .cnn import DEFAULT_MAX_MEMORY, PairTiling, _validate_memory
 from .nngp import NNGPKernel, NTKKernel
 
 
@@ -50,7 +50,7 @@ class ResNetKernel(PairTiling, NNGPKernel):
 
     def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
                  input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
-                 max_memory: int | None = None, **kwargs):
+                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
         conv = input_shape is not None and len(tuple(input_shape)) >= 2
         super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
         self.depth, self.layer_norm = depth, layer_norm
@@ -62,7 +62,7 @@ class ResNetNTKKernel(PairTiling, NTKKernel):
 
     def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
                  input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
-                 max_memory: int | None = None, **kwargs):
+                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
         conv = input_shape is not None and len(tuple(input_shape)) >= 2
         super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
         self.depth, self.layer_norm = depth, layer_norm
