@@ -260,3 +260,31 @@ def test_flatten_of_flat_features_is_identity():
                 A.Serial(A.Flatten(), A.Dense(), A.ReLU(), A.Dense())):
         k, _ = evaluate(net, x, x, H, input_shape=(1, 4, 4))
         torch.testing.assert_close(k, plain, rtol=1e-12, atol=1e-14)
+
+
+def test_mix_positions_api_for_other_families():
+    """``mix_positions`` (general A K Aᵀ, shared or per input) agrees with the separable ``mix_axes`` and
+    with the diag layout; per-input matrices act on each side with that input's own matrix."""
+    from nngp_gpytorch.algebra import input_state
+    from nngp_gpytorch.algebra.positional import average_matrix, from_inputs, mix_axes, mix_positions
+
+    x1, x2 = _x(3, 2 * 4 * 3, seed=7), _x(2, 2 * 4 * 3, seed=8)
+    full = from_inputs(input_state(x1, x2, False, True, (2, 4, 3)), channel_axis=0, full=True)
+    a_h, a_w = average_matrix(4, 2, 2, "valid"), average_matrix(3, 2, 1, "same")
+    sep = mix_axes(full, [a_h, a_w], (2, 3))
+    gen = mix_positions(full, torch.kron(a_h, a_w), positions=(2, 3))
+    for name in ("k12", "k11", "k22"):
+        torch.testing.assert_close(getattr(gen, name), getattr(sep, name), rtol=1e-12, atol=1e-14)
+    # per-input matrices: scaling input i's positions by (i + 1) scales K12[i, j] by (i + 1)(j + 1)
+    p = 12
+    a1 = torch.stack([(i + 1.0) * torch.eye(p, dtype=torch.float64) for i in range(3)])
+    a2 = torch.stack([(j + 1.0) * torch.eye(p, dtype=torch.float64) for j in range(2)])
+    per = mix_positions(full, a1, a2)
+    scale = torch.outer(torch.arange(1.0, 4.0), torch.arange(1.0, 3.0)).to(torch.float64)
+    torch.testing.assert_close(per.k12, full.k12 * scale[:, :, None, None])
+    squares = torch.arange(1.0, 4.0, dtype=torch.float64) ** 2
+    torch.testing.assert_close(per.k11, full.k11 * squares[:, None, None, None])
+    # (T, d) sequences: channel axis last
+    seq = from_inputs(input_state(x1, x1, True, False, (4, 6)), channel_axis=-1, full=True)
+    assert seq.k12.shape == (3, 4, 4) and seq.positions == (4,)
+    torch.testing.assert_close(seq.k12[0], x1[0].reshape(4, 6) @ x1[0].reshape(4, 6).T / 6)
