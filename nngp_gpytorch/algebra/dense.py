@@ -41,11 +41,12 @@ def apply_dual(dual, state: CovState) -> CovState:
     if state.positions is not None:
         return positional.apply_dual(dual, state)
     k11, k22, k12, same = state.k11, state.k22, state.k12, state.identical
-    new = dict(k12=dual.nngp(k11, k22, k12, same), k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22),
-               gaussian=False)
+    new = dict(k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22), gaussian=False)
     if state.has_ntk:
-        new.update(t12=dual.ntk(k11, k22, k12, same) * state.t12, t11=dual.ntk_diag(k11) * state.t11,
-                   t22=dual.ntk_diag(k22) * state.t22)
+        new["k12"], ntk12 = dual.nngp_and_ntk(k11, k22, k12, same)
+        new.update(t12=ntk12 * state.t12, t11=dual.ntk_diag(k11) * state.t11, t22=dual.ntk_diag(k22) * state.t22)
+    else:
+        new["k12"] = dual.nngp(k11, k22, k12, same)
     return state.replace(**new)
 
 

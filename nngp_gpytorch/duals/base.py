@@ -36,3 +36,9 @@ class Dual:
 
     def ntk_diag(self, k: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def nngp_and_ntk(
+        self, k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nngp(...), ntk(...))``; duals whose two expectations share work override this."""
+        return self.nngp(k11, k22, k12, identical), self.ntk(k11, k22, k12, identical)

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .base import Dual
-from .safe_math import arccos_kernel_j1, correlation, safe_arccos, safe_arcsin
+from .safe_math import arccos_kernel_j1, arccos_kernel_pair, correlation, safe_arccos, safe_arcsin
 
 _TWO_PI = 2.0 * math.pi
 
@@ -47,6 +47,18 @@ class LeakyReLUDual(Dual):
 
     def ntk_diag(self, k):
         return torch.full_like(k, (self.a**2 + self.b**2) / 2)
+
+    def nngp_and_ntk(self, k11, k22, k12, identical=None):
+        """Both duals from one correlation and one ``arccos`` (the NTK's cost over the NNGP stays small)."""
+        c, s = correlation(k11, k22, k12, identical, snap=True)
+        j1, pi_minus_theta = arccos_kernel_pair(c)
+        a, b = self.a, self.b
+        if a == 0.0:
+            nngp = (b * b / _TWO_PI) * s * j1
+        else:
+            nngp = s * ((a - b) ** 2 / _TWO_PI * (j1 - math.pi * c) + (a * a + b * b) / 2 * c)
+        ntk = ((a * a + b * b) * pi_minus_theta + 2 * a * b * (math.pi - pi_minus_theta)) / _TWO_PI
+        return nngp, ntk
 
 
 class StepDual(Dual):

@@ -39,6 +39,31 @@ class _ArcCosKernelJ1(torch.autograd.Function):
         return grad * (math.pi - theta)
 
 
+class _ArcCosPair(torch.autograd.Function):
+    """``(J1(c), π − arccos c)`` from one ``arccos``: the NNGP and NTK factors of ReLU-like duals.
+
+    Derivatives: ``dJ1/dc = π − arccos c`` (bounded) and ``d(π − arccos c)/dc = 1/sqrt(1 − c²)``
+    (clamped within machine precision of ``|c| = 1``).
+    """
+
+    @staticmethod
+    def forward(ctx, c):
+        c = c.clamp(-1.0, 1.0)
+        pi_minus_theta = math.pi - torch.arccos(c)
+        ctx.save_for_backward(c, pi_minus_theta)
+        return torch.sin(pi_minus_theta) + pi_minus_theta * c, pi_minus_theta
+
+    @staticmethod
+    def backward(ctx, grad_j1, grad_angle):
+        c, pi_minus_theta = ctx.saved_tensors
+        grad = torch.zeros_like(c)
+        if grad_j1 is not None:
+            grad = grad + grad_j1 * pi_minus_theta
+        if grad_angle is not None:
+            grad = grad + grad_angle * torch.rsqrt(_one_minus_sq(c))
+        return grad
+
+
 class _SafeArcSin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c):
@@ -55,6 +80,11 @@ class _SafeArcSin(torch.autograd.Function):
 def arccos_kernel_j1(c: torch.Tensor) -> torch.Tensor:
     """``sqrt(1-c²) + (π - arccos c)·c`` with a bounded gradient (derivative ``π - arccos c``)."""
     return _ArcCosKernelJ1.apply(c)
+
+
+def arccos_kernel_pair(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J1(c), π − arccos c)`` with finite gradients, sharing one ``arccos`` (see :class:`_ArcCosPair`)."""
+    return _ArcCosPair.apply(c)
 
 
 def safe_arcsin(c: torch.Tensor) -> torch.Tensor:
