@@ -277,3 +277,18 @@ def test_diag_of_distinct_pairs_matches_full(kernel_cls):
     k = kernel_cls(input_shape=(4, 3), masked=True, **kw).to(DT)
     full = k(a, b).to_dense()
     torch.testing.assert_close(k(a, b, diag=True), full.diagonal(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kernel_cls", [RNNKernel, GRUKernel, LSTMKernel])
+def test_per_step_kernel_contains_last_and_mean_readouts(kernel_cls):
+    seqs = _seqs([2, 4, 3], seed=8)
+    x = pack_sequences(seqs, 4)
+    kw = {} if kernel_cls is RNNKernel else {"samples": 2**10}
+    last = kernel_cls(input_shape=(4, 3), masked=True, **kw).to(DT)
+    mean = kernel_cls(input_shape=(4, 3), masked=True, readout="mean", **kw).to(DT)
+    steps = last.per_step(x)
+    assert steps.shape == (3, 3, 4, 4)
+    L = [2, 4, 3]
+    for i, j in itertools.product(range(3), repeat=2):
+        assert abs(steps[i, j, L[i] - 1, L[j] - 1] - last(x).to_dense()[i, j]) < 1e-12
+        assert abs(steps[i, j, : L[i], : L[j]].mean() - mean(x).to_dense()[i, j]) < 1e-12

@@ -12,12 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
+from ..algebra.recurrent import per_step_kernel
 from ..arch import Activation, Erf
 from ..arch.recurrent import GRU, LSTM, RNN
 from .nngp import NNGPKernel, NTKKernel
 
 
-class RNNKernel(NNGPKernel):
+class _PerStep:
+    """Mixin: the full per-step kernel of a recurrent kernel module."""
+
+    def per_step(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        """``σv²·V(t, s) + σvb²`` for every pair and every pair of steps: ``(..., n1, n2, T, T)`` (the
+        covariance of the readout applied at step t of ``x1[i]`` and step s of ``x2[j]``)."""
+        self._check_inputs(x1, x2)
+        return per_step_kernel(self.architecture, x1, x1 if x2 is None else x2,
+                               self.hyperparameters_for_algebra(), self.input_shape, self.quadrature_degree)
+
+
+class RNNKernel(_PerStep, NNGPKernel):
     r"""NNGP of an Elman RNN with weights shared over time (reference kernels.md "Simple RNN").
 
     ``Σ(t,s) = σw²·V_φ(Σ)(t−1,s−1)·[t,s>1] + σu²·x_t·x'_s/d + σb²``; output
@@ -54,7 +68,7 @@ class RNNNTKKernel(NTKKernel):
         super().__init__(layer, input_shape=input_shape, per_layer=per_layer, **kwargs)
 
 
-class GRUKernel(NNGPKernel):
+class GRUKernel(_PerStep, NNGPKernel):
     """NNGP of the erf-gated GRU (Yang 2019; reference kernels.md "GRU").
 
     Gate expectations (Gaussian orthant probabilities) are integrated with a fixed scrambled Sobol rule
@@ -70,7 +84,7 @@ class GRUKernel(NNGPKernel):
         super().__init__(layer, input_shape=input_shape, per_layer=per_layer, **kwargs)
 
 
-class LSTMKernel(NNGPKernel):
+class LSTMKernel(_PerStep, NNGPKernel):
     """NNGP of the standard sigmoid/tanh LSTM (master-theorem limit, :mod:`nngp_gpytorch.algebra.lstm`).
 
     ``samples`` QMC points of the limiting Gaussian (deterministic; accuracy in docs/recurrent.md).
