@@ -36,7 +36,8 @@ ALPHA = 1e-4
 def check(program, k=6, width=512, networks=128, seed=0, variances=None, accuracy=None, x=None, sampler="gram"):
     x = default_inputs(k, program.input_dim) if x is None else x
     kernel = TensorProgramKernel(program, variances=variances, accuracy=accuracy).double()
-    result = kernel.evaluate_with_error(x)
+    with torch.no_grad():
+        result = kernel.evaluate_with_error(x)
     sample = sample_program(program, x, networks, width, seed=seed, variances=kernel.variance_dict(),
                             sampler=sampler)
     test = mean_test(sample.covariances, result.kernel.detach(), alpha=ALPHA, width=width)

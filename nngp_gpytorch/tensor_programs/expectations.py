@@ -14,7 +14,8 @@ Two rules, chosen by the dimension ``m`` of ``z`` (:class:`Accuracy`):
 
 ``L`` is a pivot-free Cholesky factor that tolerates singular ``Σ`` (duplicated variables, identical
 inputs): a column whose pivot vanishes (relative ``1e-10``) is set to zero. Entries are processed in
-chunks so that at most ``max_chunk_elements`` function values are held at once.
+chunks so that at most ``max_chunk_elements`` function values are held at once; under autograd each chunk
+is checkpointed (recomputed in the backward pass), so memory does not grow with the number of chunks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch.quasirandom import SobolEngine
 
 from ..duals.safe_math import safe_sqrt
@@ -53,7 +55,7 @@ class Accuracy:
     qmc_points: int = 2**12
     qmc_replicates: int = 8
     seed: int = 0
-    max_chunk_elements: int = 2**23
+    max_chunk_elements: int = 2**22
     qmc_pca: bool = True
 
     def __post_init__(self):
@@ -143,9 +145,11 @@ def gaussian_expectation(
         per = nodes.shape[0] * m
         chunk = max(1, accuracy.max_chunk_elements // per)
         parts = []
+        def gh_chunk(factor: torch.Tensor) -> torch.Tensor:
+            return fn(torch.einsum("pj,eij->epi", nodes, factor)) @ weights  # z: (E, P, m)
+
         for s in range(0, flat.shape[0], chunk):
-            z = torch.einsum("pj,eij->epi", nodes, flat[s:s + chunk])  # (E, P, m)
-            parts.append(fn(z) @ weights)
+            parts.append(_maybe_checkpoint(gh_chunk, flat[s:s + chunk]))
         return torch.cat(parts).reshape(lead), "gauss-hermite"
     reps = accuracy.qmc_replicates
     normals = sobol_normals(m, accuracy.qmc_points, reps, seed, sigma)  # (R, S, m)
@@ -163,7 +167,18 @@ def gaussian_expectation(
     per = normals.shape[1] * m * reps
     chunk = max(1, accuracy.max_chunk_elements // per)
     parts = []
+
+    def qmc_chunk(factor: torch.Tensor) -> torch.Tensor:
+        return fn(torch.einsum("rsj,reij->resi", normals, factor)).mean(-1)  # z: (R, E, S, m)
+
     for s in range(0, flat.shape[1], chunk):
-        z = torch.einsum("rsj,reij->resi", normals, flat[:, s:s + chunk])  # (R, E, S, m)
-        parts.append(fn(z).mean(-1))
+        parts.append(_maybe_checkpoint(qmc_chunk, flat[:, s:s + chunk]))
     return torch.cat(parts, 1).reshape(reps, *lead[1:]), "qmc"
+
+
+def _maybe_checkpoint(chunk_fn, factor: torch.Tensor) -> torch.Tensor:
+    """Evaluate one chunk; under autograd, recompute it in the backward pass instead of storing every
+    function value (memory stays bounded by one chunk, ``max_chunk_elements``, instead of all of them)."""
+    if torch.is_grad_enabled() and factor.requires_grad:
+        return torch.utils.checkpoint.checkpoint(chunk_fn, factor, use_reentrant=False)
+    return chunk_fn(factor)
