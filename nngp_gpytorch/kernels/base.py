@@ -226,7 +226,19 @@ class InfiniteWidthKernel(Kernel):
         if self.active_dims is not None:
             x1 = x1.index_select(-1, self.active_dims)
             x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
-        return self._evaluate(x1, x1 if x2 is None else x2, diag=diag, with_ntk=True)
+        return self._evaluate_symmetrized(x1, x1 if x2 is None else x2, diag=diag, with_ntk=True)
+
+    def _evaluate_symmetrized(self, x1, x2, diag: bool, with_ntk: bool):
+        """:meth:`_evaluate`, made exactly symmetric when ``x1`` and ``x2`` are the same tensor.
+
+        Quadrature/QMC rules and blocked reductions may round ``K[i, j]`` and ``K[j, i]`` differently;
+        GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged.
+        """
+        k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
+        if not diag and x1 is x2 and k.shape[-1] == k.shape[-2]:
+            k = (k + k.mT) / 2
+            t = None if t is None else (t + t.mT) / 2
+        return k, t
 
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
         if diag and x1.shape[-2] != x2.shape[-2]:
@@ -245,7 +257,7 @@ class InfiniteWidthKernel(Kernel):
         return k, t
 
     def _output(self, x1, x2, diag, with_ntk):
-        k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
+        k, t = self._evaluate_symmetrized(x1, x2, diag=diag, with_ntk=with_ntk)
         return t if with_ntk else k
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
