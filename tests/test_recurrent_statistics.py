@@ -44,12 +44,18 @@ def _sample(layer, x, seed=0, width=512, networks=128):
                            input_shape=(8, 3), seed=seed)
 
 
+#: The ReLU RNN with mean readout rejected 1 of 8 seeds at width 512 (p = 5e-6, heavy-tailed ReLU
+#: recurrences; estimated bias/noise 0.46); at width 1024 0 of 8 (min p 0.06), so it runs at 1024.
+WIDTHS = {"rnn-relu-mean": 1024}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_recurrent_kernel_passes_statistical_test(name):
     layer, lengths = CASES[name]
     x = _inputs(lengths)
     K, _ = evaluate(layer, x, x, HYPER, input_shape=(8, 3))
-    result = mean_test(_sample(layer, x).covariances, K, alpha=ALPHA, width=512)
+    width = WIDTHS.get(name, 512)
+    result = mean_test(_sample(layer, x, width=width).covariances, K, alpha=ALPHA, width=width)
     assert result.passed, result.summary()
 
 
