@@ -61,3 +61,15 @@ def test_activation_wraps_callables():
     for cls in A.NAMED_ACTIVATIONS:
         y = cls()(x)
         assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_skip_connection_branches_need_fresh_weights():
+    """A branch with no fresh affine layer stays correlated with the skip path: a silent wrong kernel."""
+    for branch in (A.LayerNorm(), A.Serial(A.SelfAttention(residual=False), A.LayerNorm())):
+        with pytest.raises(A.ArchitectureError, match="no freshly drawn weights"):
+            A.Serial(A.TokenDense(), A.Residual(branch), A.SequenceReadout(), A.Dense()).validate((5, 3))
+    with pytest.raises(A.ArchitectureError, match="at most one branch"):
+        A.Serial(A.Dense(), A.Parallel(A.LayerNorm(), A.Serial(A.LayerNorm())), A.Dense()).validate()
+    ok = A.Serial(A.TokenDense(), A.Residual(A.Serial(A.SelfAttention(residual=False), A.TokenDense())),
+                  A.SequenceReadout(), A.Dense())
+    assert ok.validate((5, 3)).kind is A.SignalKind.GAUSSIAN

@@ -63,6 +63,7 @@ class TokenDense(Layer):
     masked: bool = False
 
     needs_full_positions: ClassVar[bool] = True
+    fresh_weights: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.weight_var is not None and not self.weight_var > 0:
@@ -123,9 +124,6 @@ class SelfAttention(Layer):
         if signal.kind is not SignalKind.GAUSSIAN:
             raise ArchitectureError(f"{path}: {self.describe()} needs Gaussian keys (the output of a TokenDense); put "
                                     "TokenDense() before it")
-        if " > branch SelfAttention(" in path:
-            raise ArchitectureError(f"{path}: Residual(SelfAttention()) would add the attention output as if it were "
-                                    "independent of its input; use SelfAttention(residual=True) instead")
         positions = _sequence_positions(self, signal, path)
         return Signal(SignalKind.GAUSSIAN, spatial=positions, input_shape=signal.input_shape)
 

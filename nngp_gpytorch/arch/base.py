@@ -55,9 +55,14 @@ class Layer:
     ``has_ntk`` declares whether the layer's kernel rule can carry the neural tangent kernel Θ. A layer
     without an NTK (batch norm: its infinite-width NTK is not a pairwise kernel) sets it to ``False``;
     the covariance algebra then raises :class:`ArchitectureError` naming the layer whenever Θ is asked for.
+
+    ``fresh_weights`` marks layers that multiply by freshly drawn weights (Dense, Conv, GraphConv, ...):
+    in the limit their output is independent of their input, which is what makes a skip connection's
+    sum ``h + branch(h)`` a sum of independent Gaussians (see :func:`has_fresh_weights`).
     """
 
     has_ntk: ClassVar[bool] = True
+    fresh_weights: ClassVar[bool] = False
 
     def propagate(self, signal: Signal, path: str) -> Signal:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -101,6 +106,13 @@ class Layer:
                 "(an affine layer such as Dense()) must come last so that the output is a Gaussian process"
             )
         return signal
+
+
+def has_fresh_weights(layer: Layer) -> bool:
+    """Whether ``layer`` applies freshly drawn weights somewhere, so its output is independent of its input
+    in the infinite-width limit (a branch without one, e.g. ``SelfAttention()`` or ``LayerNorm()``, stays
+    correlated with its input, and summing it with that input as if independent would give a wrong kernel)."""
+    return any(type(sub).fresh_weights for sub in layer.walk())
 
 
 def require_gaussian(layer: Layer, signal: Signal, path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ArchitectureError, Layer, Signal, SignalKind
 
@@ -23,6 +24,8 @@ class Dense(Layer):
     weight_var: float | None = None
     bias_var: float | None = None
     width: int | None = None
+
+    fresh_weights: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.weight_var is not None and not self.weight_var > 0:

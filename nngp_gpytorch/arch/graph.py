@@ -51,6 +51,7 @@ class GraphConv(Layer):
     """
 
     transductive: ClassVar[bool] = True
+    fresh_weights: ClassVar[bool] = True
 
     adjacency: torch.Tensor = field(default=None, repr=False)
     normalize: str = "sym"

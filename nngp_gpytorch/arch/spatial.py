@@ -80,6 +80,8 @@ class Conv(Layer):
     bias_var: float | None = None
     width: int | None = None
 
+    fresh_weights: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         _check_common(self, ("kernel_size", "stride", "dilation"))
         if self.weight_var is not None and not self.weight_var > 0:

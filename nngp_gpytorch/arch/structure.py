@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import ArchitectureError, Layer, Signal, SignalKind
+from .base import ArchitectureError, Layer, Signal, SignalKind, has_fresh_weights
 
 
 def _require_summable(layer: Layer, signal: Signal, what: str, path: str) -> None:
@@ -45,6 +45,13 @@ class Residual(Layer):
 
     def propagate(self, signal: Signal, path: str) -> Signal:
         _require_summable(self, signal, "its input (the skip path)", path)
+        if not has_fresh_weights(self.branch):
+            raise ArchitectureError(
+                f"{path}: the branch {self.branch.describe()} of {self.describe()} applies no freshly drawn weights "
+                "(no Dense/Conv/TokenDense/GraphConv), so its output stays correlated with the skip path and the "
+                "sum is not a sum of independent Gaussians; put an affine layer in the branch"
+                " (for attention use SelfAttention(residual=True))"
+            )
         out = self.branch.propagate(signal, f"{path} > branch {self.branch.describe()}")
         _require_summable(self, out, "the branch output", path)
         if out.spatial != signal.spatial:
@@ -84,6 +91,12 @@ class Parallel(Layer):
         return sum(b.variance_slots() for b in self.branches)
 
     def propagate(self, signal: Signal, path: str) -> Signal:
+        without = [i for i, b in enumerate(self.branches) if not has_fresh_weights(b)]
+        if len(without) > 1:
+            raise ArchitectureError(
+                f"{path}: branches {without} of {self.describe()} apply no freshly drawn weights, so they are "
+                "correlated with each other through the shared input; at most one branch may lack an affine layer"
+            )
         outs = []
         for i, b in enumerate(self.branches):
             out = b.propagate(signal, f"{path} > branch {i} {b.describe()}")
