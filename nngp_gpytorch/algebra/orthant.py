@@ -11,8 +11,10 @@ pair) we integrate the *smooth* left-hand side directly:
 
     E[Π_i Φ(√2·ε_i·y_i)] = E_g[Π_i Φ(√2·ε_i·(μ + L g)_i)],   Σ = L Lᵀ,  g ~ N(0, I),
 
-with one fixed, scrambled Sobol point set (seeded, hence deterministic; scrambled Sobol nets integrate
-smooth integrands with error ~N^-1.5). The ``½·I`` part of the orthant covariance has been integrated
+with one fixed, scrambled Sobol point set (seeded, hence deterministic). Measured: ~10× more accurate
+than plain Monte Carlo at equal N, error ~N^-0.8 on the 9–18-dimensional GRU problems (not the
+asymptotic N^-1.5 of smooth low-dimensional integrands; docs/recurrent.md).
+The ``½·I`` part of the orthant covariance has been integrated
 exactly (it *is* the Φ), so the integrand is analytic and the cost per point is one multiply-add per
 variable. All orthant problems of a recursion share the same points (common random numbers), so that a
 whole GRU table is a few tensor operations per step — see :class:`InterleavedGaussian`.
