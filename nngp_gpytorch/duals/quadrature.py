@@ -202,4 +202,10 @@ class QuadratureDual(Dual):
             v = sv[sl, None, None] * (c[sl, None, None] * x[:, None] + sc[sl, None, None] * x)  # (E, i, j)
             fv = f(v)
             parts.append(torch.einsum("ei,eij,j->e", fu, fv, w))
-        return (torch.cat(parts) if parts else c.new_zeros(0)).reshape(shape) / math.pi
+        out = (torch.cat(parts) if parts else c.new_zeros(0)).reshape(shape) / math.pi
+        if identical is not None:
+            # identical inputs: E[f(u)²] by the (more accurate) 1-D rule, so K(x, x) matches the diagonal exactly
+            same = identical.expand(shape)
+            if same.any():
+                out = out.masked_scatter(same, self._expectation_diag(f, k11.reshape(shape)[same]))
+        return out
