@@ -14,10 +14,10 @@ Prints, for a depth-2 ReLU batch-norm MLP (``batchnorm_mlp(2)``), d = 16:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import MLPKernel
 from nngp_gpytorch import arch as A
@@ -27,15 +27,6 @@ from nngp_gpytorch.duals import dual_for
 from verification.report import plot_convergence
 from verification.statistics import width_convergence
 from verification.twins.batchnorm import sample_batch_ensemble
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

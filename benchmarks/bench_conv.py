@@ -20,18 +20,9 @@ import sys
 import time
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import CNNKernel, MLPKernel
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (first-call overheads)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def peak_memory_child(size: int, n: int, readout: str, max_memory: int | None) -> None:

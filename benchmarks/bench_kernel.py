@@ -9,21 +9,12 @@ evaluation to one dense matmul X·Xᵀ (the unavoidable baseline every dot-produ
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import MLPKernel
 from nngp_gpytorch import arch as A
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

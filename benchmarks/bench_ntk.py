@@ -12,21 +12,12 @@ gradients) and forward + backward to the hyperparameters (σw², σb²).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.kernels import NNGPKernel
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def compare(name: str, kernel, x: torch.Tensor, repeats: int) -> None:

@@ -11,10 +11,10 @@ Frobenius error against the kernel, mean over 20 networks, widths 64…4096, log
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import MLPKernel, TransformerKernel, TransformerNTKKernel
 from nngp_gpytorch import arch as A
@@ -23,15 +23,6 @@ from nngp_gpytorch.sequences import pack_sequences
 from verification.ensembles import sample_ensemble
 from verification.report import plot_convergence
 from verification.statistics import width_convergence
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from gpytorch.priors import Prior
 
 from ..algebra import Hyperparameters, evaluate
 from ..arch import Layer
+from .validation import check_kernel_inputs
 
 #: A bias variance of exactly 0 is stored as this value, so that it stays learnable (softplus⁻¹(0) = −∞).
 ZERO_BIAS_FLOOR = 1e-12
@@ -183,32 +184,7 @@ class InfiniteWidthKernel(Kernel):
 
     def _check_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None) -> None:
         name = type(self).__name__
-        for label, x in (("x1", x1), ("x2", x2)):
-            if x is None:
-                continue
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(x).__name__}")
-            if x.dim() < 2:
-                raise ValueError(
-                    f"{name}: {label} has shape {tuple(x.shape)}; inputs must be (..., n, d). For n scalar "
-                    "inputs use x.unsqueeze(-1); for one d-dimensional input use x.unsqueeze(0)"
-                )
-            if not x.is_floating_point():
-                raise TypeError(f"{name}: {label} must be a floating-point tensor, got {x.dtype}")
-            if x.dtype != self.raw_weight_var.dtype:
-                raise TypeError(
-                    f"{name}: {label} is {x.dtype} but the kernel's parameters are {self.raw_weight_var.dtype}; "
-                    f"convert one of them (e.g. kernel.to({x.dtype}))"
-                )
-            if x.device != self.raw_weight_var.device:
-                raise ValueError(
-                    f"{name}: {label} is on {x.device} but the kernel's parameters are on "
-                    f"{self.raw_weight_var.device}; move one of them"
-                )
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name}: {label} contains NaN or Inf")
-        if x2 is not None and x1.shape[-1] != x2.shape[-1]:
-            raise ValueError(f"{name}: x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}")
+        check_kernel_inputs(name, x1, x2, self.raw_weight_var)
         if self.input_dim is not None and self.active_dims is None and x1.shape[-1] != self.input_dim:
             shape = f" = prod(input_shape={self.input_shape})" if self.input_shape else ""
             raise ValueError(

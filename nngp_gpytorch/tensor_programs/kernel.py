@@ -11,6 +11,7 @@ from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 
 from ..kernels.base import ZERO_BIAS_FLOOR
+from ..kernels.validation import check_kernel_inputs
 from .expectations import Accuracy
 from .master import ProgramKernelResult, evaluate_program
 from .program import Program
@@ -126,25 +127,10 @@ class TensorProgramKernel(Kernel):
 
     def _check_inputs(self, x1, x2) -> None:
         name = f"TensorProgramKernel({self.program.name})"
-        for label, x in (("x1", x1), ("x2", x2)):
-            if x is None:
-                continue
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(x).__name__}")
-            if x.dim() < 2:
-                raise ValueError(f"{name}: {label} has shape {tuple(x.shape)}; inputs must be (..., n, d)")
-            if not x.is_floating_point():
-                raise TypeError(f"{name}: {label} must be a floating-point tensor, got {x.dtype}")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name}: {label} contains NaN or Inf")
-            if x.dtype != self.raw_variances.dtype:
-                raise TypeError(f"{name}: {label} is {x.dtype} but the kernel's parameters are "
-                                f"{self.raw_variances.dtype}; convert one of them (e.g. kernel.to({x.dtype}))")
-            if x.device != self.raw_variances.device:
-                raise ValueError(f"{name}: {label} is on {x.device}, the kernel on {self.raw_variances.device}")
-            if self.active_dims is None and x.shape[-1] != self.input_dim:
-                raise ValueError(f"{name}: {label} has {x.shape[-1]} features, the program's inputs have "
-                                 f"{self.input_dim}")
+        check_kernel_inputs(name, x1, x2, self.raw_variances)
+        if self.active_dims is None and x1.shape[-1] != self.input_dim:
+            raise ValueError(f"{name}: x1 has {x1.shape[-1]} features, the program's inputs have "
+                             f"{self.input_dim}")
 
     def evaluate_with_error(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
                             diag: bool = False) -> ProgramKernelResult:
