@@ -17,7 +17,8 @@ ALPHA = 1e-4
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_catalogue_architecture_matches_its_kernel(name):
     entry = ARCHITECTURES[name]
-    result = verify(entry.architecture, entry.make_inputs(), networks=256, width=4096, seed=0,
+    result = verify(entry.architecture, entry.make_inputs(), networks=entry.networks or 256,
+                    width=entry.width or 4096, seed=0, analytic=entry.analytic,
                     weight_var=entry.hyper, alpha=ALPHA, input_shape=entry.input_shape)
     assert result.passed, f"{name}: {result.summary()}"
     assert result.relative_error < 0.02, result.summary()

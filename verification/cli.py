@@ -32,14 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "run":
             p.add_argument("names", nargs="+", help="catalogue names, or 'all'")
-        p.add_argument("--networks", type=int, default=DEFAULT_NETWORKS)
-        p.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+        p.add_argument("--networks", type=int, default=None,
+                       help=f"networks per architecture (default: the entry's budget, else {DEFAULT_NETWORKS})")
+        p.add_argument("--width", type=int, default=None,
+                       help=f"hidden width (default: the entry's budget, else {DEFAULT_WIDTH})")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="false-alarm rate per architecture")
         p.add_argument("--sampler", choices=("gram", "literal"), default="gram")
         p.add_argument("--out", type=Path, default=None, help="folder for plots and results.json")
-        p.add_argument("--widths", default="64,256,1024,4096",
-                       help="comma-separated widths for the convergence plot ('' to skip)")
+        p.add_argument("--widths", default=None,
+                       help="comma-separated widths for the convergence plot ('' to skip; default: the entry's, "
+                            "else 64,256,1024,4096)")
         p.add_argument("--convergence-networks", type=int, default=16)
         p.add_argument("--threads", type=int, default=1, help="torch threads")
         p.add_argument("--no-progress", action="store_true")
@@ -54,11 +57,17 @@ def _list() -> int:
 
 
 def _convergence(entry, args):
-    widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    if args.widths is not None:
+        widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    else:
+        widths = list(entry.widths or (64, 256, 1024, 4096))
     if len(widths) < 2:
         return None
     x = entry.make_inputs()
-    K = analytic_kernel(entry.architecture, x, entry.hyper, entry.input_shape)
+    if entry.analytic is not None:
+        K = entry.analytic(entry.architecture, x.to(torch.float64), entry.hyper)
+    else:
+        K = analytic_kernel(entry.architecture, x, entry.hyper, entry.input_shape)
     by_width = {}
     for i, w in enumerate(widths):
         sample = sample_ensemble(entry.architecture, x, networks=args.convergence_networks, width=w,
@@ -75,11 +84,13 @@ def _run(args, jobs) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     rows, records = [], []
     for name, architecture, hyper, inputs, input_shape, analytic, entry in jobs:
-        bar = tqdm(total=args.networks, desc=name, unit="net", disable=args.no_progress, leave=False,
+        networks = args.networks or getattr(entry, "networks", None) or DEFAULT_NETWORKS
+        width = args.width or getattr(entry, "width", None) or DEFAULT_WIDTH
+        bar = tqdm(total=networks, desc=name, unit="net", disable=args.no_progress, leave=False,
                    file=sys.stderr)
-        result = verify(architecture, inputs, networks=args.networks, width=args.width, seed=args.seed,
+        result = verify(architecture, inputs, networks=networks, width=width, seed=args.seed,
                         weight_var=hyper, alpha=args.alpha, sampler=args.sampler, analytic=analytic,
-                        input_shape=input_shape, progress=bar.update, chunk_size=max(1, args.networks // 16))
+                        input_shape=input_shape, progress=bar.update, chunk_size=max(1, networks // 16))
         bar.close()
         convergence = _convergence(entry, args) if entry is not None and args.out is not None else None
         rows.append((name, result))
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as err:
             print(err.args[0], file=sys.stderr)
             return 2
-        jobs = [(e.name, e.architecture, e.hyper, e.make_inputs(), e.input_shape, None, e) for e in entries]
+        jobs = [(e.name, e.architecture, e.hyper, e.make_inputs(), e.input_shape, e.analytic, e) for e in entries]
         rows = _run(args, jobs)
         rejected = [name for name, r in rows if not r.passed]
         if rejected:

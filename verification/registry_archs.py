@@ -7,7 +7,9 @@ Adding one is one line::
 An entry holds the architecture, the hyperparameters both readings use (shared floats or a
 :class:`~nngp_gpytorch.algebra.Hyperparameters`, e.g. per layer), and how to build its test inputs
 (``inputs``: a callable returning ``(k, d)``, default :func:`~verification.ensembles.default_inputs`)
-with an optional ``input_shape`` for structured families.
+with an optional ``input_shape`` for structured families, and optionally its own budget
+(``networks``, ``width``, ``widths`` for the convergence plot) where literal weight sharing makes the
+default 256 × 4096 too slow.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class CatalogueEntry:
     inputs: Callable[[], torch.Tensor] = field(default=default_inputs, repr=False)
     input_shape: tuple[int, ...] | None = None
     description: str = ""
+    networks: int | None = None
+    width: int | None = None
+    widths: tuple[int, ...] | None = None
+    analytic: Callable | None = field(default=None, repr=False)
 
     @property
     def hyper(self) -> Hyperparameters:
@@ -48,14 +54,18 @@ ARCHITECTURES: dict[str, CatalogueEntry] = {}
 
 def register_architecture(name: str, architecture: A.Layer, weight_var: float | Hyperparameters = 1.0,
                           bias_var: float = 0.0, inputs: Callable[[], torch.Tensor] = default_inputs,
-                          input_shape: tuple[int, ...] | None = None, description: str = "") -> CatalogueEntry:
-    """Add ``architecture`` to the catalogue under ``name`` (names are unique)."""
+                          input_shape: tuple[int, ...] | None = None, description: str = "",
+                          networks: int | None = None, width: int | None = None,
+                          widths: tuple[int, ...] | None = None, analytic: Callable | None = None) -> CatalogueEntry:
+    """Add ``architecture`` to the catalogue under ``name`` (names are unique); ``networks``/``width``
+    override the default budget (256 × 4096), ``widths`` the convergence plot's widths; ``analytic``
+    ``(architecture, x, hyper) -> K`` replaces the pairwise kernel (set-dependent kernels: batch norm)."""
     if name in ARCHITECTURES:
         raise ValueError(f"architecture {name!r} is already registered")
     if name == "all":
         raise ValueError("'all' is reserved for running the whole catalogue")
     entry = CatalogueEntry(name, architecture, weight_var, bias_var, inputs, input_shape,
-                           description or architecture.describe())
+                           description or architecture.describe(), networks, width, widths, analytic)
     ARCHITECTURES[name] = entry
     return entry
 
@@ -99,3 +109,53 @@ register_architecture(
     A.Serial(A.Dense(), A.ReLU(), A.Dense(), A.ReLU(), A.Dense(weight_var=1.0, bias_var=0.5)),
     weight_var=2.0, bias_var=0.05, description="fixed readout variances on the last Dense",
 )
+
+
+# --- structured families (budgets as in their own statistical tests; docs/spatial.md, recurrent.md, attention.md)
+def _images(k: int = 6, shape: tuple[int, ...] = (1, 4, 4), seed: int = 3) -> torch.Tensor:
+    return torch.randn(k, int(torch.Size(shape).numel()), generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
+
+
+def _sequences(lengths=(1, 3, 5, 8, 2), d: int = 2, t: int = 8, seed: int = 11) -> torch.Tensor:
+    from nngp_gpytorch.sequences import pack_sequences
+
+    g = torch.Generator().manual_seed(seed)
+    return pack_sequences([torch.randn(n, d, generator=g, dtype=torch.float64) for n in lengths], t)
+
+
+def _tokens(k: int = 4, t: int = 5, d: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(k, t * d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+_RECURRENT_HYPER = _per_layer([1.0, 1.5, 1.2], [0.1, 0.0, 0.05])
+register_architecture("cnn2_gap", A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense()),
+                      weight_var=1.8, bias_var=0.1, inputs=_images, input_shape=(1, 4, 4), networks=128, width=512,
+                      widths=(32, 64, 128, 256, 512), description="2-layer SAME conv, ReLU, global average pooling")
+register_architecture("rnn_erf", A.RNN(activation=A.Erf(), masked=True, readout_bias_var=None),
+                      weight_var=_RECURRENT_HYPER, inputs=_sequences, input_shape=(8, 3), networks=128, width=512,
+                      widths=(32, 64, 128, 256, 512), description="erf RNN, last-step readout, lengths 1-8")
+register_architecture("gru", A.GRU(masked=True, readout_bias_var=None, samples=2**14), weight_var=_RECURRENT_HYPER,
+                      inputs=_sequences, input_shape=(8, 3), networks=128, width=512, widths=(32, 64, 128, 256, 512),
+                      description="erf-gated GRU (Yang 2019), lengths 1-8")
+register_architecture("lstm", A.LSTM(masked=True, readout="mean", readout_bias_var=None, samples=2**15),
+                      weight_var=_RECURRENT_HYPER, inputs=lambda: _sequences((2, 5, 8)), input_shape=(8, 3),
+                      networks=128, width=512, widths=(32, 64, 128, 256, 512),
+                      description="tanh/sigmoid LSTM, mean readout, lengths 2-8")
+register_architecture("transformer2", A.transformer(2), weight_var=1.5, bias_var=0.2, inputs=_tokens,
+                      input_shape=(5, 3), networks=256, width=2048, widths=(64, 128, 256, 512, 1024),
+                      description="2 transformer blocks (tied-query attention, LayerNorm, ReLU MLP), mean readout")
+
+
+def _one_batch_kernel(architecture: A.Layer, x: torch.Tensor, hyper: Hyperparameters) -> torch.Tensor:
+    """Batch norm: the k inputs form one batch (one forward pass of each finite network)."""
+    from nngp_gpytorch.algebra.batchnorm import evaluate_batches
+
+    with torch.no_grad():
+        return evaluate_batches(architecture, x, (x.shape[-2],), hyper)
+
+
+register_architecture("batchnorm_mlp2", A.batchnorm_mlp(2), weight_var=1.5, bias_var=0.1,
+                      inputs=lambda: default_inputs(k=6), networks=256, width=1024,
+                      widths=(64, 128, 256, 512, 1024), analytic=_one_batch_kernel,
+                      description="Dense → BatchNorm(ReLU) × 2, batch statistics over the 6 inputs (one batch)")
