@@ -44,8 +44,9 @@ def evaluate(
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
     """
     ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
-    if quadrature_degree is not None:
+    if quadrature_degree is not None:  # an explicit degree is used as given (smooth in the hyperparameters)
         ctx.quadrature_degree = int(quadrature_degree)
+        ctx.adaptive_quadrature = False
     state = propagate(architecture, input_state(x1, x2, diag, with_ntk, input_shape), ctx)
     if not state.gaussian:
         raise ValueError(f"{architecture.describe()} does not end in an affine readout")

@@ -113,6 +113,8 @@ class RuleContext:
     hyper: Hyperparameters
     with_ntk: bool = False
     quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    #: grow the quadrature degree with the variances (default); False when the user fixed the degree
+    adaptive_quadrature: bool = True
     #: the whole architecture being evaluated (lets structured families choose their representation once)
     architecture: Layer | None = None
     _duals: dict = field(default_factory=dict, repr=False)
@@ -127,9 +129,9 @@ class RuleContext:
 
     def dual(self, activation) -> Dual:
         """The (cached) dual of an activation."""
-        key = (activation, self.quadrature_degree)
+        key = (activation, self.quadrature_degree, self.adaptive_quadrature)
         if key not in self._duals:
-            self._duals[key] = dual_for(activation, self.quadrature_degree)
+            self._duals[key] = dual_for(activation, self.quadrature_degree, adaptive=self.adaptive_quadrature)
         return self._duals[key]
 
 

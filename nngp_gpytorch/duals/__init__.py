@@ -14,8 +14,10 @@ from .quadrature import QuadratureDual, autograd_derivative, hermite_nodes
 DEFAULT_QUADRATURE_DEGREE = 32
 
 
-def dual_for(activation: act.Activation, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Dual:
+def dual_for(activation: act.Activation, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
+             adaptive: bool = True) -> Dual:
     """The dual of ``activation``: closed form where known, Gauss–Hermite of ``quadrature_degree``
+    (grown with the variances when ``adaptive``, see :class:`QuadratureDual`)
     otherwise (tanh, sigmoid, SiLU, ``Activation(fn)``)."""
     kind = type(activation)
     if kind is act.ReLU:
@@ -33,9 +35,9 @@ def dual_for(activation: act.Activation, quadrature_degree: int = DEFAULT_QUADRA
     if kind is act.Identity:
         return IdentityDual()
     if kind is act.GELU:
-        return GELUDual(QuadratureDual(activation, quadrature_degree, label=activation.describe()))
+        return GELUDual(QuadratureDual(activation, quadrature_degree, label=activation.describe(), adaptive=adaptive))
     if isinstance(activation, act.Activation):
-        return QuadratureDual(activation, quadrature_degree, label=activation.describe())
+        return QuadratureDual(activation, quadrature_degree, label=activation.describe(), adaptive=adaptive)
     raise TypeError(f"{activation!r} is not an activation")
 
 

@@ -55,7 +55,9 @@ class InfiniteWidthKernel(Kernel):
         per_layer: one (σw², σb²) per affine layer instead of shared values.
         weight_var_prior, bias_var_prior: optional :class:`gpytorch.priors.Prior`.
         weight_var_constraint, bias_var_constraint: default :class:`~gpytorch.constraints.Positive`.
-        quadrature_degree: Gauss–Hermite degree for activations without a closed-form dual.
+        quadrature_degree: Gauss–Hermite degree for activations without a closed-form dual. Default
+            (``None``): 32 at unit variance, grown with the largest variance (piecewise smooth in the
+            hyperparameters); an explicit value is used as given (smooth).
         block_size: evaluate the full matrix in blocks of this many rows of ``x1`` (bounds peak memory
             when gradients are not needed; the values are identical).
         input_dim: if given, inputs must have this many features.
