@@ -153,9 +153,9 @@ def test_gate_product_expectation_matches_scipy():
     assert abs(gate_product_expectation(mean, cov, signs, 2**14).item() - ref) < 2e-5
 
 
-def _lstm_one_step_reference(c, wu, b, wv, bv):
+def _lstm_one_step_reference(c, wu, b, wv, bv, nodes=40):
     """T = 1: σv²·E[σ(o)σ(o')]·E[tanh(σ(i)tanh(g)) tanh(σ(i')tanh(g'))] + σvb², by 2-D/4-D Gauss–Hermite."""
-    x, w = np.polynomial.hermite.hermgauss(40)
+    x, w = np.polynomial.hermite.hermgauss(nodes)
     sig = wu * c + b
     n = len(c)
     out = np.zeros((n, n))
@@ -176,9 +176,11 @@ def _lstm_one_step_reference(c, wu, b, wv, bv):
 
 
 def test_lstm_single_step_matches_quadrature():
-    x = torch.randn(3, 2, dtype=DT)
+    # Seeded: unseeded inputs made this test depend on test order. Seed 4 gives variances up to ~3, where the
+    # 40-node reference itself is off by 1.5e-4 (tanh converges slowly): 56 nodes 4e-5, 72 nodes 1.4e-5.
+    x = torch.randn(3, 2, dtype=DT, generator=torch.Generator().manual_seed(4))
     K, _ = evaluate(A.LSTM(samples=2**14, readout_bias_var=None), x, x, HYPER, input_shape=(1, 2))
-    ref = _lstm_one_step_reference((x @ x.T / 2).numpy(), 1.0, 0.1, 1.2, 0.05)
+    ref = _lstm_one_step_reference((x @ x.T / 2).numpy(), 1.0, 0.1, 1.2, 0.05, nodes=56)
     assert np.abs(K.numpy() - ref).max() < 1e-4
 
 
