@@ -18,7 +18,8 @@ cap binds). Measured on erf against its closed form (``deg = 32``): variance 1 �
 variance 4 → ≤ 2e-9 (deg_eff 91); variance 16 → ≤ 1e-6 at correlation 0.99 (deg_eff 256). The
 diagonal uses the 1-D rule at the same degree (what the 2-D rule reduces to at c = 1, so identical
 pairs and the diagonal agree exactly). Memory is bounded by evaluating
-``max_chunk_elements // deg_eff²`` entries at a time.
+``max_chunk_elements // deg_eff²`` entries at a time, also under autograd (each chunk is recomputed in
+the backward pass rather than stored).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable
 
 import scipy.special
 import torch
+import torch.utils.checkpoint
 
 from .base import Dual
 from .safe_math import correlation, safe_sqrt
@@ -205,11 +207,20 @@ class QuadratureDual(Dual):
         degree = self.effective_degree(self._max_variance(k11))
         x, w = hermite_nodes(degree, c)
         chunk = max(1, self.max_chunk_elements // (degree * degree))
+
+        def product_rule(su_, sv_, c_, sc_):
+            fu = f(su_[:, None] * x) * w  # (E, i)
+            v = sv_[:, None, None] * (c_[:, None, None] * x[:, None] + sc_[:, None, None] * x)  # (E, i, j)
+            return torch.einsum("ei,eij,j->e", fu, f(v), w)
+
+        # Under autograd every chunk's (E, deg, deg) intermediates would be kept for the backward pass, so
+        # memory would grow with entries·deg² after all: recompute each chunk in the backward pass instead.
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (su, sv, c))
         parts = []
         for start in range(0, c.numel(), chunk):
-            sl = slice(start, start + chunk)
-            fu = f(su[sl, None] * x) * w  # (E, i)
-            v = sv[sl, None, None] * (c[sl, None, None] * x[:, None] + sc[sl, None, None] * x)  # (E, i, j)
-            fv = f(v)
-            parts.append(torch.einsum("ei,eij,j->e", fu, fv, w))
+            args = tuple(t[start:start + chunk] for t in (su, sv, c, sc))
+            if recompute:
+                parts.append(torch.utils.checkpoint.checkpoint(product_rule, *args, use_reentrant=False))
+            else:
+                parts.append(product_rule(*args))
         return (torch.cat(parts) if parts else c.new_zeros(0)).reshape(shape) / math.pi
