@@ -17,4 +17,6 @@ settings.load_profile("ci")
 
 @pytest.fixture(autouse=True)
 def _seed_torch():
-    torch.manual_seed(0)
+    # Not 0 or another small seed: tests draw their own data from seeded generators, and unseeded draws must
+    # not coincide with those (with seed 0 a "random" point equalled a declared batch-norm point).
+    torch.manual_seed(987654321)

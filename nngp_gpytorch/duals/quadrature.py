@@ -31,7 +31,6 @@ from collections.abc import Callable
 
 import scipy.special
 import torch
-import torch.utils.checkpoint
 
 from .base import Dual
 from .safe_math import correlation, safe_sqrt
@@ -118,6 +117,31 @@ def checked_elementwise(fn: Elementwise, label: str) -> Elementwise:
         return y
 
     return wrapped
+
+
+class _Recomputed(torch.autograd.Function):
+    """``rule(*inputs)`` storing only its inputs; the backward pass recomputes ``rule`` under autograd.
+
+    Like ``torch.utils.checkpoint``, but compatible with both ``torch.autograd.grad`` (which the reentrant
+    checkpoint rejects) and ``torch.func.grad`` inside ``rule`` (which the non-reentrant one rejects).
+    First-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, rule, *inputs):
+        ctx.rule = rule
+        ctx.save_for_backward(*inputs)
+        return rule(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        needs = ctx.needs_input_grad[1:]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs, strict=True)]
+        wanted = [t for t in inputs if t.requires_grad]
+        with torch.enable_grad():
+            out = ctx.rule(*inputs)
+        grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else ())
+        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
 
 
 class QuadratureDual(Dual):
@@ -214,13 +238,10 @@ class QuadratureDual(Dual):
             return torch.einsum("ei,eij,j->e", fu, f(v), w)
 
         # Under autograd every chunk's (E, deg, deg) intermediates would be kept for the backward pass, so
-        # memory would grow with entries·deg² after all: recompute each chunk in the backward pass instead.
-        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (su, sv, c))
+        # memory would grow with entries·deg² after all: each chunk is recomputed in the backward pass instead.
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (su, sv, c, sc))
         parts = []
         for start in range(0, c.numel(), chunk):
             args = tuple(t[start:start + chunk] for t in (su, sv, c, sc))
-            if recompute:
-                parts.append(torch.utils.checkpoint.checkpoint(product_rule, *args, use_reentrant=False))
-            else:
-                parts.append(product_rule(*args))
+            parts.append(_Recomputed.apply(product_rule, *args) if recompute else product_rule(*args))
         return (torch.cat(parts) if parts else c.new_zeros(0)).reshape(shape) / math.pi
