@@ -5,28 +5,34 @@ kernels of any architecture, as GPyTorch kernels.
 >>> kernel = NNGPKernel(A.Serial(A.Dense(), A.ReLU(), A.Dense()))
 """
 
-from . import algebra, arch, duals
-from .kernels import InfiniteWidthKernel, MLPKernel, MLPNTKKernel, NNGPKernel, NTKKernel
+from . import algebra, arch, duals, sequences, tensor_programs
+from .kernels import (
+    BatchNormMLPKernel,
+    CNNKernel,
+    CNNNTKKernel,
+    GraphConvKernel,
+    GraphConvNTKKernel,
+    GRUKernel,
+    InfiniteWidthKernel,
+    LSTMKernel,
+    MLPKernel,
+    MLPNTKKernel,
+    NNGPKernel,
+    NTKKernel,
+    ResNetKernel,
+    ResNetNTKKernel,
+    RNNKernel,
+    RNNNTKKernel,
+    TransformerKernel,
+    TransformerNTKKernel,
+)
+from .tensor_programs import Program, TensorProgramKernel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "InfiniteWidthKernel", "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "algebra", "arch", "duals",
+    "algebra", "arch", "BatchNormMLPKernel", "CNNKernel", "CNNNTKKernel", "duals", "GraphConvKernel",
+    "GraphConvNTKKernel", "GRUKernel", "InfiniteWidthKernel", "LSTMKernel", "MLPKernel", "MLPNTKKernel",
+    "NNGPKernel", "NTKKernel", "Program", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
+    "sequences", "tensor_programs", "TensorProgramKernel", "TransformerKernel", "TransformerNTKKernel",
 ]
-from .kernels import BatchNormMLPKernel  # noqa: E402
-
-__all__ += ["BatchNormMLPKernel"]
-from .kernels import CNNKernel, CNNNTKKernel, GraphConvKernel, GraphConvNTKKernel, ResNetKernel, ResNetNTKKernel  # noqa: E402,I001
-
-__all__ += ["CNNKernel", "CNNNTKKernel", "GraphConvKernel", "GraphConvNTKKernel", "ResNetKernel", "ResNetNTKKernel"]
-from . import sequences  # noqa: E402
-from .kernels import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel  # noqa: E402
-
-__all__ += ["GRUKernel", "LSTMKernel", "RNNKernel", "RNNNTKKernel", "sequences"]
-from .kernels import TransformerKernel, TransformerNTKKernel  # noqa: E402
-
-__all__ += ["TransformerKernel", "TransformerNTKKernel"]
-from . import tensor_programs  # noqa: E402
-from .tensor_programs import Program, TensorProgramKernel  # noqa: E402
-
-__all__ += ["Program", "TensorProgramKernel", "tensor_programs"]

@@ -2,14 +2,10 @@
 kernels, tested statistically against them."""
 
 from .ensembles import EnsembleSample, default_inputs, sample_ensemble, split_readout
-from .twins import NoFiniteTwinError, TwinContext, finite_twin
-
-__all__ = ["EnsembleSample", "NoFiniteTwinError", "TwinContext", "default_inputs", "finite_twin",
-           "sample_ensemble", "split_readout"]
-
-from .mutants import MUTANTS, Mutant  # noqa: E402
-from .registry_archs import ARCHITECTURES, CatalogueEntry, register_architecture  # noqa: E402
-from .statistics import (  # noqa: E402
+from .mutants import MUTANTS, Mutant
+from .ntk import NTKSample, empirical_ntk, train_mlp_ensemble, verify_ntk
+from .registry_archs import ARCHITECTURES, CatalogueEntry, register_architecture
+from .statistics import (
     ConvergenceResult,
     MeanTestResult,
     extrapolation_test,
@@ -17,11 +13,12 @@ from .statistics import (  # noqa: E402
     mean_test,
     width_convergence,
 )
-from .verify import analytic_kernel, verify  # noqa: E402
+from .twins import NoFiniteTwinError, TwinContext, finite_twin
+from .verify import analytic_kernel, verify
 
-__all__ += ["ARCHITECTURES", "CatalogueEntry", "ConvergenceResult", "MUTANTS", "MeanTestResult", "Mutant",
-            "analytic_kernel", "extrapolation_test", "hotelling_p_value", "mean_test", "register_architecture",
-            "verify", "width_convergence"]
-from .ntk import NTKSample, empirical_ntk, train_mlp_ensemble, verify_ntk  # noqa: E402
-
-__all__ += ["NTKSample", "empirical_ntk", "train_mlp_ensemble", "verify_ntk"]
+__all__ = [
+    "analytic_kernel", "ARCHITECTURES", "CatalogueEntry", "ConvergenceResult", "default_inputs", "empirical_ntk",
+    "EnsembleSample", "extrapolation_test", "finite_twin", "hotelling_p_value", "mean_test", "MeanTestResult",
+    "Mutant", "MUTANTS", "NoFiniteTwinError", "NTKSample", "register_architecture", "sample_ensemble",
+    "split_readout", "train_mlp_ensemble", "TwinContext", "verify", "verify_ntk", "width_convergence",
+]

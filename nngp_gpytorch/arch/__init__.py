@@ -19,31 +19,21 @@ from .activations import (
     Step,
     Tanh,
 )
+from .attention import SelfAttention, SequenceReadout, TokenDense, transformer
 from .base import ArchitectureError, Layer, Serial, Signal, SignalKind, require_gaussian
+from .batchnorm import BatchNorm, batchnorm_mlp, homogeneity_degree
+from .builders import mlp
 from .dense import Dense
+from .graph import GraphConv, normalized_adjacency
+from .norm import LayerNorm
+from .recurrent import GRU, LSTM, RNN, RecurrentLayer
+from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool
+from .structure import Parallel, Residual
 
 __all__ = [
-    "GELU", "NAMED_ACTIVATIONS", "Abs", "Activation", "ArchitectureError", "Dense", "Erf", "Identity",
-    "Layer", "LeakyReLU", "ReLU", "Serial", "SiLU", "Sigmoid", "Sign", "Signal", "SignalKind", "Step",
-    "Tanh", "require_gaussian",
+    "Abs", "Activation", "ArchitectureError", "AvgPool", "BatchNorm", "batchnorm_mlp", "Conv", "Dense", "Erf",
+    "Flatten", "GELU", "GlobalAvgPool", "GraphConv", "GRU", "homogeneity_degree", "Identity", "Layer", "LayerNorm",
+    "LeakyReLU", "LSTM", "mlp", "NAMED_ACTIVATIONS", "normalized_adjacency", "Parallel", "RecurrentLayer", "ReLU",
+    "require_gaussian", "Residual", "RNN", "SelfAttention", "SequenceReadout", "Serial", "Sigmoid", "Sign",
+    "Signal", "SignalKind", "SiLU", "Step", "Tanh", "TokenDense", "transformer",
 ]
-from .builders import mlp  # noqa: E402
-
-__all__ += ["mlp"]
-from .batchnorm import BatchNorm, batchnorm_mlp, homogeneity_degree  # noqa: E402
-
-__all__ += ["BatchNorm", "batchnorm_mlp", "homogeneity_degree"]
-from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool  # noqa: E402
-
-__all__ += ["AvgPool", "Conv", "Flatten", "GlobalAvgPool"]
-from .graph import GraphConv, normalized_adjacency  # noqa: E402
-from .norm import LayerNorm  # noqa: E402
-from .structure import Parallel, Residual  # noqa: E402
-
-__all__ += ["GraphConv", "LayerNorm", "Parallel", "Residual", "normalized_adjacency"]
-from .recurrent import GRU, LSTM, RNN, RecurrentLayer  # noqa: E402
-
-__all__ += ["GRU", "LSTM", "RNN", "RecurrentLayer"]
-from .attention import SelfAttention, SequenceReadout, TokenDense, transformer  # noqa: E402
-
-__all__ += ["SelfAttention", "SequenceReadout", "TokenDense", "transformer"]
