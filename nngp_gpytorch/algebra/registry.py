@@ -12,29 +12,24 @@ from dataclasses import dataclass, field
 import torch
 
 from ..arch import ArchitectureError, Layer
+from ..arch.dispatch import LayerDispatch
 from ..duals import DEFAULT_QUADRATURE_DEGREE, Dual, dual_for
 from .state import CovState
 
 Rule = Callable[[Layer, CovState, "RuleContext"], CovState]
-_RULES: dict[type, Rule] = {}
+_RULES: LayerDispatch[Rule] = LayerDispatch()
 
 
 def kernel_rule(*layer_types: type) -> Callable[[Rule], Rule]:
     """Decorator registering ``rule(layer, state, ctx) -> state`` for the given layer types."""
-
-    def register(rule: Rule) -> Rule:
-        for layer_type in layer_types:
-            _RULES[layer_type] = rule
-        return rule
-
-    return register
+    return _RULES.register(*layer_types)
 
 
 def rule_for(layer: Layer) -> Rule:
-    for cls in type(layer).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    raise NotImplementedError(f"no kernel rule for {layer.describe()}: this layer has no analytic kernel yet")
+    rule = _RULES.lookup(layer)
+    if rule is None:
+        raise NotImplementedError(f"no kernel rule for {layer.describe()}: this layer has no analytic kernel yet")
+    return rule
 
 
 def propagate(layer: Layer, state: CovState, ctx: RuleContext) -> CovState:

@@ -15,9 +15,10 @@ import torch
 
 from nngp_gpytorch.algebra import Hyperparameters, VarianceCursor
 from nngp_gpytorch.arch import Layer
+from nngp_gpytorch.arch.dispatch import LayerDispatch
 
 Twin = Callable[[Layer, torch.Tensor, "TwinContext"], torch.Tensor]
-_TWINS: dict[type, Twin] = {}
+_TWINS: LayerDispatch[Twin] = LayerDispatch()
 
 SAMPLERS = ("literal", "gram")
 
@@ -28,20 +29,14 @@ class NoFiniteTwinError(NotImplementedError):
 
 def finite_twin(*layer_types: type) -> Callable[[Twin], Twin]:
     """Decorator registering ``twin(layer, h, ctx) -> h`` for the given layer types."""
-
-    def register(twin: Twin) -> Twin:
-        for layer_type in layer_types:
-            _TWINS[layer_type] = twin
-        return twin
-
-    return register
+    return _TWINS.register(*layer_types)
 
 
 def twin_for(layer: Layer) -> Twin:
-    for cls in type(layer).__mro__:
-        if cls in _TWINS:
-            return _TWINS[cls]
-    raise NoFiniteTwinError(f"{layer.describe()} has no finite twin in verification.twins")
+    twin = _TWINS.lookup(layer)
+    if twin is None:
+        raise NoFiniteTwinError(f"{layer.describe()} has no finite twin in verification.twins")
+    return twin
 
 
 def run_twin(layer: Layer, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
