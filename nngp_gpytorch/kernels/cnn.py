@@ -101,7 +101,19 @@ def _validate_memory(max_memory) -> int | None:
     return int(max_memory)
 
 
-class CNNKernel(PairTiling, NNGPKernel):
+class _CNNArchitecture:
+    """Builds :func:`cnn` from the constructor arguments; shared by :class:`CNNKernel` and its NTK twin."""
+
+    def __init__(self, input_shape: Sequence[int], depth: int = 3, activation: Activation | None = None,
+                 kernel_size: int | Sequence[int] = 3, padding: str = "same", stride: int | Sequence[int] = 1,
+                 readout: str = "gap", max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
+        super().__init__(cnn(depth, activation, kernel_size, padding, stride, readout), input_shape=input_shape,
+                         **kwargs)
+        self.depth, self.readout = depth, readout
+        self.max_memory = _validate_memory(max_memory)
+
+
+class CNNKernel(_CNNArchitecture, PairTiling, NNGPKernel):
     """NNGP of a convolutional network on images (Novak et al. 2019; Garriga-Alonso et al. 2019).
 
     ``Serial(Conv(k), φ) × depth`` then ``GlobalAvgPool()`` (default; translation-invariant readout) or
@@ -115,22 +127,6 @@ class CNNKernel(PairTiling, NNGPKernel):
             priors, ...).
     """
 
-    def __init__(self, input_shape: Sequence[int], depth: int = 3, activation: Activation | None = None,
-                 kernel_size: int | Sequence[int] = 3, padding: str = "same", stride: int | Sequence[int] = 1,
-                 readout: str = "gap", max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
-        super().__init__(cnn(depth, activation, kernel_size, padding, stride, readout), input_shape=input_shape,
-                         **kwargs)
-        self.depth, self.readout = depth, readout
-        self.max_memory = _validate_memory(max_memory)
 
-
-class CNNNTKKernel(PairTiling, NTKKernel):
+class CNNNTKKernel(_CNNArchitecture, PairTiling, NTKKernel):
     """NTK of the same network as :class:`CNNKernel` (NTK parameterization; same arguments)."""
-
-    def __init__(self, input_shape: Sequence[int], depth: int = 3, activation: Activation | None = None,
-                 kernel_size: int | Sequence[int] = 3, padding: str = "same", stride: int | Sequence[int] = 1,
-                 readout: str = "gap", max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
-        super().__init__(cnn(depth, activation, kernel_size, padding, stride, readout), input_shape=input_shape,
-                         **kwargs)
-        self.depth, self.readout = depth, readout
-        self.max_memory = _validate_memory(max_memory)

@@ -38,7 +38,19 @@ def resnet(depth: int = 2, activation: Activation | None = None, layer_norm: boo
     return Serial(*layers)
 
 
-class ResNetKernel(PairTiling, NNGPKernel):
+class _ResNetArchitecture:
+    """Builds :func:`resnet` from the constructor arguments; shared by :class:`ResNetKernel` and its NTK twin."""
+
+    def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
+                 input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
+                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
+        conv = input_shape is not None and len(tuple(input_shape)) >= 2
+        super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
+        self.depth, self.layer_norm = depth, layer_norm
+        self.max_memory = _validate_memory(max_memory)
+
+
+class ResNetKernel(_ResNetArchitecture, PairTiling, NNGPKernel):
     """NNGP of a residual network (see :func:`resnet`); with ``input_shape=(C, H, W)`` a convolutional
     ResNet with a global-average-pooling readout, else a fully connected one.
 
@@ -48,22 +60,6 @@ class ResNetKernel(PairTiling, NNGPKernel):
         :class:`~nngp_gpytorch.kernels.cnn.PairTiling`; **kwargs: as :class:`NNGPKernel`.
     """
 
-    def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
-                 input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
-                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
-        conv = input_shape is not None and len(tuple(input_shape)) >= 2
-        super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
-        self.depth, self.layer_norm = depth, layer_norm
-        self.max_memory = _validate_memory(max_memory)
 
-
-class ResNetNTKKernel(PairTiling, NTKKernel):
+class ResNetNTKKernel(_ResNetArchitecture, PairTiling, NTKKernel):
     """NTK of the same network as :class:`ResNetKernel` (same arguments)."""
-
-    def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
-                 input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
-                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
-        conv = input_shape is not None and len(tuple(input_shape)) >= 2
-        super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
-        self.depth, self.layer_norm = depth, layer_norm
-        self.max_memory = _validate_memory(max_memory)
