@@ -1,0 +1,345 @@
+"""The neural tangent kernel of a NETSOR program (Yang 2020, *Tensor Programs II: Neural Tangent Kernel for
+Any Architecture*, §3–4 and Thm. 4.3/Cor. 4.4), next to its NNGP kernel.
+
+**Parameterization** (NTK, Jacot et al. 2018): every matrix is ``W = σ_W·ω/√fan_in`` with ``ω ~ N(0, 1)``,
+every bias ``b = σ_b·β`` with ``β ~ N(0, 1)``, the readout ``f = σ_v·v·h/√n + σ_ob·β_o``; gradients are
+taken with respect to ``ω``, ``β``, ``v`` and ``β_o``. The limit does not depend on the width.
+
+**Backward program** (TP2 §3, under the *gradient-independence assumption*, GIA). Write ``dz = √n·∂f/∂z``
+for every vector ``z``. The readout gives ``dh_out = σ_v·v``: a Gaussian vector, ``Cov = σ_v²`` for every
+input pair (like a bias). Walking the instructions in reverse:
+
+* ``g = W h`` (MatMul): ``dh += Wᵀ dg``, where ``Wᵀ`` is replaced by a *new* matrix, independent of
+  everything forward, with the same variance: ``Cov(Wᵀ a, Wᵀ b) = σ_W²·E[Z^a Z^b]``, zero against every
+  forward G-var and against other matrices' transposes (one transposed copy per matrix, shared by all of
+  its uses, so recurrence and weight sharing give cross-time / cross-use covariances);
+* ``h = φ(g¹ … gᵏ)`` (Nonlin, with composed H-var arguments flattened into one function of the base
+  G-vars): ``dgⁱ += ∂ᵢφ(g)·dh`` (elementwise; ``∂ᵢφ`` by forward-mode autograd of the user callable);
+* ``g = Σ aᵢ gᵢ`` (LinComb): ``dgᵢ += aᵢ·dg``.
+
+GIA is justified by TP2's "simple GIA check" (TP2 Thm. 4.3/Def. 4.2): the readout vector ``v`` is sampled
+independently of everything else and used nowhere else, and the NETSOR part has no transposes.
+
+So every backward vector is ``dg = Σ_u Ψ_{g,u}(Z^fwd)·du`` where ``u`` runs over the vectors read by a
+matrix or by the readout, ``du`` are *backward G-vars* (LinCombs of ``Wᵀ dg'`` and ``v``), and ``Ψ_{g,u}``
+are derivatives of Nonlins (functions of forward G-vars). Backward G-vars are independent of forward ones,
+hence (TP2 eq. 12–13)::
+
+    E[dg(ξ) dg'(ξ')]   = Σ_{u,u'} E[Ψ_{g,u}(ξ) Ψ_{g',u'}(ξ')] · Cov(du(ξ), du'(ξ'))
+    Cov(du, du')       = σ_v²·c_u c_{u'} + Σ_{g = W u, g' = W u'} σ_W²·E[dg(ξ) dg'(ξ')]
+
+(``c_u``: readout coefficient of ``u``), and the NTK is (TP2 Cor. 4.4; ``⟨dg hᵀ, dg' h'ᵀ⟩_F = (dg·dg')(h·h')``
+is exact at finite width, so only the limits of the two factors are needed)::
+
+    Θ(ξ,ξ') = σ_v²·E[h h'] + σ_ob²                                    (readout: the NNGP kernel K)
+            + Σ_{hidden W} σ_W²·Σ_{uses i,j} E[dgᵢ dg'ⱼ]·E[hᵢ h'ⱼ]
+            + Σ_{input U}  σ_U²·Σ_{uses i,j} E[dgᵢ dg'ⱼ]·xᵢ·x'ⱼ/d
+            + Σ_{biases b} σ_b²·E[db db']                              (db sums the bias's uses)
+
+The forward expectations are those of :mod:`.master` (covariances, closed-form duals — ``E[φ'φ']`` is the
+derivative dual ``Dual.ntk`` when both sides differentiate the same named activation, so an MLP program is
+exact —, Gauss–Hermite, randomized QMC carried through the whole program for a standard error).
+
+**NETSOR+ scalars** (``LinComb`` coefficients such as attention weights or layer-norm scales) are treated as
+deterministic per input: the gradient *through* a scalar is dropped. In the limit it vanishes: ``∂f/∂θ`` for a
+moment ``θ = (1/n)Σ_α ψ(g)_α`` is ``O(1)`` (its mean is 0 by the ``v ↦ −v`` symmetry, which flips every
+backward vector and no forward one), and ``∂θ/∂g_α = ψ'(g_α)/n`` is ``O(1/n)``, so the path adds ``O(1/√n)`` to
+each ``dg_α``. This is the dedicated kernels' rule (attention weights and layer-norm scales act on Θ as on K)
+and is tested against finite networks whose gradients include that path.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from ..duals import IdentityDual, QuadratureDual, dual_for
+from .expectations import Accuracy
+from .master import _Evaluator, _PairContext
+from .program import Matrix, Program, ProgramError, Scalar, Var
+
+
+@dataclass
+class ProgramNTKResult:
+    """Output of :func:`evaluate_program_ntk`.
+
+    Attributes:
+        kernel: NNGP ``K``, ``(*B, n1, n2)`` (``(*B, n)`` for ``diag``): mean over QMC replicates.
+        ntk: NTK ``Θ``, same shape.
+        kernel_stderr, ntk_stderr: end-to-end QMC standard errors ``std_r/√R`` (zeros when no QMC estimate was
+            needed; quadrature and closed-form errors are not included).
+        methods: how many expectations each rule computed (as :class:`~.master.ProgramKernelResult`).
+    """
+
+    kernel: torch.Tensor
+    ntk: torch.Tensor
+    kernel_stderr: torch.Tensor
+    ntk_stderr: torch.Tensor
+    methods: dict[str, int] = field(default_factory=dict)
+
+
+class _ConstantOne:
+    """``∂g/∂g = 1`` for a G-var read directly by a matrix or the readout."""
+
+    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(values[0])
+
+
+class _Partial:
+    """``∂ᵢ fn(values)`` of an elementwise function of several tensors, by forward-mode autograd (one JVP
+    with tangent ``eᵢ``; composable with reverse-mode autograd in the variances)."""
+
+    def __init__(self, fn, i: int, where: str):
+        self.fn, self.i, self.where = fn, i, where
+
+    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(v, torch.ones_like(v) if j == self.i else torch.zeros_like(v))
+                     for j, v in enumerate(values)]
+            try:
+                out = fwAD.unpack_dual(self.fn(*duals))
+            except Exception as err:  # noqa: BLE001 - re-raised with the instruction named
+                raise ProgramError(f"{self.where}: cannot differentiate the Nonlin with torch forward-mode autograd "
+                                   f"({type(err).__name__}: {err}); the NTK needs its partial derivatives") from err
+        if out.tangent is None:
+            return torch.zeros_like(out.primal)
+        return out.tangent
+
+
+def _check_partial(fn, partial: _Partial, arity: int, where: str) -> None:
+    """Autograd ``∂ᵢfn`` vs central differences (step 1e-4, float64) on 61 probe points per argument: a callable
+    hiding its computation from autograd (``.detach()``, NumPy) must not give a silently wrong NTK."""
+    gen = torch.Generator().manual_seed(1)
+    probes = [torch.linspace(-3.9, 3.9, 61, dtype=torch.float64).roll(7 * j) + 0.0123 +
+              0.01 * torch.randn(61, generator=gen, dtype=torch.float64) for j in range(arity)]
+    h = 1e-4
+    plus = [p + h if j == partial.i else p for j, p in enumerate(probes)]
+    minus = [p - h if j == partial.i else p for j, p in enumerate(probes)]
+    with torch.no_grad():
+        fd = (fn(*plus) - fn(*minus)) / (2 * h)
+    ad = partial(*probes)
+    close = (ad - fd).abs() <= 1e-2 * (1 + fd.abs())
+    if float(close.double().mean()) < 0.9:
+        worst = int((ad - fd).abs().argmax())
+        raise ProgramError(f"{where}: torch autograd cannot give the derivative of the Nonlin in argument {partial.i}: "
+                           f"autograd gives {float(ad[worst]):.4g}, finite differences {float(fd[worst]):.4g} (is part "
+                           "of the computation detached or done outside torch?). The NTK needs the derivatives")
+
+
+class _Backward:
+    """The backward program's structure (input-independent): used vectors, derivative H-vars, LinComb paths."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        vars_ = program.vars
+        # vectors read by a hidden matrix or by the readout, and their uses
+        self.matmuls: dict[int, list[Var]] = {}  # u.index -> [g = W u]
+        self.readout_coef: dict[int, float] = {}
+        for v in vars_:
+            if v.op == "matmul":
+                self.matmuls.setdefault(v.source.index, []).append(v)
+        for c, h in program.output.terms:
+            self.readout_coef[h.index] = self.readout_coef.get(h.index, 0.0) + c
+        used = sorted(set(self.matmuls) | set(self.readout_coef))
+        self.used = [vars_[i] for i in used]
+        # one transposed copy per hidden matrix (GIA); only its identity and variance matter
+        self.transposes = {id(m): Matrix(program, f"{m.name}ᵀ", m.var, "hidden") for m in program.matrices}
+        # expansion of every G-var into the G-vars it is a LinComb of: b = Σ (Π coefficients)·g
+        self.expansion: dict[int, dict[int, list[tuple]]] = {}
+        for v in vars_:
+            if not v.is_g:
+                continue
+            exp: dict[int, list[tuple]] = {v.index: [()]}
+            if v.op == "lincomb":
+                for coef, t in v.terms:
+                    for g, monomials in self.expansion[t.index].items():
+                        exp.setdefault(g, []).extend((coef, *m) for m in monomials)
+            self.expansion[v.index] = exp
+        # derivative H-vars ∂_b flat_u and, per G-var g, its contributions (u, D[u, b], monomials of c(g, b))
+        next_index = len(vars_)
+        self.contributions: dict[int, list[tuple[Var, Var, list[tuple]]]] = {}
+        for u in self.used:
+            for i, b in enumerate(u.base):
+                if u.is_g:
+                    flat, derivative_of = _ConstantOne(), "one"
+                else:
+                    flat = _Partial(u.flat_fn, i, u.instruction)
+                    _check_partial(u.flat_fn, flat, len(u.base), u.instruction)
+                    derivative_of = u.activation
+                d = Var(program=program, index=next_index, name=f"∂{u.name}/∂{b.name}", op="nonlin", is_g=False,
+                        instruction=u.instruction, base=u.base, flat_fn=flat)
+                d.derivative_of = derivative_of
+                next_index += 1
+                for g, monomials in self.expansion[b.index].items():
+                    self.contributions.setdefault(g, []).append((u, d, monomials))
+
+
+class _NTKContext(_PairContext):
+    """:class:`_PairContext` with the expectations of derivative H-vars (closed-form derivative duals) and the
+    backward covariances ``E[dg dg']``, ``Cov(du, du')``."""
+
+    def __init__(self, *args, backward: _Backward, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bw = backward
+        self._dd: dict[tuple[int, int], torch.Tensor] = {}
+        self._du: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _compute_expect(self, h: Var, k: Var) -> torch.Tensor:
+        dh, dk = getattr(h, "derivative_of", None), getattr(k, "derivative_of", None)
+        if dh == "one" and dk == "one":
+            self.ev.methods["closed-form"] += 1
+            return self._zero + 1.0
+        if dh is not None and dk is not None and dh != "one" and dh == dk:
+            dual = dual_for(dh, self.ev.accuracy.quadrature_degree)
+            if not isinstance(dual, QuadratureDual | IdentityDual):
+                g, gg = h.base[0], k.base[0]
+                k11 = self.expand_a(self.side_a.cov(g, g))
+                k22 = self.expand_b(self.side_b.cov(gg, gg))
+                self.ev.methods["closed-form"] += 1
+                return dual.ntk(k11, k22, self.cov(g, gg), self.identical if g is gg else None)
+        return super()._compute_expect(h, k)
+
+    def _monomial_sum(self, monomials: list[tuple], side: str):
+        total = 0.0
+        for m in monomials:
+            term = 1.0
+            for coef in m:
+                term = term * (self.coefficient(coef, side) if isinstance(coef, Scalar) else coef)
+            total = total + term
+        return total
+
+    def grad_cov(self, g: Var, gg: Var) -> torch.Tensor:
+        """``E[dg(ξ) dg'(ξ')]`` for G-vars ``g`` (side a) and ``gg`` (side b)."""
+        key = (g.index, gg.index)
+        if key not in self._dd:
+            total = self._zero
+            for u, d, mono in self.bw.contributions.get(g.index, []):
+                ca = self._monomial_sum(mono, "a")
+                for uu, dd, mono2 in self.bw.contributions.get(gg.index, []):
+                    back = self.back_cov(u, uu)
+                    if back is self._zero:
+                        continue
+                    total = total + ca * self._monomial_sum(mono2, "b") * self.expect(d, dd) * back
+            self._dd[key] = total
+        return self._dd[key]
+
+    def back_cov(self, u: Var, uu: Var) -> torch.Tensor:
+        """``Cov(du(ξ), du'(ξ'))`` of the backward G-vars of two used vectors."""
+        key = (u.index, uu.index)
+        if key not in self._du:
+            total = self._zero
+            cu, cuu = self.bw.readout_coef.get(u.index, 0.0), self.bw.readout_coef.get(uu.index, 0.0)
+            if cu and cuu:
+                total = total + self.param(self.ev.program.output.var) * (cu * cuu)
+            for g in self.bw.matmuls.get(u.index, []):
+                for gg in self.bw.matmuls.get(uu.index, []):
+                    if g.matrix is gg.matrix:
+                        total = total + self.param(g.matrix.var) * self.grad_cov(g, gg)
+            self._du[key] = total
+        return self._du[key]
+
+    def ntk(self) -> torch.Tensor:
+        """``Θ = K + Σ_W σ_W² Σ_ij E[dgᵢdg'ⱼ]E[hᵢh'ⱼ] + Σ_U σ_U² Σ_ij E[dgᵢdg'ⱼ]xᵢ·x'ⱼ/d + Σ_b σ_b² E[db db']``."""
+        theta = self.readout()
+        program = self.ev.program
+        for mat in program.matrices:
+            uses = [v for v in program.vars if v.op in ("matmul", "input") and v.matrix is mat]
+            total = self._zero
+            for gi in uses:
+                for gj in uses:
+                    dd = self.grad_cov(gi, gj)
+                    if dd is self._zero:
+                        continue
+                    fwd = self._token_dot(gi.source, gj.source) if mat.kind == "input" else \
+                        self.expect(gi.source, gj.source)
+                    total = total + dd * fwd
+            theta = theta + self.param(mat.var) * total
+        for b in program.vars:
+            if b.op == "bias":
+                theta = theta + self.param(b.var) * self.grad_cov(b, b)
+        return theta
+
+
+def evaluate_program_ntk(
+    program: Program,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    variances: torch.Tensor,
+    diag: bool = False,
+    accuracy: Accuracy | None = None,
+) -> ProgramNTKResult:
+    """NNGP ``K`` and NTK ``Θ`` of ``program`` between ``x1`` ``(..., n1, D)`` and ``x2`` ``(..., n2, D)``
+    (Yang 2020, Tensor Programs II; construction in the module docstring).
+
+    Args:
+        variances: ``(*batch_shape, P)``, one value per ``program.parameter_names``.
+        diag: only the pairs ``(x1[i], x2[i])``.
+        accuracy: quadrature / QMC knobs (:class:`Accuracy`); the QMC replicates run through forward and
+            backward expectations alike, so ``ntk_stderr`` is the end-to-end standard error of ``Θ``.
+
+    Returns:
+        :class:`ProgramNTKResult`: ``kernel``, ``ntk`` and their standard errors, each ``(*B, n1, n2)`` or
+        ``(*B, n)``. ``kernel`` equals :func:`~.master.evaluate_program`'s.
+
+    Raises:
+        ProgramError: a Nonlin that torch autograd cannot differentiate (named).
+    """
+    program.check_complete()
+    accuracy = accuracy or Accuracy()
+    same_inputs = x2 is None or x2 is x1
+    x2 = x1 if x2 is None else x2
+    if x1.shape[-1] != program.input_dim or x2.shape[-1] != program.input_dim:
+        raise ValueError(f"{program.name}: inputs have {x1.shape[-1]}/{x2.shape[-1]} features, the program "
+                         f"declares {program.input_dim} ({', '.join(f'{t.name}: {t.dim}' for t in program.tokens)})")
+    if variances.shape[-1] != len(program.parameters):
+        raise ValueError(f"{program.name}: expected {len(program.parameters)} variances "
+                         f"{list(program.parameters)}, got {variances.shape[-1]}")
+    if diag and x1.shape[-2] != x2.shape[-2]:
+        raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
+    backward = _backward_for(program)
+    batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], variances.shape[:-1])
+    x1 = x1.expand(*batch, *x1.shape[-2:]).unsqueeze(0)
+    x2 = x1 if same_inputs else x2.expand(*batch, *x2.shape[-2:]).unsqueeze(0)
+    params = {name: variances[..., i].expand(batch).unsqueeze(0) for i, name in enumerate(program.parameters)}
+    ev = _Evaluator(program, params, accuracy)
+    c11 = _NTKContext(ev, x1, x1, diag=True, backward=backward)
+    if diag and same_inputs:
+        target = c11
+    else:
+        c22 = c11 if same_inputs else _NTKContext(ev, x2, x2, diag=True, backward=backward)
+        target = _NTKContext(ev, x1, x2, diag, side_a=c11, side_b=c22, backward=backward)
+    k, theta = target.readout(), target.ntk()
+    shape = (*batch, *((x1.shape[-2],) if diag else (x1.shape[-2], x2.shape[-2])))
+    reps = max(k.shape[0], theta.shape[0])
+    out = []
+    for t in (k, theta):
+        t = t.expand(reps, *shape)
+        if same_inputs and not diag:
+            t = (t + t.transpose(-1, -2)) / 2  # a Gram matrix: exactly symmetric
+        if reps > 1:
+            out.append((t.mean(0), t.std(0) / math.sqrt(reps)))
+        else:
+            out.append((t[0], torch.zeros_like(t[0])))
+    methods = dict(ev.methods)
+    methods["max_dim"] = ev.max_dim
+    return ProgramNTKResult(out[0][0], out[1][0], out[0][1], out[1][1], methods)
+
+
+_BACKWARD_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _backward_for(program: Program) -> _Backward:
+    """The backward structure, cached per program (rebuilt if the program changed)."""
+    key = (len(program.vars), len(program.matrices), id(program.output))
+    cached = _BACKWARD_CACHE.get(program)
+    if cached is None or cached[0] != key:
+        cached = (key, _Backward(program))
+        _BACKWARD_CACHE[program] = cached
+    return cached[1]
+
+
+__all__ = ["ProgramNTKResult", "evaluate_program_ntk"]
