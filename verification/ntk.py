@@ -181,25 +181,13 @@ def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int, int
                 raise ValueError(f"the readout {readout.describe()} of {architecture.describe()} receives "
                                  f"structured features {tuple(h.shape[2:])}; flatten or pool them first")
             w, b = ctx.variances(readout, readout.weight_var, readout.bias_var)
-            n = h.shape[-1]
-            hd = h.detach().to(torch.float64)
-            readout_term = w * hd @ hd.transpose(-1, -2) / n + b  # (M, k, k), exact: independent of v
-            total = readout_term.expand(units, m, k, k).clone()
-            records = ctx.records
-            if records:
-                v = ctx.randn(units, m, 1, n) * math.sqrt(w / n)  # ∂f/∂Φ for each readout unit
-                if interacting:  # one backward pass per (unit, output row i): grad_outputs = v at row i only
-                    eye = torch.eye(k, dtype=h.dtype).reshape(1, k, 1, k, 1)
-                    g_out = (v.unsqueeze(1) * eye).reshape(units * k, m, k, n)
-                    grads = _deltas(h, g_out, records)
-                    for record, delta in zip(records, grads, strict=True):
-                        total = total + _interacting_contribution(record, delta, units, k)
-                else:
-                    grads = _deltas(h, v.expand(units, *h.shape), records)
-                    for record, delta in zip(records, grads, strict=True):
-                        total = total + record_contribution(record, delta)
-            return total.mean(0), readout_term
+            return _exact_readout(h, w, b, ctx.records, ctx, units, interacting)
         out = run_twin(architecture, x, ctx)  # (M, k, units) — every affine map recorded, readout included
+        last = ctx.records[-1] if ctx.records else None
+        if last is not None and last.readout and last.outputs is out:
+            # the network ends in a layer holding its own readout (recurrent layers): its term is exact
+            return _exact_readout(last.inputs, last.weight_var, last.bias_var, ctx.records[:-1], ctx, units,
+                                  interacting)
         if out.dim() != 3:
             raise ValueError(f"{architecture.describe()} has structured outputs {tuple(out.shape[2:])}; the "
                              "empirical NTK is defined here for one scalar output unit (end in pooling + Dense)")
@@ -218,6 +206,32 @@ def _one_chunk(body, readout, architecture, x, ctx: TwinContext, units: int, int
         return total.mean(0), od @ od.transpose(-1, -2) / r
 
 
+def _exact_readout(h: torch.Tensor, w: float, b: float, records: list[AffineRecord], ctx: TwinContext, units: int,
+                   interacting: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network ``(Θ̂, C)`` for ``f = σw/√n·Φ·v + σb·β`` on features ``h = Φ`` ``(M, k, n)``.
+
+    The readout's own term ``σw²·ΦΦᵀ/n + σb²`` (independent of ``v``) is exact; the body ``records`` get
+    their δ's from ``units`` random ``v`` in one batched backward pass (``∂f/∂Φ = σw/√n·v``), averaged.
+    """
+    m, k, n = h.shape
+    hd = h.detach().to(torch.float64)
+    readout_term = w * hd @ hd.transpose(-1, -2) / n + b  # (M, k, k), exact: independent of v
+    total = readout_term.expand(units, m, k, k).clone()
+    if records:
+        v = ctx.randn(units, m, 1, n) * math.sqrt(w / n)  # ∂f/∂Φ for each readout unit
+        if interacting:  # one backward pass per (unit, output row i): grad_outputs = v at row i only
+            eye = torch.eye(k, dtype=h.dtype).reshape(1, k, 1, k, 1)
+            g_out = (v.unsqueeze(1) * eye).reshape(units * k, m, k, n)
+            grads = _deltas(h, g_out, records)
+            for record, delta in zip(records, grads, strict=True):
+                total = total + _interacting_contribution(record, delta, units, k)
+        else:
+            grads = _deltas(h, v.expand(units, *h.shape), records)
+            for record, delta in zip(records, grads, strict=True):
+                total = total + record_contribution(record, delta)
+    return total.mean(0), readout_term
+
+
 def _interacting_contribution(record: AffineRecord, delta: torch.Tensor, units: int, k: int) -> torch.Tensor:
     """Contribution ``(R, M, k, k)`` when inputs interact: ``delta`` ``(R·k, M, k_rows, *positions, width)``
     holds ``∂f(x_i)/∂z`` for output ``i`` at every row; rows × positions are the positions sharing the weight."""
@@ -230,8 +244,23 @@ def _interacting_contribution(record: AffineRecord, delta: torch.Tensor, units: 
 
 
 def _deltas(output: torch.Tensor, grad_outputs: torch.Tensor, records: list[AffineRecord]) -> tuple:
-    """``∂⟨grad_outputs[r], output⟩/∂record.outputs`` for every record, batched over ``r`` (leading axis)."""
-    targets = [rec.outputs for rec in records]
+    """``∂⟨grad_outputs[r], output⟩/∂record.outputs`` for every record, batched over ``r`` (leading axis).
+
+    A record whose ``outputs`` is a list of ``P`` per-position tensors gets its δ's stacked on axis ``-2``:
+    ``(R, M, k, P, width)``. Outputs shared by several records are differentiated once.
+    """
+    targets: list[torch.Tensor] = []
+    index: dict[int, int] = {}
+    slots = []
+    for rec in records:
+        listed = isinstance(rec.outputs, list | tuple)
+        ids = []
+        for t in (rec.outputs if listed else [rec.outputs]):
+            if id(t) not in index:
+                index[id(t)] = len(targets)
+                targets.append(t)
+            ids.append(index[id(t)])
+        slots.append((ids, listed))
     g_out = grad_outputs.to(output.dtype)
     try:
         grads = torch.autograd.grad(output, targets, grad_outputs=g_out, is_grads_batched=True,
@@ -242,8 +271,9 @@ def _deltas(output: torch.Tensor, grad_outputs: torch.Tensor, records: list[Affi
         grads = tuple(None if all(u[i] is None for u in per_unit) else
                       torch.stack([torch.zeros_like(t) if u[i] is None else u[i] for u in per_unit])
                       for i, t in enumerate(targets))
-    return tuple(torch.zeros((grad_outputs.shape[0], *t.shape), dtype=t.dtype) if g is None else g
-                 for g, t in zip(grads, targets, strict=True))
+    grads = [torch.zeros((grad_outputs.shape[0], *t.shape), dtype=t.dtype, device=t.device) if g is None else g
+             for g, t in zip(grads, targets, strict=True)]
+    return tuple(torch.stack([grads[i] for i in ids], -2) if listed else grads[ids[0]] for ids, listed in slots)
 
 
 class _MutantDual(Dual):

@@ -9,6 +9,16 @@ The readout ``f = v·Φ_read·σv/√n + σvb·β`` has ``n`` output units: lite
 sampler, or — exactly equivalent given ``Φ_read`` — Gram-conditional draws ``N(0, σv²ΦΦᵀ/n + σvb²)``
 with the ``gram`` sampler. (The description holds its own readout, so ``sample_ensemble`` averages the
 units: ``C_m = (1/n)·Σ_units f fᵀ``.)
+
+**Record mode** (``ctx.record_affine``, for the empirical NTK of :mod:`verification.ntk`): weights are
+literal and every affine map is kept as an :class:`~verification.twins.registry.AffineRecord` whose
+positions are the ``T`` time steps: per gate, the input map ``U`` (inputs ``x_t`` ``(M, k, T, d)``, with
+the gate's bias ``b``), and the hidden map ``W`` (inputs ``φ(h_{t−1})`` for the RNN, ``h_{t−1}`` for the
+LSTM and the GRU's z, r gates, ``h_{t−1} ⊙ r_t`` for the GRU candidate; zeros at ``t = 0``), both with
+the list of the gate's ``T`` pre-activations as outputs. The weights are shared over time, so the
+δ-trick's double sum ``Σ_{t,s}(a_t·a'_s)(δ_t·δ'_s)`` over steps holds the cross-time terms. Padded steps
+(``t ≥ L``) do not reach the readout (causality, zero readout weight), so their ``δ_t`` vanish. The
+readout ``v`` (inputs ``Φ_read`` ``(M, k, n)``) is recorded last, marked ``readout=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from nngp_gpytorch.arch.recurrent import GRU, LSTM, RNN, RecurrentLayer
 from nngp_gpytorch.sequences import readout_weights, split_sequences
 
 from .dense import gram_conditional_preactivations
-from .registry import TwinContext, finite_twin
+from .registry import AffineRecord, TwinContext, finite_twin
 
 
 def _affine_maps(ctx: TwinContext, m: int, d: int, n: int, wu: float, b: float, ww: float, gates: int):
@@ -39,51 +49,88 @@ def _gate(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x))
 
 
+class _GateRecorder:
+    """Per-step inputs and pre-activation of one gate, turned into two :class:`AffineRecord` (``U``/``b`` and ``W``)."""
+
+    def __init__(self) -> None:
+        self.xs: list[torch.Tensor] = []
+        self.hs: list[torch.Tensor] = []
+        self.outs: list[torch.Tensor] = []
+
+    def flush(self, ctx: TwinContext, wu: float, b: float, ww: float, d: int, n: int) -> None:
+        ctx.records.append(AffineRecord(torch.stack(self.xs, -2), self.outs, wu, b, d))
+        ctx.records.append(AffineRecord(torch.stack(self.hs, -2), self.outs, ww, 0.0, n))
+
+
+def _preactivation(gate, x: torch.Tensor, hin: torch.Tensor | None, rec: _GateRecorder | None,
+                   bias_first: bool = False) -> torch.Tensor:
+    """``x·U + hin·W + b`` ``(M, k, n)`` (no hidden term when ``hin`` is ``None``), recorded when ``rec`` is given.
+
+    ``bias_first`` only fixes the floating-point summation order (``(x·U + b) + hin·W``, the RNN's)."""
+    U, W, bias = gate
+    pre = x @ U
+    if bias_first:
+        pre = pre + bias
+    if hin is not None:
+        pre = pre + hin @ W
+    if not bias_first:
+        pre = pre + bias
+    if rec is not None:
+        if not pre.requires_grad:  # first step: no path from an earlier record; make it a graph leaf
+            pre.requires_grad_(True)
+        rec.xs.append(x)
+        rec.hs.append(torch.zeros(*x.shape[:-1], W.shape[-1], dtype=x.dtype, device=x.device) if hin is None else hin)
+        rec.outs.append(pre)
+    return pre
+
+
 def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinContext, wu: float, b: float,
                        ww: float, n: int) -> torch.Tensor:
     """Per-step features that the readout reads, ``(M, k, T, n)``: ``φ(h_t)`` for the RNN, ``h_t`` for
-    the GRU and LSTM. ``tokens``: ``(M, k, T, d)``."""
+    the GRU and LSTM. ``tokens``: ``(M, k, T, d)``. With ``ctx.record_affine`` every gate's ``U`` and ``W``
+    maps are appended to ``ctx.records`` (positions = the ``T`` steps; see the module docstring)."""
     m, k, T, d = tokens.shape
+    gates = 1 if isinstance(layer, RNN) else 3 if isinstance(layer, GRU) else 4
+    maps = _affine_maps(ctx, m, d, n, wu, b, ww, gates)
+    recs = [_GateRecorder() for _ in range(gates)] if ctx.record_affine else [None] * gates
     feats = []
     if isinstance(layer, RNN):
-        ((U, W, bias),) = _affine_maps(ctx, m, d, n, wu, b, ww, 1)
         prev = None
         for t in range(T):
-            pre = tokens[:, :, t] @ U + bias
-            if prev is not None:
-                pre = pre + prev @ W
-            prev = layer.activation(pre)
+            prev = layer.activation(_preactivation(maps[0], tokens[:, :, t], prev, recs[0], bias_first=True))
             feats.append(prev)
     elif isinstance(layer, GRU):
-        (Uz, Wz, bz), (Ur, Wr, br), (Uh, Wh, bh) = _affine_maps(ctx, m, d, n, wu, b, ww, 3)
         h = torch.zeros(m, k, n, dtype=tokens.dtype, device=tokens.device)
         for t in range(T):
-            x = tokens[:, :, t]
-            z = _gate(x @ Uz + h @ Wz + bz)
-            r = _gate(x @ Ur + h @ Wr + br)
-            cand = torch.erf(x @ Uh + (h * r) @ Wh + bh)
+            x, hin = tokens[:, :, t], (h if t > 0 else None)
+            z = _gate(_preactivation(maps[0], x, hin, recs[0]))
+            r = _gate(_preactivation(maps[1], x, hin, recs[1]))
+            cand = torch.erf(_preactivation(maps[2], x, None if t == 0 else h * r, recs[2]))
             h = (1 - z) * h + z * cand
             feats.append(h)
     elif isinstance(layer, LSTM):
-        (Ui, Wi, bi), (Uf, Wf, bf), (Uo, Wo, bo), (Ug, Wg, bg) = _affine_maps(ctx, m, d, n, wu, b, ww, 4)
         h = torch.zeros(m, k, n, dtype=tokens.dtype, device=tokens.device)
         c = torch.zeros_like(h)
         for t in range(T):
-            x = tokens[:, :, t]
-            i = torch.sigmoid(x @ Ui + h @ Wi + bi)
-            f = torch.sigmoid(x @ Uf + h @ Wf + bf)
-            o = torch.sigmoid(x @ Uo + h @ Wo + bo)
-            g = torch.tanh(x @ Ug + h @ Wg + bg)
+            x, hin = tokens[:, :, t], (h if t > 0 else None)
+            i = torch.sigmoid(_preactivation(maps[0], x, hin, recs[0]))
+            f = torch.sigmoid(_preactivation(maps[1], x, hin, recs[1]))
+            o = torch.sigmoid(_preactivation(maps[2], x, hin, recs[2]))
+            g = torch.tanh(_preactivation(maps[3], x, hin, recs[3]))
             c = f * c + i * g
             h = o * torch.tanh(c)
             feats.append(h)
     else:  # pragma: no cover
         raise TypeError(layer)
+    for rec in recs:
+        if rec is not None:
+            rec.flush(ctx, wu, b, ww, d, n)
     return torch.stack(feats, -2)
 
 
 @finite_twin(RNN, GRU, LSTM)
 def recurrent_twin(layer: RecurrentLayer, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
+    """Finite recurrent network with its readout: ``(M, k, T·D)`` → ``(M, k, n)`` (``n`` readout units)."""
     if ctx.input_shape is None or len(ctx.input_shape) != 2:
         raise ValueError(f"{layer.describe()}: the ensemble needs input_shape=(T, D)")
     m, k, _ = h.shape
@@ -94,8 +141,11 @@ def recurrent_twin(layer: RecurrentLayer, h: torch.Tensor, ctx: TwinContext) -> 
     feats = recurrent_features(layer, tokens, ctx, wu, b, ww, n)
     weights = readout_weights(lengths, T, layer.readout, feats.dtype)  # (M, k, T)
     phi = (weights.unsqueeze(-1) * feats).sum(-2)  # (M, k, n)
-    if ctx.sampler == "gram":
+    if ctx.sampler == "gram" and not ctx.record_affine:
         return gram_conditional_preactivations(phi, n, wv, bv, ctx)
     v = ctx.randn(m, n, n) * math.sqrt(wv / n)
     beta = ctx.randn(m, 1, n) * math.sqrt(bv)
-    return phi @ v + beta
+    out = phi @ v + beta
+    if ctx.record_affine:
+        ctx.records.append(AffineRecord(phi, out, wv, bv, n, readout=True))
+    return out

@@ -53,13 +53,24 @@ class AffineRecord:
 
     ``inputs``: what the weight multiplied, ``(M, k, ..., fan_in)``; ``outputs``: the pre-activations it
     produced (requires grad), ``(M, k, ..., width)``; σw², σb² and the fan-in used for scaling.
+
+    ``outputs`` may also be a list of ``P`` tensors ``(M, k, width)``, one per position sharing the weight,
+    when the positions are separate nodes of the autograd graph (a recurrent map applied at every time
+    step: ``z_t = a_t·W`` for ``t < P``); ``inputs`` is then ``(M, k, P, fan_in)`` and the δ's of the
+    positions are stacked on axis ``-2`` (``(R, M, k, P, width)``). Several records may share the same
+    outputs (the input and the hidden map of one gate both produce its pre-activation).
+
+    ``readout``: this map is the network's own final readout (a layer that holds its readout, e.g. the
+    recurrent layers), ``outputs`` being the network outputs; the empirical NTK then adds its term
+    ``σv²·ΦΦᵀ/n + σvb²`` exactly instead of sampling it.
     """
 
     inputs: torch.Tensor
-    outputs: torch.Tensor
+    outputs: torch.Tensor | list[torch.Tensor]
     weight_var: float
     bias_var: float
     fan_in: int
+    readout: bool = False
 
 
 @dataclass
