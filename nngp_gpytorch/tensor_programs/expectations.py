@@ -128,29 +128,37 @@ def gaussian_expectation(
     sigma: torch.Tensor,
     accuracy: Accuracy,
     seed: int,
+    value_shape: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, str]:
     """``E[fn(z)]``, ``z ~ N(0, Σ)``, for ``Σ`` of shape ``(R₀, ..., m, m)`` (``R₀`` a replicate axis, 1 or R).
 
-    ``fn`` maps ``z`` of shape ``(..., m)`` (last axis = the coordinates) to ``(...)``.
+    ``fn`` maps ``z`` of shape ``(..., m)`` (last axis = the coordinates) to ``(...)``, or to
+    ``(..., *value_shape)`` for a vector-valued integrand (the result then ends in ``value_shape``; chunks
+    shrink so that ``max_chunk_elements`` still bounds the values held).
 
     Returns ``(E, method)``: ``E`` has shape ``(R₀, ...)`` for Gauss–Hermite and ``(R, ...)`` for QMC
     (one unbiased estimate per scrambling); ``method`` is ``"gauss-hermite"`` or ``"qmc"``.
     """
     m = sigma.shape[-1]
     lead = sigma.shape[:-2]
+    value_shape = tuple(int(s) for s in value_shape)
+    extra = math.prod(value_shape)
     chol = psd_cholesky(sigma)
     if m <= accuracy.gh_max_dim:
         nodes, weights = gauss_hermite_nodes(m, accuracy.gh_degree(m), sigma)
         flat = chol.reshape(-1, m, m)
-        per = nodes.shape[0] * m
+        per = nodes.shape[0] * max(m, extra)
         chunk = max(1, accuracy.max_chunk_elements // per)
         parts = []
         def gh_chunk(factor: torch.Tensor) -> torch.Tensor:
-            return fn(torch.einsum("pj,eij->epi", nodes, factor)) @ weights  # z: (E, P, m)
+            values = fn(torch.einsum("pj,eij->epi", nodes, factor))  # z: (E, P, m)
+            if value_shape:
+                return torch.einsum("ep...,p->e...", values, weights)
+            return values @ weights
 
         for s in range(0, flat.shape[0], chunk):
             parts.append(_maybe_checkpoint(gh_chunk, flat[s:s + chunk]))
-        return torch.cat(parts).reshape(lead), "gauss-hermite"
+        return torch.cat(parts).reshape(*lead, *value_shape), "gauss-hermite"
     reps = accuracy.qmc_replicates
     normals = sobol_normals(m, accuracy.qmc_points, reps, seed, sigma)  # (R, S, m)
     if accuracy.qmc_pca:
@@ -159,21 +167,25 @@ def gaussian_expectation(
         with torch.no_grad():
             evals, q = torch.linalg.eigh(sigma)
             q = q.flip(-1)
+            # eigenvectors are defined up to sign; fix it (positive projection on a generic direction) so the
+            # rotation, hence the estimate, is the same on every device and BLAS
+            generic = torch.linspace(1.0, 2.0, m, dtype=q.dtype, device=q.device)
+            q = q * torch.where((generic @ q) < 0, -1.0, 1.0).unsqueeze(-2)
         chol = q @ psd_cholesky(q.transpose(-1, -2) @ sigma @ q)
     chol = chol.expand(reps, *lead[1:], m, m) if lead[0] == 1 else chol
     if chol.shape[0] != reps:
         raise RuntimeError(f"replicate axis {chol.shape[0]} does not match qmc_replicates={reps}")
     flat = chol.reshape(reps, -1, m, m)
-    per = normals.shape[1] * m * reps
+    per = normals.shape[1] * max(m, extra) * reps
     chunk = max(1, accuracy.max_chunk_elements // per)
     parts = []
 
     def qmc_chunk(factor: torch.Tensor) -> torch.Tensor:
-        return fn(torch.einsum("rsj,reij->resi", normals, factor)).mean(-1)  # z: (R, E, S, m)
+        return fn(torch.einsum("rsj,reij->resi", normals, factor)).mean(2)  # z: (R, E, S, m)
 
     for s in range(0, flat.shape[1], chunk):
         parts.append(_maybe_checkpoint(qmc_chunk, flat[:, s:s + chunk]))
-    return torch.cat(parts, 1).reshape(reps, *lead[1:]), "qmc"
+    return torch.cat(parts, 1).reshape(reps, *lead[1:], *value_shape), "qmc"
 
 
 def _maybe_checkpoint(chunk_fn, factor: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ input pair (like a bias). Walking the instructions in reverse:
   forward G-var and against other matrices' transposes (one transposed copy per matrix, shared by all of
   its uses, so recurrence and weight sharing give cross-time / cross-use covariances);
 * ``h = φ(g¹ … gᵏ)`` (Nonlin, with composed H-var arguments flattened into one function of the base
-  G-vars): ``dgⁱ += ∂ᵢφ(g)·dh`` (elementwise; ``∂ᵢφ`` by forward-mode autograd of the user callable);
+  G-vars): ``dgⁱ += ∂ᵢφ(g)·dh`` (elementwise; ``∂ᵢφ`` by torch autograd of the user callable);
 * ``g = Σ aᵢ gᵢ`` (LinComb): ``dgᵢ += aᵢ·dg``.
 
 GIA is justified by TP2's "simple GIA check" (TP2 Thm. 4.3/Def. 4.2): the readout vector ``v`` is sampled
@@ -55,12 +55,11 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from ..duals import IdentityDual, QuadratureDual, dual_for
-from .expectations import Accuracy
+from .expectations import Accuracy, gaussian_expectation
 from .master import _Evaluator, _PairContext
-from .program import Matrix, Program, ProgramError, Scalar, Var
+from .program import Program, ProgramError, Scalar, Var
 
 
 @dataclass
@@ -82,56 +81,58 @@ class ProgramNTKResult:
     methods: dict[str, int] = field(default_factory=dict)
 
 
-class _ConstantOne:
-    """``∂g/∂g = 1`` for a G-var read directly by a matrix or the readout."""
+class _Gradient:
+    """``∇fn(values) = (∂₁fn, …, ∂ₘfn)`` stacked on a last axis ``(..., m)``, for an elementwise ``fn`` of ``m``
+    tensors: one reverse-mode pass of ``Σ fn`` (elementwise, so its gradient is the vector of partials), with
+    ``create_graph`` when the values carry gradients (the NTK stays differentiable in the variances)."""
+
+    def __init__(self, fn, arity: int, where: str):
+        self.fn, self.arity, self.where = fn, arity, where
 
     def __call__(self, *values: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(values[0])
-
-
-class _Partial:
-    """``∂ᵢ fn(values)`` of an elementwise function of several tensors, by forward-mode autograd (one JVP
-    with tangent ``eᵢ``; composable with reverse-mode autograd in the variances)."""
-
-    def __init__(self, fn, i: int, where: str):
-        self.fn, self.i, self.where = fn, i, where
-
-    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
-        with fwAD.dual_level():
-            duals = [fwAD.make_dual(v, torch.ones_like(v) if j == self.i else torch.zeros_like(v))
-                     for j, v in enumerate(values)]
+        outer = torch.is_grad_enabled() and any(v.requires_grad for v in values)
+        with torch.enable_grad():
+            ins = [v if v.requires_grad else v.detach().requires_grad_() for v in values]
             try:
-                out = fwAD.unpack_dual(self.fn(*duals))
+                out = self.fn(*ins)
+                grads = torch.autograd.grad(out.sum(), ins, create_graph=outer, allow_unused=True)
             except Exception as err:  # noqa: BLE001 - re-raised with the instruction named
-                raise ProgramError(f"{self.where}: cannot differentiate the Nonlin with torch forward-mode autograd "
+                raise ProgramError(f"{self.where}: cannot differentiate the Nonlin with torch autograd "
                                    f"({type(err).__name__}: {err}); the NTK needs its partial derivatives") from err
-        if out.tangent is None:
-            return torch.zeros_like(out.primal)
-        return out.tangent
+        return torch.stack([torch.zeros_like(v) if g is None else g for g, v in zip(grads, values, strict=True)], -1)
 
 
-def _check_partial(fn, partial: _Partial, arity: int, where: str) -> None:
-    """Autograd ``∂ᵢfn`` vs central differences (step 1e-4, float64) on 61 probe points per argument: a callable
-    hiding its computation from autograd (``.detach()``, NumPy) must not give a silently wrong NTK."""
+class _Ones:
+    """``∇g = 1`` of a G-var read directly by a matrix or by the readout."""
+
+    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(values[0]).unsqueeze(-1)
+
+
+def _check_gradient(fn, gradient: _Gradient, arity: int, where: str) -> None:
+    """Autograd ``∂ᵢfn`` vs central differences (step 1e-4, float64) on 61 probe points: a callable hiding its
+    computation from autograd (``.detach()``, NumPy) must give an error, not a silently wrong NTK. At least 90% of
+    the points must agree to 1e-2 relative (kinks and jumps may spoil a few)."""
     gen = torch.Generator().manual_seed(1)
-    probes = [torch.linspace(-3.9, 3.9, 61, dtype=torch.float64).roll(7 * j) + 0.0123 +
-              0.01 * torch.randn(61, generator=gen, dtype=torch.float64) for j in range(arity)]
+    probes = [torch.linspace(-3.9, 3.9, 61, dtype=torch.float64).roll(7 * j) + 0.0123
+              + 0.01 * torch.randn(61, generator=gen, dtype=torch.float64) for j in range(arity)]
+    ad = gradient(*probes).detach()
     h = 1e-4
-    plus = [p + h if j == partial.i else p for j, p in enumerate(probes)]
-    minus = [p - h if j == partial.i else p for j, p in enumerate(probes)]
-    with torch.no_grad():
-        fd = (fn(*plus) - fn(*minus)) / (2 * h)
-    ad = partial(*probes)
-    close = (ad - fd).abs() <= 1e-2 * (1 + fd.abs())
-    if float(close.double().mean()) < 0.9:
-        worst = int((ad - fd).abs().argmax())
-        raise ProgramError(f"{where}: torch autograd cannot give the derivative of the Nonlin in argument {partial.i}: "
-                           f"autograd gives {float(ad[worst]):.4g}, finite differences {float(fd[worst]):.4g} (is part "
-                           "of the computation detached or done outside torch?). The NTK needs the derivatives")
+    for i in range(arity):
+        with torch.no_grad():
+            fd = (fn(*[p + h if j == i else p for j, p in enumerate(probes)])
+                  - fn(*[p - h if j == i else p for j, p in enumerate(probes)])) / (2 * h)
+        close = (ad[:, i] - fd).abs() <= 1e-2 * (1 + fd.abs())
+        if float(close.double().mean()) < 0.9:
+            worst = int((ad[:, i] - fd).abs().argmax())
+            raise ProgramError(f"{where}: torch autograd cannot give the derivative of the Nonlin in its base G-var "
+                               f"{i}: autograd gives {float(ad[worst, i]):.4g}, finite differences "
+                               f"{float(fd[worst]):.4g} (is part of the computation detached or done outside "
+                               "torch?). The NTK needs the derivatives")
 
 
 class _Backward:
-    """The backward program's structure (input-independent): used vectors, derivative H-vars, LinComb paths."""
+    """The backward program's structure (input-independent): used vectors, their gradients, LinComb paths."""
 
     def __init__(self, program: Program):
         self.program = program
@@ -144,11 +145,8 @@ class _Backward:
                 self.matmuls.setdefault(v.source.index, []).append(v)
         for c, h in program.output.terms:
             self.readout_coef[h.index] = self.readout_coef.get(h.index, 0.0) + c
-        used = sorted(set(self.matmuls) | set(self.readout_coef))
-        self.used = [vars_[i] for i in used]
-        # one transposed copy per hidden matrix (GIA); only its identity and variance matter
-        self.transposes = {id(m): Matrix(program, f"{m.name}ᵀ", m.var, "hidden") for m in program.matrices}
-        # expansion of every G-var into the G-vars it is a LinComb of: b = Σ (Π coefficients)·g
+        self.used = [vars_[i] for i in sorted(set(self.matmuls) | set(self.readout_coef))]
+        # expansion of every G-var into the G-vars it is a LinComb of: b = Σ_g (Σ Π coefficients)·g
         self.expansion: dict[int, dict[int, list[tuple]]] = {}
         for v in vars_:
             if not v.is_g:
@@ -159,49 +157,82 @@ class _Backward:
                     for g, monomials in self.expansion[t.index].items():
                         exp.setdefault(g, []).extend((coef, *m) for m in monomials)
             self.expansion[v.index] = exp
-        # derivative H-vars ∂_b flat_u and, per G-var g, its contributions (u, D[u, b], monomials of c(g, b))
-        next_index = len(vars_)
-        self.contributions: dict[int, list[tuple[Var, Var, list[tuple]]]] = {}
+        # ∇flat_u per used vector, and per G-var g its contributions (u, i, monomials of c(g, u.base[i]))
+        self.gradient: dict[int, object] = {}
+        self.contributions: dict[int, list[tuple[Var, int, list[tuple]]]] = {}
         for u in self.used:
+            if u.is_g:
+                self.gradient[u.index] = _Ones()
+            else:
+                grad = _Gradient(u.flat_fn, len(u.base), u.instruction)
+                _check_gradient(u.flat_fn, grad, len(u.base), u.instruction)
+                self.gradient[u.index] = grad
             for i, b in enumerate(u.base):
-                if u.is_g:
-                    flat, derivative_of = _ConstantOne(), "one"
-                else:
-                    flat = _Partial(u.flat_fn, i, u.instruction)
-                    _check_partial(u.flat_fn, flat, len(u.base), u.instruction)
-                    derivative_of = u.activation
-                d = Var(program=program, index=next_index, name=f"∂{u.name}/∂{b.name}", op="nonlin", is_g=False,
-                        instruction=u.instruction, base=u.base, flat_fn=flat)
-                d.derivative_of = derivative_of
-                next_index += 1
                 for g, monomials in self.expansion[b.index].items():
-                    self.contributions.setdefault(g, []).append((u, d, monomials))
+                    self.contributions.setdefault(g, []).append((u, i, monomials))
 
 
 class _NTKContext(_PairContext):
-    """:class:`_PairContext` with the expectations of derivative H-vars (closed-form derivative duals) and the
-    backward covariances ``E[dg dg']``, ``Cov(du, du')``."""
+    """:class:`_PairContext` with the expectations of gradients of used vectors (closed-form derivative duals,
+    vector-valued Gauss–Hermite / QMC) and the backward covariances ``E[dg dg']``, ``Cov(du, du')``."""
 
     def __init__(self, *args, backward: _Backward, **kwargs):
         super().__init__(*args, **kwargs)
         self.bw = backward
+        self._gg: dict[tuple[int, int], torch.Tensor] = {}
         self._dd: dict[tuple[int, int], torch.Tensor] = {}
         self._du: dict[tuple[int, int], torch.Tensor] = {}
 
-    def _compute_expect(self, h: Var, k: Var) -> torch.Tensor:
-        dh, dk = getattr(h, "derivative_of", None), getattr(k, "derivative_of", None)
-        if dh == "one" and dk == "one":
-            self.ev.methods["closed-form"] += 1
-            return self._zero + 1.0
-        if dh is not None and dk is not None and dh != "one" and dh == dk:
-            dual = dual_for(dh, self.ev.accuracy.quadrature_degree)
+    def grad_expect(self, u: Var, uu: Var) -> torch.Tensor:
+        """``E[∇flat_u(ξ) ∇flat_uu(ξ')ᵀ]``: ``(R, *B, entries, m_u, m_uu)``."""
+        key = (u.index, uu.index)
+        if key not in self._gg:
+            if self.same and (uu.index, u.index) in self._gg:
+                self._gg[key] = self._gg[(uu.index, u.index)].transpose(-1, -2)
+            else:
+                self._gg[key] = self._compute_grad_expect(u, uu)
+        return self._gg[key]
+
+    def _compute_grad_expect(self, u: Var, uu: Var) -> torch.Tensor:
+        ev = self.ev
+        if u.is_g and uu.is_g:
+            ev.methods["closed-form"] += 1
+            return (self._zero + 1.0)[..., None, None]
+        if not u.is_g and not uu.is_g and u.activation is not None and u.activation == uu.activation:
+            dual = dual_for(u.activation, ev.accuracy.quadrature_degree)
             if not isinstance(dual, QuadratureDual | IdentityDual):
-                g, gg = h.base[0], k.base[0]
+                g, gg = u.base[0], uu.base[0]
                 k11 = self.expand_a(self.side_a.cov(g, g))
                 k22 = self.expand_b(self.side_b.cov(gg, gg))
-                self.ev.methods["closed-form"] += 1
-                return dual.ntk(k11, k22, self.cov(g, gg), self.identical if g is gg else None)
-        return super()._compute_expect(h, k)
+                ev.methods["closed-form"] += 1
+                return dual.ntk(k11, k22, self.cov(g, gg), self.identical if g is gg else None)[..., None, None]
+        if self.same:
+            union = list(u.base) + [g for g in uu.base if g not in u.base]
+            pos_a, pos_b = list(range(len(u.base))), [union.index(g) for g in uu.base]
+            sigma = self._block(union, union, self.cov)
+        else:
+            pos_a = list(range(len(u.base)))
+            pos_b = list(range(len(u.base), len(u.base) + len(uu.base)))
+            sigma = self._cross_sigma(list(u.base), list(uu.base))
+        fa, fb = self.bw.gradient[u.index], self.bw.gradient[uu.index]
+        shape = (len(u.base), len(uu.base))
+
+        def integrand(z: torch.Tensor) -> torch.Tensor:
+            value = fa(*(z[..., i] for i in pos_a)).unsqueeze(-1) * fb(*(z[..., i] for i in pos_b)).unsqueeze(-2)
+            if not torch.isfinite(value).all():
+                raise ProgramError(f"{u.instruction} / {uu.instruction}: the Nonlins' derivatives are not finite "
+                                   "on the Gaussian nodes")
+            return value
+
+        ev.max_dim = max(ev.max_dim, sigma.shape[-1])
+        value, method = gaussian_expectation(integrand, sigma, ev.accuracy, ev.seed_for("dE", u.index, uu.index),
+                                             value_shape=shape)
+        ev.methods[method] += 1
+        if not self.same and bool(self.identical.any()):
+            same_value = self.side_a.grad_expect(u, uu)
+            same_value = same_value if self.diag else same_value.unsqueeze(-3)
+            value = torch.where(self.identical[..., None, None], same_value, value)
+        return value
 
     def _monomial_sum(self, monomials: list[tuple], side: str):
         total = 0.0
@@ -217,13 +248,14 @@ class _NTKContext(_PairContext):
         key = (g.index, gg.index)
         if key not in self._dd:
             total = self._zero
-            for u, d, mono in self.bw.contributions.get(g.index, []):
+            for u, i, mono in self.bw.contributions.get(g.index, []):
                 ca = self._monomial_sum(mono, "a")
-                for uu, dd, mono2 in self.bw.contributions.get(gg.index, []):
+                for uu, j, mono2 in self.bw.contributions.get(gg.index, []):
                     back = self.back_cov(u, uu)
                     if back is self._zero:
                         continue
-                    total = total + ca * self._monomial_sum(mono2, "b") * self.expect(d, dd) * back
+                    fwd = self.grad_expect(u, uu)[..., i, j]
+                    total = total + ca * self._monomial_sum(mono2, "b") * fwd * back
             self._dd[key] = total
         return self._dd[key]
 
