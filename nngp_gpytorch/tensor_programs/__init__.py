@@ -1,10 +1,12 @@
-"""Tensor programs (NETSOR, Yang 2019): write any architecture as a program, get its NNGP kernel.
+"""Tensor programs (NETSOR, Yang 2019): write any architecture as a program, get its NNGP kernel and NTK.
 
 * :class:`Program` — the builder (inputs, matrices, biases, ``matmul``, ``lincomb``, ``nonlin``,
   NETSOR+ ``moment``/``scalar``, ``readout``), validated instruction by instruction;
 * :func:`evaluate_program` — the master-theorem kernel (closed-form duals, Gauss–Hermite, randomized QMC
   with a standard error; knobs in :class:`Accuracy`);
 * :class:`TensorProgramKernel` — the GPyTorch kernel with learnable, named variances;
+* :func:`evaluate_program_ntk`, :class:`TensorProgramNTKKernel` — the NTK (Yang 2020, Tensor Programs II:
+  backward program under gradient independence), with the NNGP and QMC standard errors;
 * :mod:`.examples` — MLP, RNN, GRU, LSTM, attention, minimal gated unit, tied-weight residual MLP.
 
 The finite twin (literal execution with random matrices) is ``verification.tensor_programs``.
@@ -12,11 +14,13 @@ The finite twin (literal execution with random matrices) is ``verification.tenso
 
 from . import examples
 from .expectations import Accuracy, gaussian_expectation, psd_cholesky
-from .kernel import TensorProgramKernel
+from .kernel import TensorProgramKernel, TensorProgramNTKKernel
 from .master import ProgramKernelResult, evaluate_program
+from .ntk import ProgramNTKResult, evaluate_program_ntk
 from .program import Matrix, Program, ProgramError, Readout, Scalar, Token, Var
 
 __all__ = [
-    "Accuracy", "Matrix", "Program", "ProgramError", "ProgramKernelResult", "Readout", "Scalar",
-    "TensorProgramKernel", "Token", "Var", "evaluate_program", "examples", "gaussian_expectation", "psd_cholesky",
+    "Accuracy", "Matrix", "Program", "ProgramError", "ProgramKernelResult", "ProgramNTKResult", "Readout", "Scalar",
+    "TensorProgramKernel", "TensorProgramNTKKernel", "Token", "Var", "evaluate_program", "evaluate_program_ntk",
+    "examples", "gaussian_expectation", "psd_cholesky",
 ]

@@ -1,4 +1,5 @@
-"""``TensorProgramKernel``: the master-theorem kernel of a NETSOR program as a GPyTorch kernel."""
+"""``TensorProgramKernel`` / ``TensorProgramNTKKernel``: the master-theorem NNGP kernel and the Tensor
+Programs II NTK of a NETSOR program as GPyTorch kernels."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..kernels.base import ZERO_BIAS_FLOOR
 from ..kernels.validation import check_kernel_inputs
 from .expectations import Accuracy
 from .master import ProgramKernelResult, evaluate_program
+from .ntk import ProgramNTKResult, evaluate_program_ntk
 from .program import Program
 
 
@@ -141,14 +143,61 @@ class TensorProgramKernel(Kernel):
             x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
         return evaluate_program(self.program, x1, x2, self.variances, diag=diag, accuracy=self.accuracy)
 
+    def evaluate_ntk_with_error(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                                diag: bool = False) -> ProgramNTKResult:
+        """NNGP ``K`` and NTK ``Θ`` (Tensor Programs II, :func:`~.ntk.evaluate_program_ntk`) with their QMC
+        standard errors (applies ``active_dims``)."""
+        self._check_inputs(x1, x2)
+        if self.active_dims is not None:
+            x1 = x1.index_select(-1, self.active_dims)
+            x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
+        return evaluate_program_ntk(self.program, x1, x2, self.variances, diag=diag, accuracy=self.accuracy)
+
+    def nngp_and_ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                     diag: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, Θ)`` from one pass, each ``(*B, n1, n2)`` or ``(*B, n)`` with ``diag`` (as
+        :meth:`nngp_gpytorch.kernels.base.InfiniteWidthKernel.nngp_and_ntk`)."""
+        result = self.evaluate_ntk_with_error(x1, x2, diag=diag)
+        return result.kernel, result.ntk
+
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if last_dim_is_batch:
-            raise NotImplementedError("TensorProgramKernel does not support last_dim_is_batch")
+            raise NotImplementedError(f"{type(self).__name__} does not support last_dim_is_batch")
         same = x2 is x1 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        if self._returns_ntk:
+            result = evaluate_program_ntk(self.program, x1, None if same else x2, self.variances, diag=diag,
+                                          accuracy=self.accuracy)
+            self.last_result = result
+            return result.ntk
         result = evaluate_program(self.program, x1, None if same else x2, self.variances, diag=diag,
                                   accuracy=self.accuracy)
         self.last_result = result
         return result.kernel
 
+    _returns_ntk = False
+
     def extra_repr(self) -> str:
         return f"program={self.program.describe()}"
+
+
+class TensorProgramNTKKernel(TensorProgramKernel):
+    r"""Neural tangent kernel of a tensor program (Yang 2020, *Tensor Programs II*, Cor. 4.4), NTK
+    parameterization: ``Θ(x, x') = K(x, x') + Σ_W σ_W² Σ_{i,j} E[dgᵢ dg'ⱼ]·E[hᵢ h'ⱼ] + Σ_b σ_b² E[db db']``
+    (:mod:`~nngp_gpytorch.tensor_programs.ntk`).
+
+    Same hyperparameters, priors, ``accuracy``, ``diag`` and batch support as :class:`TensorProgramKernel`
+    (it relates to it as :class:`~nngp_gpytorch.kernels.NTKKernel` to
+    :class:`~nngp_gpytorch.kernels.NNGPKernel`): calling it returns ``Θ``; :meth:`nngp_and_ntk` returns both;
+    :meth:`evaluate_with_error` and ``last_result`` give a
+    :class:`~nngp_gpytorch.tensor_programs.ntk.ProgramNTKResult` (``kernel``, ``ntk``, standard errors).
+
+    >>> from nngp_gpytorch.tensor_programs.examples import gru_program
+    >>> theta = TensorProgramNTKKernel(gru_program(3, 2)).double()   # erf-GRU NTK, sequences (N, 3·2)
+    """
+
+    _returns_ntk = True
+
+    def evaluate_with_error(self, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                            diag: bool = False) -> ProgramNTKResult:
+        """NNGP, NTK and their QMC standard errors (applies ``active_dims``)."""
+        return self.evaluate_ntk_with_error(x1, x2, diag=diag)
