@@ -37,6 +37,7 @@ import torch
 
 from nngp_gpytorch.algebra import Hyperparameters, RuleContext, evaluate, input_state, propagate
 from nngp_gpytorch.arch import Layer
+from nngp_gpytorch.arch.recurrent import GRU, RNN, RecurrentLayer
 from nngp_gpytorch.duals import Dual
 
 from .ensembles import _with_readout_units, as_hyperparameters, split_readout
@@ -101,8 +102,26 @@ def record_contribution(record: AffineRecord, delta: torch.Tensor) -> torch.Tens
     return out + record.weight_var / record.fan_in * weight_part
 
 
-def _chunk_size(networks: int, layers: int, width: int, d: int, k: int, max_bytes: int) -> int:
-    per_network = 4 * layers * max(width, d) * width + 8 * 4 * k * width * layers
+def _footprint(architecture: Layer, input_shape: tuple[int, ...] | None) -> tuple[int, int]:
+    """``(weight matrices, activation tensors)`` per network, for the chunk size: one each per layer; a
+    recurrent layer with ``g`` gates holds ``2g + 1`` matrices (``W`` per gate, its readout, the small
+    ``U``) and keeps ``~4g`` activations per step for ``T`` steps (graph and per-step δ's)."""
+    matrices = activations = 0
+    for layer in architecture.walk():
+        if isinstance(layer, RecurrentLayer):
+            gates = 1 if isinstance(layer, RNN) else 3 if isinstance(layer, GRU) else 4
+            steps = input_shape[0] if input_shape else 1
+            matrices += 2 * gates + 1
+            activations += 4 * gates * steps
+        else:
+            matrices += 1
+            activations += 1
+    return max(1, matrices), max(1, activations)
+
+
+def _chunk_size(networks: int, footprint: tuple[int, int], width: int, d: int, k: int, max_bytes: int) -> int:
+    matrices, activations = footprint
+    per_network = 4 * matrices * max(width, d) * width + 8 * 4 * k * width * activations
     return int(max(1, min(networks, max_bytes // max(per_network, 1))))
 
 
@@ -154,8 +173,7 @@ def empirical_ntk(
         architecture = _with_readout_units(architecture, readout_units)
     k, d = inputs.shape
     x = inputs.to(dtype)
-    layers = max(1, sum(1 for _ in architecture.walk()))
-    chunk = chunk_size or _chunk_size(networks, layers, width, d, k, max_bytes)
+    chunk = chunk_size or _chunk_size(networks, _footprint(architecture, input_shape), width, d, k, max_bytes)
     generator = torch.Generator(device=inputs.device).manual_seed(int(seed))
     start = time.perf_counter()
     ntk_parts, cov_parts = [], []
