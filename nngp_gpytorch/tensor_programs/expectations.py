@@ -129,12 +129,15 @@ def gaussian_expectation(
     accuracy: Accuracy,
     seed: int,
     value_shape: tuple[int, ...] = (),
+    nested_autograd: bool = False,
 ) -> tuple[torch.Tensor, str]:
     """``E[fn(z)]``, ``z ~ N(0, Σ)``, for ``Σ`` of shape ``(R₀, ..., m, m)`` (``R₀`` a replicate axis, 1 or R).
 
     ``fn`` maps ``z`` of shape ``(..., m)`` (last axis = the coordinates) to ``(...)``, or to
     ``(..., *value_shape)`` for a vector-valued integrand (the result then ends in ``value_shape``; chunks
-    shrink so that ``max_chunk_elements`` still bounds the values held).
+    shrink so that ``max_chunk_elements`` still bounds the values held). ``nested_autograd=True``: ``fn`` calls
+    ``torch.autograd.grad`` itself (derivatives of Nonlins); chunks are then recomputed in the backward pass by
+    a custom autograd function instead of ``torch.utils.checkpoint``, which rejects nested gradients.
 
     Returns ``(E, method)``: ``E`` has shape ``(R₀, ...)`` for Gauss–Hermite and ``(R, ...)`` for QMC
     (one unbiased estimate per scrambling); ``method`` is ``"gauss-hermite"`` or ``"qmc"``.
@@ -157,7 +160,7 @@ def gaussian_expectation(
             return values @ weights
 
         for s in range(0, flat.shape[0], chunk):
-            parts.append(_maybe_checkpoint(gh_chunk, flat[s:s + chunk]))
+            parts.append(_maybe_checkpoint(gh_chunk, flat[s:s + chunk], nested_autograd))
         return torch.cat(parts).reshape(*lead, *value_shape), "gauss-hermite"
     reps = accuracy.qmc_replicates
     normals = sobol_normals(m, accuracy.qmc_points, reps, seed, sigma)  # (R, S, m)
@@ -184,13 +187,16 @@ def gaussian_expectation(
         return fn(torch.einsum("rsj,reij->resi", normals, factor)).mean(2)  # z: (R, E, S, m)
 
     for s in range(0, flat.shape[1], chunk):
-        parts.append(_maybe_checkpoint(qmc_chunk, flat[:, s:s + chunk]))
+        parts.append(_maybe_checkpoint(qmc_chunk, flat[:, s:s + chunk], nested_autograd))
     return torch.cat(parts, 1).reshape(reps, *lead[1:], *value_shape), "qmc"
 
 
-def _maybe_checkpoint(chunk_fn, factor: torch.Tensor) -> torch.Tensor:
+def _maybe_checkpoint(chunk_fn, factor: torch.Tensor, nested_autograd: bool = False) -> torch.Tensor:
     """Evaluate one chunk; under autograd, recompute it in the backward pass instead of storing every
     function value (memory stays bounded by one chunk, ``max_chunk_elements``, instead of all of them)."""
     if torch.is_grad_enabled() and factor.requires_grad:
+        if nested_autograd:
+            from ..duals.quadrature import _Recomputed  # compatible with torch.autograd.grad inside chunk_fn
+            return _Recomputed.apply(chunk_fn, factor)
         return torch.utils.checkpoint.checkpoint(chunk_fn, factor, use_reentrant=False)
     return chunk_fn(factor)

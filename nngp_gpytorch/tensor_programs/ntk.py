@@ -226,7 +226,7 @@ class _NTKContext(_PairContext):
 
         ev.max_dim = max(ev.max_dim, sigma.shape[-1])
         value, method = gaussian_expectation(integrand, sigma, ev.accuracy, ev.seed_for("dE", u.index, uu.index),
-                                             value_shape=shape)
+                                             value_shape=shape, nested_autograd=True)
         ev.methods[method] += 1
         if not self.same and bool(self.identical.any()):
             same_value = self.side_a.grad_expect(u, uu)
