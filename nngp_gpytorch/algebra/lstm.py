@@ -29,7 +29,7 @@ import torch
 from ..arch import Sigmoid
 from ..arch.recurrent import LSTM
 from .orthant import InterleavedGaussian
-from .recurrent import SequencePair, _gated_tables, bp, pair_block, recurrent_variances, same_inputs
+from .recurrent import SequencePair, _gated_tables, gated_output, pair_block, recurrent_variances, same_inputs
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -105,12 +105,9 @@ def lstm_rule(layer: LSTM, state: CovState, ctx: RuleContext) -> CovState:
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
     fn = functools.partial(_lstm_flat, sig_dual=ctx.dual(Sigmoid()))
     fn.qmc_dims = lambda T, self_mode: 3 * (T if self_mode else 2 * T)
-    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), same_inputs(state))
-    nd = 1 if seq.diag else 2
-    out12 = bp(wv, nd) * seq.read(k12) + bp(bv, nd)
-    out11 = bp(wv, 1) * seq.read_self(k11, seq.w1) + bp(bv, 1)
-    out22 = bp(wv, 1) * seq.read_self(k22, seq.w2) + bp(bv, 1)
-    return seq.output_state(state, out12, out11, out22)
+    symmetric = same_inputs(state)
+    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), symmetric)
+    return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)
 
 
 def _lstm_flat(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual):

@@ -91,6 +91,80 @@ def psd_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
     raise ValueError("gate covariance is not positive semi-definite (Cholesky failed even with jitter)")
 
 
+def principal_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
+    """Principal-component square root ``B`` of ``cov``: ``B Bᵀ = cov + δI`` with column ``k`` the ``k``-th
+    principal direction scaled by √λ_k (eigenvalues in decreasing order), so that the first (best
+    distributed) quasi-Monte Carlo coordinates drive the directions of largest variance.
+
+    ``B = L·Q`` with ``L`` = :func:`psd_factor` (differentiable) and the rotation
+    ``Q = L⁻¹·V·√Λ`` (orthogonal; computed without gradient in float64 and re-orthogonalized by QR).
+    Holding ``Q`` fixed keeps ``B Bᵀ = cov + δI`` exact for every ``cov``, so the QMC estimate and its
+    gradient stay consistent, and no eigenvector derivative (singular at repeated eigenvalues, e.g.
+    duplicated steps) is ever needed. ``cov`` ``(..., m, m)`` → ``(..., m, m)``.
+    """
+    L = psd_factor(cov, rel_jitter)
+    with torch.no_grad():
+        Ld = L.detach().to(torch.float64)
+        lam, V = torch.linalg.eigh(Ld @ Ld.transpose(-1, -2))
+        lam, V = lam.flip(-1).clamp_min(0.0), V.flip(-1)
+        M = torch.linalg.solve_triangular(Ld, V * lam.sqrt().unsqueeze(-2), upper=False)
+        Q, R = torch.linalg.qr(M)
+        sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)
+        Q = (Q * sign.unsqueeze(-2)).to(cov.dtype)
+    return L @ Q
+
+
+def qmc_entry_error_bound(samples: int, scale: torch.Tensor) -> torch.Tensor:
+    """A generous per-entry bound on the quasi-Monte Carlo error of a gated-recurrent Gram:
+    ``0.2·N^-1/2·scale`` (``scale`` the largest diagonal entry). The measured errors on 7×9-token pairs
+    (docs/recurrent.md) are 2–10× below it for ``N = 2¹⁰…2¹⁷``."""
+    return 0.2 * scale / math.sqrt(samples)
+
+
+def project_psd(K: torch.Tensor, entry_error: torch.Tensor | float, what: str = "Gram matrix") -> torch.Tensor:
+    """Nearest-in-spirit positive semi-definite version of a symmetric Gram ``K`` ``(..., n, n)`` whose entries
+    carry an estimation error of at most ``entry_error`` each (the gated recurrent kernels: each pair is
+    estimated separately, so ``K`` can be slightly indefinite).
+
+    Eigenvalues ``λ_k`` below ``floor = 4·n·ε_dtype·max_i K_ii`` are raised to ``floor`` (the spectral
+    projection onto ``{K ⪰ floor·I}``, computed in float64); then ``K ← D K D`` with the diagonal ``D``
+    that restores the original diagonal (so ``k(x, diag=True)`` stays equal to ``K.diagonal()``). The
+    floor exceeds what rounding the result to its dtype can move an eigenvalue (``≤ n·ε/2·max|K_ij|``),
+    so the returned matrix is PSD in its own precision. Matrices already above the floor are returned
+    unchanged. The correction is applied as a fixed (detached) linear map, so gradients pass through as
+    for ``K``.
+
+    The entries of a symmetric error ``E`` with ``|E_ij| ≤ e`` move eigenvalues by at most ``‖E‖₂ ≤ n·e``
+    (Weyl); a negative part larger than ``n·entry_error`` cannot come from estimation error and raises
+    a ``RuntimeWarning`` (the projection is still applied). Returns ``(..., n, n)``.
+    """
+    n = K.shape[-1]
+    if n == 0:
+        return K
+    with torch.no_grad():
+        K64 = K.detach().to(torch.float64)
+        K64 = 0.5 * (K64 + K64.transpose(-1, -2))
+        diag = K64.diagonal(dim1=-2, dim2=-1)
+        floor = 4.0 * n * torch.finfo(K.dtype).eps * diag.amax(-1).clamp_min(0.0)
+        lam, V = torch.linalg.eigh(K64)
+        short = (floor[..., None] - lam).clamp_min(0.0)  # (..., n)
+        if not bool((short > 0).any()):
+            return K
+        bound = n * torch.as_tensor(entry_error, dtype=torch.float64, device=K.device)
+        worst = (-lam.amin(-1)).clamp_min(0.0)
+        if bool((worst > bound).any()):
+            import warnings
+
+            warnings.warn(f"{what}: smallest eigenvalue {-float(worst.max()):.3g} is more negative than the "
+                          f"estimation error can explain (bound {float(bound.max()):.3g}); projected onto the "
+                          "PSD cone anyway — increase `samples` or check the inputs", RuntimeWarning, stacklevel=3)
+        corr = (V * short.unsqueeze(-2)) @ V.transpose(-1, -2)
+        new_diag = diag + corr.diagonal(dim1=-2, dim2=-1)
+        scale = torch.sqrt(diag.clamp_min(0.0) / new_diag.clamp_min(1e-300))
+    out = (K + corr.to(K.dtype)) * scale.to(K.dtype).unsqueeze(-1) * scale.to(K.dtype).unsqueeze(-2)
+    return 0.5 * (out + out.transpose(-1, -2))
+
+
 class InterleavedGaussian:
     """One gate family's pre-activations on two sequences, revealed step by step with fixed QMC points.
 
