@@ -162,8 +162,8 @@ def mean_test(
             ``bias_constant/width·√(K_ii K_jj)`` and report its ratio to the standard error.
         rtol: rounding tolerance for zero-variance entries, relative to ``√(K_ii K_jj)``.
     """
-    c = covariances.to(torch.float64)
-    K = analytic.to(torch.float64).to(c.device)
+    c = covariances.to(torch.float64).cpu()  # (M, k, k) is small: the statistics run on the host (scipy)
+    K = analytic.to(torch.float64).cpu()
     if c.dim() != 3 or c.shape[-1] != c.shape[-2] or K.shape != c.shape[-2:]:
         raise ValueError(f"need covariances (M, k, k) and analytic (k, k), got {tuple(c.shape)}, {tuple(K.shape)}")
     if not torch.isfinite(K).all():
@@ -233,14 +233,14 @@ def extrapolation_test(
     """
     if len(covariances_by_width) < 2:
         raise ValueError("extrapolation needs ensembles at two or more widths")
-    K = analytic.to(torch.float64)
+    K = analytic.to(torch.float64).cpu()
     k = K.shape[-1]
     iu = torch.triu_indices(k, k)
     widths = sorted(covariances_by_width)
     x = torch.tensor([1.0 / w for w in widths], dtype=torch.float64)  # (W,)
     means, variances, total = [], [], 0
     for w in widths:
-        c = covariances_by_width[w].to(torch.float64)[:, iu[0], iu[1]]
+        c = covariances_by_width[w].to(torch.float64).cpu()[:, iu[0], iu[1]]
         total += c.shape[0]
         means.append(c.mean(0))
         variances.append(c.var(0, unbiased=True) / c.shape[0])
@@ -303,8 +303,8 @@ class ConvergenceResult:
 
 def relative_frobenius_errors(covariances: torch.Tensor, analytic: torch.Tensor) -> torch.Tensor:
     """``(M,)`` relative squared Frobenius errors ``‖C_m − K‖²_F/‖K‖²_F`` of per-network estimates."""
-    K = analytic.to(torch.float64)
-    diff = covariances.to(torch.float64) - K
+    K = analytic.to(torch.float64).cpu()
+    diff = covariances.to(torch.float64).cpu() - K
     return (diff**2).sum((-1, -2)) / (K**2).sum().clamp_min(1e-300)
 
 

@@ -43,6 +43,8 @@ def evaluate(
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
     """
+    if hyper.weight_var.device != x1.device:  # e.g. constants built on the CPU for CUDA inputs
+        hyper = Hyperparameters(hyper.weight_var.to(x1.device), hyper.bias_var.to(x1.device))
     ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
     if quadrature_degree is not None:  # an explicit degree is used as given (smooth in the hyperparameters)
         ctx.quadrature_degree = int(quadrature_degree)
