@@ -147,6 +147,37 @@ def test_unmasked_sequences_match_jacrev():
     torch.testing.assert_close(s.ntks, brute, rtol=1e-10, atol=1e-12)
 
 
+def test_recurrent_layer_inside_a_deeper_network_matches_jacrev():
+    """``Serial(RNN, ReLU, Dense)``: the RNN's own readout is then a hidden affine map (an ordinary record,
+    δ's from the final ``Dense``) and only the final ``Dense`` term is exact."""
+    seqs = sequences((3, 1, 2), seed=6)
+    x = pack_sequences(seqs, 3)
+    n, wv, bv = 3, 1.3, 0.2
+    arch = A.Serial(A.RNN(activation=A.Erf(), masked=True, readout_bias_var=None), A.ReLU(), A.Dense())
+    s = empirical_ntk(arch, x, 2, n, seed=8, weight_var=wv, bias_var=bv, readout_units=2, dtype=DT,
+                      input_shape=(3, 3))
+    g = torch.Generator().manual_seed(8)
+    gate = [torch.randn(2, *shape, generator=g, dtype=DT) for shape in ((2, n), (n, n), (1, n))]
+    V, beta = torch.randn(2, n, n, generator=g, dtype=DT), torch.randn(2, 1, n, generator=g, dtype=DT)
+    v = torch.randn(2, 2, 1, n, generator=g, dtype=DT)
+    for net in range(2):
+        theta = torch.zeros(3, 3, dtype=DT)
+        for r in range(2):
+            def f(U, W, b, V_, beta_, vr, beta_f):
+                outs = []
+                for seq in seqs:
+                    phi = _cell_features("rnn", torch.erf, seq, [(U, W, b)], wv, bv, wv, n)[-1]
+                    hidden = torch.relu(math.sqrt(wv / n) * phi @ V_ + math.sqrt(bv) * beta_[0])
+                    outs.append(math.sqrt(wv / n) * hidden @ vr + math.sqrt(bv) * beta_f)
+                return torch.stack(outs)
+
+            args = (*(p[net] for p in gate), V[net], beta[net], v[r, net, 0], torch.zeros((), dtype=DT))
+            jac = torch.func.jacrev(f, argnums=tuple(range(7)))(*args)
+            rows = torch.cat([j.reshape(3, -1) for j in jac], dim=1)
+            theta += rows @ rows.T / 2
+        torch.testing.assert_close(s.ntks[net], theta, rtol=1e-10, atol=1e-12)
+
+
 def test_readout_term_counted_once():
     """The recurrent layer holds its readout: its term ``σv²ΦΦᵀ/n + σvb²`` is exact (returned as the
     covariance) and the rest of Θ̂ is PSD (a sum of Gram matrices)."""
