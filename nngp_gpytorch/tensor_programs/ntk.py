@@ -352,10 +352,10 @@ def evaluate_program_ntk(
         t = t.expand(reps, *shape)
         if same_inputs and not diag:
             t = (t + t.transpose(-1, -2)) / 2  # a Gram matrix: exactly symmetric
-        if reps > 1:
-            out.append((t.mean(0), t.std(0) / math.sqrt(reps)))
-        else:
-            out.append((t[0], torch.zeros_like(t[0])))
+        mean, stderr = (t.mean(0), t.std(0) / math.sqrt(reps)) if reps > 1 else (t[0], torch.zeros_like(t[0]))
+        if same_inputs and not diag and reps > 1:  # the mean reduction may round (i, j) and (j, i) differently
+            mean, stderr = (mean + mean.transpose(-1, -2)) / 2, (stderr + stderr.transpose(-1, -2)) / 2
+        out.append((mean, stderr))
     methods = dict(ev.methods)
     methods["max_dim"] = ev.max_dim
     return ProgramNTKResult(out[0][0], out[1][0], out[0][1], out[1][1], methods)
