@@ -5,8 +5,11 @@
 * erf-GRU Gram of 16 sequences of length 6 (program: RQMC over up to 24-dim Gaussians; dedicated
   :class:`nngp_gpytorch.kernels.recurrent.GRUKernel`, if present).
 
-Prints ratios (program / dedicated); one torch thread. Run: ``python benchmarks/bench_tensor_programs.py``
-(``--quick`` for a shorter GRU: 8 sequences of length 4).
+* NTK vs NNGP of the same programs (:class:`TensorProgramNTKKernel` gives ``(K, Θ)`` in one pass): the MLP
+  (closed forms throughout) and the GRU program.
+
+Prints ratios (program / dedicated, NTK / NNGP); one torch thread. Run:
+``python benchmarks/bench_tensor_programs.py`` (``--quick`` for a shorter GRU: 8 sequences of length 4).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from nngp_gpytorch import MLPKernel
 from nngp_gpytorch import arch as A
-from nngp_gpytorch.tensor_programs import Accuracy, TensorProgramKernel
+from nngp_gpytorch.tensor_programs import Accuracy, TensorProgramKernel, TensorProgramNTKKernel
 from nngp_gpytorch.tensor_programs.examples import gru_program, mlp_program
 
 
@@ -69,6 +72,28 @@ def bench_gru(n: int, length: int, qmc_points: int) -> None:
           f"({(diff / result.stderr.clamp_min(1e-12)).max():.1f} program stderr)")
 
 
+def bench_ntk(n_mlp: int = 500, depth: int = 5, n_gru: int = 8, length: int = 4, qmc_points: int = 2**10) -> None:
+    """NTK (with the NNGP, one pass) vs NNGP alone, for the MLP and GRU programs."""
+    x = torch.randn(n_mlp, 10, dtype=torch.float64)
+    nngp = TensorProgramKernel(mlp_program(depth, 10, A.ReLU(), weight_var=1.6, bias_var=0.1)).double()
+    ntk = TensorProgramNTKKernel(mlp_program(depth, 10, A.ReLU(), weight_var=1.6, bias_var=0.1)).double()
+    t_k, _ = best_of(lambda: nngp(x).to_dense(), 3)
+    t_t, _ = best_of(lambda: ntk(x).to_dense(), 3)
+    print(f"NTK, MLP depth {depth} ReLU, N={n_mlp}: NNGP {t_k * 1e3:.1f} ms, NNGP+NTK {t_t * 1e3:.1f} ms "
+          f"({t_t / t_k:.2f}x)")
+    d = 3
+    x = torch.randn(n_gru, length * d, dtype=torch.float64)
+    accuracy = Accuracy(qmc_points=qmc_points)
+    program = gru_program(length, d, bias_var=0.1)
+    t_k, _ = best_of(lambda: TensorProgramKernel(program, accuracy=accuracy).double()(x).to_dense(), 1)
+    kernel = TensorProgramNTKKernel(program, accuracy=accuracy).double()
+    t_t, _ = best_of(lambda: kernel(x).to_dense(), 1)
+    r = kernel.last_result
+    print(f"NTK, GRU Gram {n_gru} sequences x length {length}: NNGP {t_k:.1f} s, NNGP+NTK {t_t:.1f} s "
+          f"({t_t / t_k:.1f}x); max stderr K {r.kernel_stderr.max():.1e}, Θ {r.ntk_stderr.max():.1e} "
+          f"(Θ diagonal mean {r.ntk.diagonal().mean():.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -78,8 +103,10 @@ def main() -> None:
     bench_mlp()
     if args.quick:
         bench_gru(8, 4, 2**10)
+        bench_ntk(n_mlp=200, n_gru=8, length=4)
     else:
         bench_gru(16, 6, 2**10)
+        bench_ntk(n_gru=16, length=6)
 
 
 if __name__ == "__main__":
