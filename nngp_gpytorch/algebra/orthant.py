@@ -25,6 +25,7 @@ algorithm at tight tolerance; nested Gauss–Hermite quadrature in dimension ≤
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -55,10 +56,16 @@ def qmc_normals(dim: int, samples: int, seed: int = 0, dtype: torch.dtype = torc
         raise ValueError(f"QMC dimension must be in [1, {_SOBOL_MAX_DIM}], got {dim}")
     if samples < 2:
         raise ValueError(f"need at least 2 QMC samples, got {samples}")
-    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(seed))
-    u = engine.draw(int(samples), dtype=torch.float64)
+    return _sobol_normals(int(dim), int(samples), int(seed)).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _sobol_normals(dim: int, samples: int, seed: int) -> torch.Tensor:
+    """Cached float64 CPU points of :func:`qmc_normals` (never modified in place by the callers)."""
+    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    u = engine.draw(samples, dtype=torch.float64)
     u = u.clamp(1e-12, 1 - 1e-12)
-    return torch.special.ndtri(u).to(dtype=dtype, device=device)
+    return torch.special.ndtri(u)
 
 
 def gate_product_expectation(mean: torch.Tensor, cov: torch.Tensor, signs: torch.Tensor,

@@ -186,9 +186,6 @@ def rnn_rule(layer: RNN, state: CovState, ctx: RuleContext) -> CovState:
 
 # --- erf-gated GRU ---------------------------------------------------------------------------------
 
-_SQRT2 = 2.0**0.5
-
-
 def _flat(x: torch.Tensor, batch: torch.Size, lead: int) -> torch.Tensor:
     """Expand ``x`` to ``(*batch, *x.shape[-lead:])``'s broadcast and flatten the batch into one axis P."""
     x = x.expand(*batch, *x.shape[x.dim() - lead:])
@@ -219,8 +216,10 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
       their joint covariance (dimension ``2(ℓ+1)``; ``ℓ+1`` in self mode), so that the first, best
       distributed Sobol coordinates carry the directions of largest variance; the new row and column
       ``K(ℓ, s ≤ ℓ)``, ``K(t < ℓ, ℓ)`` are ``mean_N Σ_{a,b} ω(a,t) S(a,b) ω'(b,s)`` with the per-point
-      tables ``ω`` recomputed from those samples: ``O(T³)`` per point and pair, 3–4× more accurate than
-      ``"interleaved"`` at equal ``N`` on 7×9-token pairs (docs/recurrent.md).
+      weights ``ω`` recomputed from those samples: ``O(T²)`` per point, pair and step (one
+      ``(N, m)×(m, m)`` product and ``m`` lerps), 3–4× more accurate than ``"interleaved"`` at equal
+      ``N`` on 7×9-token pairs (docs/recurrent.md). The per-point arithmetic runs in float32 (3×
+      faster; rounding ~1e-7·|K|, far below the QMC error) with float64 sums.
     * ``"interleaved"``: steps of both sequences interleaved, revealed by the growing Cholesky factor
       with fixed points (:class:`~.orthant.InterleavedGaussian`) and the ``Q``/``R`` recursions above.
 
@@ -242,6 +241,8 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     g1: list = []
     g2: list = []
     sampler = InterleavedGaussian(normals, self_mode) if (method != "principal" or control_variate) else None
+    pdt = torch.float32  # per-point arithmetic of the principal method (rounding ~1e-7·|K| ≪ QMC error)
+    pnormals = normals.to(pdt)
     P = c.shape[0]
     V = T if self_mode else 2 * T
     z11 = z22 = cov12 = cov = None
@@ -318,24 +319,24 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
             # S with its rows in reverse step order (the samples of each side come newest step first)
             s_rev = torch.stack([torch.stack([S[(t, s_)] for s_ in range(m)], -1) for t in reversed(range(m))], -2)
             if self_mode:
-                ga = gb = _principal_gates(cov, normals, 1)
+                ga = gb = _principal_gates(cov, pnormals, 1)
             else:
                 full = torch.cat([torch.cat([z11[:, :m, :m], cov12], -1),
                                   torch.cat([cov12.transpose(-1, -2), z22[:, :m, :m]], -1)], -2)
-                gy = _principal_gates(full, normals, 2)
+                gy = _principal_gates(full, pnormals, 2)
                 ga, gb = gy[..., :m], gy[..., m:]
-            row = _lerp_means(_newest_omega(ga) @ s_rev, gb)  # K(ℓ, s) for s ≤ ℓ
+            row = _lerp_means(_newest_omega(ga) @ s_rev.to(pdt), gb)  # K(ℓ, s) for s ≤ ℓ
             for s_ in range(m):
-                K[(ell, s_)] = row[s_]
+                K[(ell, s_)] = row[s_].to(c.dtype)
             if self_mode:
                 for t in range(ell):
                     K[(t, ell)] = K[(ell, t)]
             else:
                 s_rev_t = torch.stack([torch.stack([S[(t, s_)] for t in range(m)], -1) for s_ in reversed(range(m))],
                                       -2)
-                col = _lerp_means(_newest_omega(gb) @ s_rev_t, ga)  # K(t, ℓ) for t ≤ ℓ
+                col = _lerp_means(_newest_omega(gb) @ s_rev_t.to(pdt), ga)  # K(t, ℓ) for t ≤ ℓ
                 for t in range(ell):
-                    K[(t, ell)] = col[t]
+                    K[(t, ell)] = col[t].to(c.dtype)
             continue
         if method not in ("principal", "interleaved"):
             raise ValueError(f"unknown GRU sampling method {method!r}")
@@ -390,7 +391,7 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
 
 
 def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int) -> torch.Tensor:
-    """Gates ``ς(y) = Φ(√2·y)`` of samples ``y ~ N(0, cov)``, ``cov`` ``(P, m, m)`` over ``sides`` (1 or 2)
+    """Gates ``ς(y) = (1 + erf y)/2`` of samples ``y ~ N(0, cov)``, ``cov`` ``(P, m, m)`` over ``sides`` (1 or 2)
     sequences of ``m / sides`` steps each (time order per sequence), from the first ``m`` coordinates of
     ``normals`` ``(N, ≥ m)`` mapped to the principal components in decreasing order of variance
     (:func:`~.orthant.principal_factor`). Returns ``(P, N, m)`` with the steps of each sequence in
@@ -398,8 +399,8 @@ def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int) -> to
     m = cov.shape[-1]
     k = m // sides
     rev = torch.cat([torch.arange(i * k + k - 1, i * k - 1, -1) for i in range(sides)]).to(cov.device)
-    B = principal_factor(cov)[:, rev] * _SQRT2
-    return torch.special.ndtr(normals[:, :m] @ B.transpose(-1, -2))
+    B = principal_factor(cov)[:, rev].to(normals.dtype)
+    return torch.erf(normals[:, :m] @ B.transpose(-1, -2)).mul_(0.5).add_(0.5)  # erf: 3× faster than ndtr
 
 
 def _newest_omega(g: torch.Tensor) -> torch.Tensor:
@@ -416,11 +417,12 @@ def _lerp_means(u: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
     per-point recursion ``r_s = (1 − g_s)·r_{s−1} + g_s·u_s``. ``u`` ``(P, N, m)`` in time order, ``g``
     ``(P, N, m)`` in reverse time order (as from :func:`_principal_gates`) → ``m`` tensors ``(P,)``."""
     m = g.shape[-1]
+    n_pts = g.shape[-2]
     r = g[..., m - 1] * u[..., 0]
-    out = [r.mean(-1)]
+    out = [r.sum(-1, dtype=torch.float64) / n_pts]
     for s_ in range(1, m):
         r = torch.lerp(r, u[..., s_], g[..., m - 1 - s_])
-        out.append(r.mean(-1))
+        out.append(r.sum(-1, dtype=torch.float64) / n_pts)
     return out
 
 
@@ -547,8 +549,9 @@ def same_inputs(state: CovState) -> bool:
 
 
 def pair_block(samples: int, T: int, budget: int = 2**24) -> int:
-    """Pairs per chunk so that the per-point tables (``~3T²`` tensors of ``samples`` floats) fit ``budget``."""
-    return max(1, budget // max(1, 3 * T * T * samples))
+    """Pairs per chunk so that the per-point tensors in flight (``~8T`` rows of ``samples`` floats per pair:
+    gates, weights and recursions of both sequences) fit ``budget`` floats."""
+    return max(1, budget // max(1, 8 * T * samples))
 
 
 @kernel_rule(GRU)
