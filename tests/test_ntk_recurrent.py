@@ -351,23 +351,33 @@ def test_power_and_calibration_sweep(act, readout):
         assert sum(v <= ALPHA for v in p[name]) >= 19, (name, p[name])
 
 
-if __name__ == "__main__":  # the sweep behind docs/ntk.md: python tests/test_ntk_recurrent.py [seeds]
+def _sweep_job(job):
+    import time
+
+    torch.set_num_threads(1)
+    act, readout, width, networks, seed = job
+    start = time.perf_counter()
+    p = power_sweep(act, readout, width, networks, seeds=1, first_seed=30_000 + seed)
+    return job, p, time.perf_counter() - start
+
+
+if __name__ == "__main__":  # the sweep behind docs/ntk.md: python tests/test_ntk_recurrent.py SEEDS [CASE:W:M ...]
     import sys
     from concurrent.futures import ProcessPoolExecutor
 
     seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    budgets = [(256, 64), (512, 64), (512, 128)]
-    jobs = [(a, r, w, m) for a, r in RNN_CASES for w, m in budgets]
-
-    def run(job):
-        import time
-        torch.set_num_threads(1)
-        start = time.perf_counter()
-        return job, power_sweep(*job, seeds=seeds), (time.perf_counter() - start) / seeds
-
+    cases = {f"{a.describe()}-{r}": (a, r) for a, r in RNN_CASES}
+    if len(sys.argv) > 2:  # e.g. ReLU()-last:1024:128
+        cells = [(*cases[c], int(w), int(m)) for c, w, m in (arg.split(":") for arg in sys.argv[2:])]
+    else:
+        cells = [(a, r, w, m) for a, r in RNN_CASES for w, m in [(256, 64), (512, 64), (512, 128)]]
+    jobs = [(*cell, seed) for cell in cells for seed in range(seeds)]
     with ProcessPoolExecutor() as pool:
-        for (a, r, w, m), p, sec in pool.map(run, jobs):
-            counts = {name: sum(v <= ALPHA for v in vals) for name, vals in p.items()}
-            cal = sum(v <= 0.01 for v in p["correct"])
-            print(f"{a.describe():7s} {r:4s} {w:5d} x {m:4d}: rejected/{seeds} at 1e-4 {counts}; correct at 0.01: "
-                  f"{cal}; {sec:.1f} s/seed", flush=True)
+        results = list(pool.map(_sweep_job, jobs))
+    for a, r, w, m in cells:
+        mine = [(p, sec) for (a2, r2, w2, m2, _), p, sec in results if (a2, r2, w2, m2) == (a, r, w, m)]
+        counts = {name: sum(p[name][0] <= ALPHA for p, _ in mine) for name in mine[0][0]}
+        cal = sum(p["correct"][0] <= 0.01 for p, _ in mine)
+        sec = sum(t for _, t in mine) / len(mine)
+        print(f"{a.describe():7s} {r:4s} {w:5d} x {m:4d}: rejected/{seeds} at 1e-4 {counts}; correct at 0.01: "
+              f"{cal}; {sec:.1f} s/seed", flush=True)
