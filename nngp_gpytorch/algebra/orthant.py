@@ -182,7 +182,8 @@ class InterleavedGaussian:
     ``y_ℓ = L[2ℓ, :] · g`` with the same points ``g`` (``(N, 2T)``). In ``self_mode`` the two sequences
     are the same (``y' = y``) and only ``T`` variables are used.
 
-    All tensors carry a leading pair dimension ``P``: covariance blocks ``(P, ·, ·)``, samples ``(P, N)``.
+    All tensors carry a leading pair dimension ``P``: covariance blocks ``(P, ·, ·)``, samples ``(P, N)`` in
+    the dtype of ``normals`` (which may be lower than the covariance's: the LSTM samples in float32).
     """
 
     def __init__(self, normals: torch.Tensor, self_mode: bool):
@@ -198,17 +199,17 @@ class InterleavedGaussian:
         """
         m = cov11.shape[-1]
         if self.self_mode:
-            L = psd_factor(cov11)
-            y = L[:, -1, :] @ self.g[:, :m].T
+            L = psd_factor(cov11).to(self.g.dtype)
+            y = (self.g[:, :m] @ L[:, -1, :, None]).squeeze(-1)  # batched per pair: same bits for any P
             return y, y
         top = torch.cat([cov11, cov12], -1)
         bottom = torch.cat([cov12.transpose(-1, -2), cov22], -1)
         full = torch.cat([top, bottom], -2)
         order = torch.arange(2 * m, device=cov11.device).view(2, m).T.reshape(-1)  # 0, m, 1, m+1, ...
         inter = full[:, order][:, :, order]
-        L = psd_factor(inter)
-        g = self.g[:, : 2 * m].T  # (2m, N)
-        return L[:, -2, :] @ g, L[:, -1, :] @ g
+        L = psd_factor(inter).to(self.g.dtype)
+        y = self.g[:, : 2 * m] @ L[:, -2:, :].transpose(-1, -2)  # (P, N, 2): batched, same bits for any P
+        return y[..., 0], y[..., 1]
 
 
 # --- high-accuracy reference ---------------------------------------------------------------------
