@@ -104,8 +104,9 @@ def record_contribution(record: AffineRecord, delta: torch.Tensor) -> torch.Tens
 
 def _footprint(architecture: Layer, input_shape: tuple[int, ...] | None) -> tuple[int, int]:
     """``(weight matrices, activation tensors)`` per network, for the chunk size: one each per layer; a
-    recurrent layer with ``g`` gates holds ``2g + 1`` matrices (``W`` per gate, its readout, the small
-    ``U``) and keeps ``~4g`` activations per step for ``T`` steps (graph and per-step δ's)."""
+    recurrent layer with ``g`` gates holds ``2g + 1`` (``U`` and ``W`` per gate, ``U`` counted as a full
+    matrix for simplicity, and its readout) and keeps ``~4g`` activations per step for ``T`` steps (the
+    autograd graph and the per-step δ's)."""
     matrices = activations = 0
     for layer in architecture.walk():
         if isinstance(layer, RecurrentLayer):
