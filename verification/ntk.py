@@ -23,6 +23,13 @@ averaged. Each is an unbiased draw of ``Θ̂`` for one output unit; averaging ov
 only lowers the variance. The per-network values ``Θ̂_m`` are i.i.d. over networks with
 ``E[Θ̂_m] → Θ`` as width → ∞ (fluctuation O(1/√width), bias O(1/width)).
 
+**Recurrent layers** (weights shared over time): the time steps are the positions. Each step's
+pre-activation is its own autograd node, so the twin records ``outputs`` as a list of ``T`` tensors and
+:func:`_deltas` stacks their δ's on a positions axis; the double sum then holds the cross-time terms
+``Σ_{t≠s}(a_t·a'_s)(δ_t·δ'_s)`` of the shared ``U``, ``W``, ``b``. A recurrent layer holds its own readout: the
+twin marks that record ``readout=True`` and, when it produces the network's output, its term is added
+exactly, as for a final ``Dense``.
+
 The weights must be literal (the Gram-conditional sampler never forms them, so it cannot be
 back-propagated through); twins skip it automatically when ``ctx.record_affine`` is set.
 """
