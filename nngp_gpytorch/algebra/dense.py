@@ -8,7 +8,14 @@ NNGP and NTK in the NTK parameterization (reference/kernels.md, "NTK"):
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from ..arch import Activation, Dense
+from ..duals.closed_form import LeakyReLUDual
+from ..duals.fused import affine as fused_affine
+from ..duals.fused import relu_nngp_ntk
 from . import positional
 from .registry import RuleContext, broadcast_param, kernel_rule
 from .state import CovState
@@ -18,11 +25,12 @@ def affine(state: CovState, weight_var, bias_var) -> CovState:
     """The map of any affine layer on (K, Θ), with σw², σb² already broadcastable to the entries."""
 
     def k(x):
-        return weight_var * x + bias_var
+        return fused_affine(x, weight_var, bias_var)  # σw²·x + σb² in one pass (one N×N allocation)
 
     k12, k11, k22 = k(state.k12), k(state.k11), k(state.k22)
     if state.has_ntk:
-        t12, t11, t22 = (k12 + weight_var * state.t12, k11 + weight_var * state.t11, k22 + weight_var * state.t22)
+        t12, t11, t22 = (torch.addcmul(k12, weight_var, state.t12), torch.addcmul(k11, weight_var, state.t11),
+                         torch.addcmul(k22, weight_var, state.t22))
     else:
         t12 = t11 = t22 = None
     return state.replace(k12=k12, k11=k11, k22=k22, t12=t12, t11=t11, t22=t22, gaussian=True)
@@ -43,8 +51,15 @@ def apply_dual(dual, state: CovState) -> CovState:
     k11, k22, k12, same = state.k11, state.k22, state.k12, state.identical
     new = dict(k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22), gaussian=False)
     if state.has_ntk:
-        new["k12"], ntk12 = dual.nngp_and_ntk(k11, k22, k12, same)
-        new.update(t12=ntk12 * state.t12, t11=dual.ntk_diag(k11) * state.t11, t22=dual.ntk_diag(k22) * state.t22)
+        new.update(t11=dual.ntk_diag(k11) * state.t11, t22=dual.ntk_diag(k22) * state.t22)
+        fused = None
+        if isinstance(dual, LeakyReLUDual) and dual.a == 0.0:  # ReLU: one fused pass for K' and V_φ'(K) ⊙ Θ
+            fused = relu_nngp_ntk(k11, k22, k12, state.t12, same, scale=dual.b * dual.b / (2 * math.pi))
+        if fused is not None:
+            new["k12"], new["t12"] = fused
+        else:
+            new["k12"], ntk12 = dual.nngp_and_ntk(k11, k22, k12, same)
+            new["t12"] = ntk12 * state.t12
     else:
         new["k12"] = dual.nngp(k11, k22, k12, same)
     return state.replace(**new)

@@ -10,6 +10,7 @@ import math
 import torch
 
 from .base import Dual
+from .fused import relu_nngp
 from .safe_math import arccos_kernel_j1, arccos_kernel_pair, correlation, safe_arccos, safe_arcsin
 
 _TWO_PI = 2.0 * math.pi
@@ -30,8 +31,12 @@ class LeakyReLUDual(Dual):
         self.a, self.b = float(a), float(b)
 
     def nngp(self, k11, k22, k12, identical=None):
-        c, s = correlation(k11, k22, k12, identical)
         a, b = self.a, self.b
+        if a == 0.0:  # the full (n1, n2) block of a ReLU-like layer: one fused autograd Function
+            fused = relu_nngp(k11, k22, k12, identical, scale=b * b / _TWO_PI)
+            if fused is not None:
+                return fused
+        c, s = correlation(k11, k22, k12, identical)
         if a == 0.0:  # ReLU-like: the general form reduces to b²·s·J1(c)/(2π)
             return (b * b / _TWO_PI) * s * arccos_kernel_j1(c)
         return s * ((a - b) ** 2 / _TWO_PI * (arccos_kernel_j1(c) - math.pi * c) + (a * a + b * b) / 2 * c)

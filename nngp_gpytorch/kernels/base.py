@@ -36,6 +36,13 @@ def _bias_var_closure(m: InfiniteWidthKernel, v: Variance) -> None:
     m._set_bias_var(v)
 
 
+def _exactly_symmetric(k: torch.Tensor, block: int = 128) -> bool:
+    """Whether ``k (..., n, n)`` equals its transpose exactly, compared by strips of ``block`` rows against
+    ``block`` columns (a cache-friendly read of the upper triangle; no N×N allocation)."""
+    n = k.shape[-1]
+    return all(torch.equal(k[..., i:i + block, i:], k[..., i:, i:i + block].mT) for i in range(0, n, block))
+
+
 class InfiniteWidthKernel(Kernel):
     r"""Shared machinery of :class:`NNGPKernel` and :class:`NTKKernel`.
 
@@ -210,12 +217,13 @@ class InfiniteWidthKernel(Kernel):
         """:meth:`_evaluate`, made exactly symmetric when ``x1`` and ``x2`` are the same tensor.
 
         Quadrature/QMC rules and blocked reductions may round ``K[i, j]`` and ``K[j, i]`` differently;
-        GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged.
+        GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged (unless
+        they are already equal: the check reads the matrix once, the average allocates two N×N tensors).
         """
         k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
         if not diag and x1 is x2 and k.shape[-1] == k.shape[-2]:
-            k = (k + k.mT) / 2
-            t = None if t is None else (t + t.mT) / 2
+            k = k if _exactly_symmetric(k) else (k + k.mT) / 2
+            t = t if t is None or _exactly_symmetric(t) else (t + t.mT) / 2
         return k, t
 
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):

@@ -1,0 +1,337 @@
+"""A fused ReLU layer for the full ``(n1, n2)`` covariance block (one ``autograd.Function``, few N×N passes).
+
+The ReLU dual is the degree-1 arc-cosine kernel (Cho & Saul 2009, eq. 6, with the ``1/π`` of their
+normalization replaced by the Gaussian expectation's ``1/(2π)``): with ``s = √k11·√k22``,
+``c = k12/s`` and ``θ = arccos c``,
+
+    V(k11, k22, k12) = (b²/2π)·s·J1(c),      J1(c) = sin θ + (π − θ)·c.
+
+Its derivatives are bounded everywhere (the ``1/√(1−c²)`` terms of ``∂θ/∂c`` cancel):
+
+    ∂V/∂k12 = (b²/2π)·(π − θ),               ∂V/∂s = (b²/2π)·sin θ,      ∂s/∂k11 = √k22/(2√k11),
+
+so ``∂V/∂k11 = (b²/4π)·sin θ·√(k22/k11)``. The backward pass therefore needs only ``π − θ`` and
+``sin θ`` (saved by the forward pass), and the sums over the other side that turn ``∂V/∂s`` into the
+``(n,)``-vector gradients of ``k11`` and ``k22`` are two matrix–vector products.
+
+The autograd graph of the generic path (:class:`~nngp_gpytorch.duals.closed_form.LeakyReLUDual` with
+:func:`~nngp_gpytorch.duals.safe_math.correlation`) makes ~13 N×N passes forward and ~20 backward per
+layer; this one makes 8 forward (``s``, ``k12/s``, clamp, identical-mask, ``arccos``, ``π − θ``,
+``sin``, ``J1·s`` as one ``addcmul`` and a product) and 3 backward (two products and two ``gemv``).
+
+Numerical conventions (the same as the generic path, see :func:`~.safe_math.correlation`):
+
+* ``c`` is clamped to ``[−1, 1]``; pairs flagged ``identical`` get ``c = 1`` exactly;
+* where ``s`` underflows (a zero-norm input), ``c = k12/max(s, tiny)`` (so ``c = 0``) and
+  ``∂V/∂s = (b²/2π)·J1(c)`` (the denominator is constant there), ``∂V/∂k12 = (b²/2π)·(π − θ)·s/tiny``;
+* ``√k`` has the gradient ``1/(2·max(√k, eps))`` (finite at zero-norm inputs);
+* a **pinned** entry, one whose correlation is exactly 1 after clamping and the identical mask, is
+  treated as a constant ``c = 1``: ``∂V/∂k12 = 0`` and ``∂V/∂s = (b²/2π)·J1(1) = b²/2``. For identical
+  inputs this is the exact derivative (``c`` stays 1 under any perturbation); for clamped entries it is
+  the derivative of the clamped formula. At ``c = −1`` the two conventions coincide
+  (``π − θ = 0``, ``J1(−1) = sin θ``).
+
+The function is differentiable once (the backward pass uses saved values of ``θ``): second derivatives
+through it raise an error rather than return wrong values.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch.autograd.function import once_differentiable
+
+_TWO_PI = 2.0 * math.pi
+
+
+def _is_full_layout(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> bool:
+    """True for the full layout of :class:`~nngp_gpytorch.algebra.state.CovState`: ``k12`` of shape
+    ``(..., n1, n2)``, ``k11`` of shape ``(..., n1, 1)`` and ``k22`` of shape ``(..., 1, n2)``."""
+    if k12.dim() < 2 or k11.dim() < 2 or k22.dim() < 2:
+        return False
+    n1, n2 = k12.shape[-2:]
+    return k11.shape[-2:] == (n1, 1) and k22.shape[-2:] == (1, n2) and k12.numel() > 0
+
+
+#: Elements per chunk of rows: the few temporaries of one chunk (≈ 5 × 64 Ki entries) stay in cache.
+CHUNK_ELEMENTS = 1 << 16
+
+
+def _row_chunks(n_batch: int, n1: int, n2: int):
+    """``(r0, r1)`` row ranges of about :data:`CHUNK_ELEMENTS` entries each (at least one row)."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, n_batch * n2))
+    return [(r0, min(n1, r0 + rows)) for r0 in range(0, n1, rows)]
+
+
+#: The last ``identical`` mask seen (weakly held), with its version, the broadcast shape and its True entries:
+#: every layer of one evaluation shares the same mask, so its O(N²) scan is done once.
+_LAST_MASK: list = [None, None, None]
+
+
+def _true_entries(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """Indices ``(nnz, len(shape))`` of the True entries of ``mask`` broadcast to ``shape``, in row-major order
+    (so sorted by the row index within each batch element); None for no mask."""
+    if mask is None:
+        return None
+    ref, key, idx = _LAST_MASK
+    if ref is not None and ref() is mask and key == (mask._version, tuple(shape)):
+        return idx
+    idx = torch.nonzero(mask.expand(shape))
+    _LAST_MASK[:] = [weakref.ref(mask), (mask._version, tuple(shape)), idx]
+    return idx
+
+
+def _split_by_rows(idx: torch.Tensor | None, chunks: list[tuple[int, int]], batch_ndim: int):
+    """For each row chunk ``(r0, r1)``, the index tuple (rows made chunk-relative) of the entries of ``idx``
+    in that chunk, or None when there are none."""
+    out: list[tuple[torch.Tensor, ...] | None] = [None] * len(chunks)
+    if idx is None or idx.shape[0] == 0:
+        return out
+    rows = idx[:, batch_ndim]
+    for k, (r0, r1) in enumerate(chunks):
+        sel = idx[(rows >= r0) & (rows < r1)]
+        if sel.shape[0]:
+            cols = list(sel.unbind(1))
+            cols[batch_ndim] = cols[batch_ndim] - r0
+            out[k] = tuple(cols)
+    return out
+
+
+class _ReLUCross(torch.autograd.Function):
+    """``V = (b²/2π)·s·J1(c)`` on the full block and, with a Θ block, ``Θ' = (b²/2π)·(π − θ)·Θ`` (the ReLU
+    derivative dual times the incoming NTK, Jacot et al. 2018), with the analytic backward pass of the module.
+
+    Both passes run over chunks of rows with cache-sized temporaries. The forward pass allocates the outputs
+    and ``θ`` (saved); the backward pass the gradients of ``k12`` (and Θ). ``π − θ``, ``sin θ`` and, for the
+    NTK, ``c`` are recomputed in the backward pass by the same operations as in the forward pass, hence to
+    the same bits.
+
+    With Θ (``snap``): ``|c| ≥ 1 − 8·eps`` is set to ``±1`` as in :func:`~.safe_math.correlation` with
+    ``snap=True``, and these entries are pinned too. ``∂(π − θ)/∂c = 1/√(max(1 − c², eps²))`` elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, t12: torch.Tensor | None,
+                identical: torch.Tensor | None, scale: float):
+        finfo = torch.finfo(k12.dtype)
+        tiny, snap = finfo.tiny, 1.0 - 8 * finfo.eps
+        q1 = k11.clamp_min(0.0).sqrt()  # (..., n1, 1)
+        q2 = k22.clamp_min(0.0).sqrt()  # (..., 1, n2)
+        shape = torch.broadcast_shapes(k12.shape, q1.shape, q2.shape, *(() if t12 is None else (t12.shape,)))
+        batch, (n1, n2) = shape[:-2], shape[-2:]
+        q1e, q2e, k12e = q1.expand(*batch, n1, 1), q2.expand(*batch, 1, n2), k12.expand(shape)
+        # fl(min q1 · min q2) bounds every rounded product q1_i·q2_j from below: one O(n) test decides
+        # whether any entry needs the underflow branch (zero-norm inputs).
+        small = bool(q1.min() * q2.min() < tiny)
+        new = dict(dtype=k12.dtype, device=k12.device)
+        out, theta = torch.empty(shape, **new), torch.empty(shape, **new)
+        t_out = None if t12 is None else torch.empty(shape, **new)
+        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
+        rows = chunks[0][1] - chunks[0][0]
+        ts, tc, tt, tp = (torch.empty((*batch, rows, n2), **new) for _ in range(4))
+        identical_at = _split_by_rows(_true_entries(identical, shape), chunks, len(batch))
+        pinned_at = []  # per chunk: (entries set to c = 1, entries set to c = −1), index tuples or None
+        for k, (r0, r1) in enumerate(chunks):
+            m = r1 - r0
+            s, c, sin, pmt = ts[..., :m, :], tc[..., :m, :], tt[..., :m, :], tp[..., :m, :]
+            torch.mul(q1e[..., r0:r1, :], q2e, out=s)  # s = √k11·√k22 (exactly symmetric)
+            torch.div(k12e[..., r0:r1, :], s.clamp_min(tiny) if small else s, out=c)
+            pins = _pin(c, identical_at[k], snap if t12 is not None else None)
+            pinned_at.append(pins)
+            th = torch.arccos(c, out=theta[..., r0:r1, :])
+            _pi_minus(th, out=pmt)
+            torch.sin(th, out=sin)
+            if t_out is not None:
+                torch.mul(pmt, t12.expand(shape)[..., r0:r1, :], out=t_out[..., r0:r1, :]).mul_(scale)
+            j1 = torch.addcmul(sin, pmt, c, out=c)  # J1(c) = sin θ + (π − θ)·c
+            torch.mul(j1, s, out=out[..., r0:r1, :]).mul_(scale)  # (b²/2π)·s·J1(c)
+        ctx.scale, ctx.small, ctx.pinned_at, ctx.snap = scale, small, pinned_at, snap
+        ctx.shapes = (k12.shape, k11.shape, k22.shape, None if t12 is None else t12.shape)
+        ctx.save_for_backward(q1, q2, theta, k12 if small or t12 is not None else None, t12)
+        return out if t_out is None else (out, t_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor, grad_t: torch.Tensor | None = None):
+        q1, q2, theta, k12, t12 = ctx.saved_tensors
+        scale, small = ctx.scale, ctx.small
+        shape12, shape11, shape22, shape_t = ctx.shapes
+        shape = theta.shape
+        batch, (n1, n2) = shape[:-2], shape[-2:]
+        finfo = torch.finfo(theta.dtype)
+        tiny, eps = finfo.tiny, finfo.eps
+        new = dict(dtype=theta.dtype, device=theta.device)
+        q1e, q2e = q1.expand(*batch, n1, 1), q2.expand(*batch, 1, n2)
+        grad = torch.zeros((), **new).expand(shape) if grad is None else grad.expand(shape)
+        ntk = t12 is not None and grad_t is not None
+        if ntk:
+            grad_t, t12e, k12e = grad_t.expand(shape), t12.expand(shape), k12.expand(shape)
+        elif small:
+            k12e = k12.expand(shape)
+        want12, want_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        want_t = t12 is not None and ctx.needs_input_grad[3] and grad_t is not None
+        g12 = torch.empty(shape, **new) if want12 else None
+        gt = torch.empty(shape, **new) if want_t else None
+        gq1 = torch.empty((*batch, n1, 1), **new) if want_s else None
+        gq2 = torch.zeros((*batch, 1, n2), **new) if want_s else None
+        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
+        rows = chunks[0][1] - chunks[0][0]
+        tt, tp, te, tk = (torch.empty((*batch, rows, n2), **new) for _ in range(4))
+        for k, (r0, r1) in enumerate(chunks):
+            m = r1 - r0
+            sin, pmt, e, dk = tt[..., :m, :], tp[..., :m, :], te[..., :m, :], tk[..., :m, :]
+            th, g = theta[..., r0:r1, :], grad[..., r0:r1, :]
+            hi, lo = ctx.pinned_at[k]
+            _pi_minus(th, out=pmt)
+            torch.sin(th, out=sin)
+            if want_t:
+                torch.mul(grad_t[..., r0:r1, :], pmt, out=gt[..., r0:r1, :]).mul_(scale)
+            # ∂L/∂k12 (into dk) and ∂L/∂s (into e), both divided by scale
+            torch.mul(g, pmt, out=dk)
+            torch.mul(g, sin, out=e)
+            if small or ntk:
+                s = q1e[..., r0:r1, :] * q2e
+                den = s.clamp_min(tiny)
+            if small:  # ∂c/∂k12 = 1/max(s, tiny); where s < tiny, ∂V/∂s = J1(c) (the denominator is constant)
+                under = s < tiny
+                c0 = (k12e[..., r0:r1, :] / den).clamp(-1.0, 1.0)
+                dk.mul_(s / den)
+                e.copy_(torch.where(under, g * torch.addcmul(sin, pmt, c0), e))
+            if ntk:  # the derivative dual's ∂(π − θ)/∂c = 1/√(1 − c²), through c = k12/max(s, tiny)
+                c = torch.div(k12e[..., r0:r1, :], den).clamp_(-1.0, 1.0)
+                _pin(c, None, ctx.snap, hi, lo)
+                a = torch.addcmul(torch.ones((), **new), c, c, value=-1.0).clamp_min_(eps * eps).rsqrt_()
+                a.mul_(grad_t[..., r0:r1, :]).mul_(t12e[..., r0:r1, :]).div_(den)  # ∂L/∂c / (scale·den)
+                dk.add_(a)
+                a.mul_(c)
+                if small:
+                    a.masked_fill_(under, 0.0)
+                e.sub_(a)
+            for idx in (hi, lo):  # pinned: c is a constant, ∂V/∂s = J1(c) = sin θ + (π − θ)·c
+                if idx is not None:
+                    dk[idx] = 0.0
+                    e[idx] = g[idx] * (sin[idx] + pmt[idx] * (1.0 if idx is hi else -1.0))
+            if want12:
+                torch.mul(dk, scale, out=g12[..., r0:r1, :])
+            if want_s:
+                torch.matmul(e, q2e.mT, out=gq1[..., r0:r1, :])
+                gq2.add_(q1e[..., r0:r1, :].mT @ e)
+        g11 = g22 = None
+        if ctx.needs_input_grad[1]:
+            g11 = gq1.sum_to_size(shape11) * (0.5 * scale) / q1.clamp_min(eps)
+        if ctx.needs_input_grad[2]:
+            g22 = gq2.sum_to_size(shape22) * (0.5 * scale) / q2.clamp_min(eps)
+        if g12 is not None:
+            g12 = g12.sum_to_size(shape12)
+        if gt is not None:
+            gt = gt.sum_to_size(shape_t)
+        return g12, g11, g22, gt, None, None
+
+
+def _pin(c: torch.Tensor, identical, snap: float | None, hi=None, lo=None):
+    """Clamp ``c`` to ``[−1, 1]`` in place and set the pinned entries: ``identical`` and (with ``snap``)
+    ``c ≥ snap`` to 1, ``c ≤ −snap`` to −1 (without ``snap``: ``c ≥ 1``, i.e. clamped from above, to 1).
+    Given ``hi``/``lo`` (from the forward pass), sets those instead of searching. Returns ``(hi, lo)``."""
+    if hi is None and lo is None:
+        hi = identical
+        top = 1.0 if snap is None else snap
+        if hi is not None:
+            c[hi] = 0.0  # set to 1 below; kept out of the search for other pinned entries
+        if bool(c.amax() >= top):  # rare: (anti)parallel inputs
+            over = torch.nonzero(c >= top, as_tuple=True)
+            hi = over if hi is None else tuple(torch.cat(p) for p in zip(hi, over, strict=True))
+        if snap is not None and bool(c.amin() <= -snap):
+            lo = torch.nonzero(c <= -snap, as_tuple=True)
+    c.clamp_(-1.0, 1.0)
+    if hi is not None:
+        c[hi] = 1.0
+    if lo is not None:
+        c[lo] = -1.0
+    return hi, lo
+
+
+def _pi_minus(theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``π − θ`` into ``out`` (rounded as ``math.pi - theta``: the negation is exact)."""
+    return torch.neg(theta, out=out).add_(math.pi)
+
+
+def relu_nngp(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical: torch.Tensor | None = None,
+              scale: float = 1.0 / _TWO_PI) -> torch.Tensor | None:
+    """Fused ReLU dual ``scale·√(k11k22)·J1(c)`` on the full block (``scale = b²/2π`` for ``b·max(x, 0)``).
+
+    Shapes: ``k12 (..., n1, n2)``, ``k11 (..., n1, 1)``, ``k22 (..., 1, n2)``, ``identical`` a bool mask
+    broadcastable to the output ``(..., n1, n2)``. Returns ``None`` for any other layout (the caller then
+    uses the generic path). Values agree with
+    :meth:`~nngp_gpytorch.duals.closed_form.LeakyReLUDual.nngp` to rounding; gradients are the analytic
+    ones of the module docstring.
+    """
+    if not _is_full_layout(k11, k22, k12):
+        return None
+    if identical is not None:
+        out_shape = torch.broadcast_shapes(k12.shape, k11.shape, k22.shape)
+        if identical.dtype != torch.bool or torch.broadcast_shapes(identical.shape, out_shape) != out_shape:
+            return None
+    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale))
+
+
+def relu_nngp_ntk(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, t12: torch.Tensor,
+                  identical: torch.Tensor | None = None, scale: float = 1.0 / _TWO_PI
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Fused ReLU layer for the NNGP and the NTK: ``(scale·s·J1(c), scale·(π − θ)·Θ)``.
+
+    The second output is the NTK recursion's ``V_φ'(K) ⊙ Θ`` (Jacot et al. 2018; Arora et al. 2019, eq. 8)
+    for ``φ = b·max(x, 0)`` (``V_φ' = b²(π − θ)/2π``), with the correlation snapped to ±1 within 8 ulps as in
+    :meth:`~nngp_gpytorch.duals.closed_form.LeakyReLUDual.nngp_and_ntk`. Shapes as :func:`relu_nngp`, ``t12``
+    broadcastable to ``(..., n1, n2)``. Returns ``None`` for any other layout.
+    """
+    if not _is_full_layout(k11, k22, k12) or t12.dim() < 2:
+        return None
+    out_shape = torch.broadcast_shapes(k12.shape, k11.shape, k22.shape, t12.shape)
+    if identical is not None and (identical.dtype != torch.bool
+                                  or torch.broadcast_shapes(identical.shape, out_shape) != out_shape):
+        return None
+    return _ReLUCross.apply(k12, k11, k22, t12, identical, float(scale))
+
+
+class _Affine(torch.autograd.Function):
+    """``σw²·K + σb²`` (the dense-layer map, Lee et al. 2018 eq. 4) with an allocation-lean backward pass.
+
+    Autograd's ``addcmul`` backward forms ``∂L/∂K ⊙ K`` (an N×N tensor) to reduce it to ``∂L/∂σw²``; here
+    a scalar ``σw²`` gets ``Σ ∂L/∂K ⊙ K`` as a sum of chunked dot products (no N×N temporary). The backward
+    pass is written in differentiable operations of the saved inputs, so second derivatives are exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight_var)
+        ctx.bias_shape = bias_var.shape
+        return torch.addcmul(bias_var, weight_var, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = (grad * w).sum_to_size(x.shape)
+        if ctx.needs_input_grad[1]:
+            if (w.numel() == 1 and grad.shape == x.shape and grad.is_contiguous() and x.is_contiguous()
+                    and not torch.is_grad_enabled()):
+                g1, x1 = grad.view(-1), x.view(-1)
+                step = CHUNK_ELEMENTS * 4
+                total = sum(float(torch.dot(g1[i:i + step], x1[i:i + step])) for i in range(0, g1.numel(), step))
+                gw = torch.full(w.shape, total, dtype=w.dtype, device=w.device)
+            else:
+                gw = (grad * x).sum_to_size(w.shape)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum_to_size(ctx.bias_shape)
+        return gx, gw, gb
+
+
+def affine(x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) -> torch.Tensor:
+    """``weight_var·x + bias_var`` (broadcasting), through :class:`_Affine` when ``x`` is an N×N block of
+    entries and plain ``addcmul`` otherwise (vectors, scalars)."""
+    if x.dim() >= 2 and x.shape[-1] > 1 and x.shape[-2] > 1:
+        return _Affine.apply(x, weight_var, bias_var)
+    return torch.addcmul(bias_var, weight_var, x)
