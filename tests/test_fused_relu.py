@@ -281,3 +281,24 @@ def test_affine_chunked_weight_gradient_equals_the_plain_sum(monkeypatch):
     want = torch.autograd.grad(w * x + b, (x, w, b), g)
     for a, r in zip(got, want, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-13)
+
+
+# --- the final symmetrization of K(X, X) -------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(5, 5), (2, 130, 130), (257, 257)], ids=["small", "batched", "blocks"])
+def test_symmetrize_equals_the_plain_average_bit_for_bit(shape):
+    k = torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    got, want = fused.symmetrize(k), (k + k.mT) / 2
+    assert torch.equal(got, want) and torch.equal(got, got.mT)
+    g = torch.randn(*shape, dtype=F64)
+    torch.testing.assert_close(torch.autograd.grad(got, k, g)[0], torch.autograd.grad(want, k, g)[0], rtol=0,
+                               atol=1e-15)
+
+
+def test_symmetrize_gradcheck_and_passthrough_of_symmetric_input():
+    k = torch.randn(6, 6, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(fused.symmetrize, (k,)) and torch.autograd.gradgradcheck(fused.symmetrize, (k,))
+    sym = torch.randn(300, 300, dtype=F64)
+    sym = sym + sym.mT
+    assert fused.is_exactly_symmetric(sym) and fused.symmetrize(sym) is sym
+    sym[299, 0] += 1.0  # a single asymmetric pair, in the last block
+    assert not fused.is_exactly_symmetric(sym)

@@ -11,6 +11,7 @@ from gpytorch.priors import Prior
 
 from ..algebra import Hyperparameters, evaluate
 from ..arch import Layer
+from ..duals.fused import symmetrize
 from .validation import check_kernel_inputs
 
 #: A bias variance of exactly 0 is stored as this value, so that it stays learnable (softplus⁻¹(0) = −∞).
@@ -34,13 +35,6 @@ def _bias_var_param(m: InfiniteWidthKernel) -> torch.Tensor:
 
 def _bias_var_closure(m: InfiniteWidthKernel, v: Variance) -> None:
     m._set_bias_var(v)
-
-
-def _exactly_symmetric(k: torch.Tensor, block: int = 128) -> bool:
-    """Whether ``k (..., n, n)`` equals its transpose exactly, compared by strips of ``block`` rows against
-    ``block`` columns (a cache-friendly read of the upper triangle; no N×N allocation)."""
-    n = k.shape[-1]
-    return all(torch.equal(k[..., i:i + block, i:], k[..., i:, i:i + block].mT) for i in range(0, n, block))
 
 
 class InfiniteWidthKernel(Kernel):
@@ -217,13 +211,13 @@ class InfiniteWidthKernel(Kernel):
         """:meth:`_evaluate`, made exactly symmetric when ``x1`` and ``x2`` are the same tensor.
 
         Quadrature/QMC rules and blocked reductions may round ``K[i, j]`` and ``K[j, i]`` differently;
-        GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged (unless
-        they are already equal: the check reads the matrix once, the average allocates two N×N tensors).
+        GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged
+        (:func:`~nngp_gpytorch.duals.fused.symmetrize`: a no-op when they are already equal).
         """
         k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
         if not diag and x1 is x2 and k.shape[-1] == k.shape[-2]:
-            k = k if _exactly_symmetric(k) else (k + k.mT) / 2
-            t = t if t is None or _exactly_symmetric(t) else (t + t.mT) / 2
+            k = symmetrize(k)
+            t = None if t is None else symmetrize(t)
         return k, t
 
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
