@@ -4,7 +4,7 @@ Both kernels sit in the same ExactGP (constant mean, ScaleKernel, Gaussian likel
 solve uses GPyTorch's CG + Lanczos path (``max_cholesky_size`` set below N, as GPyTorch does by default for
 N > 800). Prints CPU seconds per step (median of ``--repeats``) and the ratio NNGP / RBF (target ≤ 1.5×).
 
-    python benchmarks/bench_mll.py                   # N = 2000 and 10000, depth-2 ReLU MLP, float32
+    python benchmarks/bench_mll.py                   # float32 at N = 2000 and 10000, float64 at N = 2000
     python benchmarks/bench_mll.py --sizes 2000 --depth 3 --dtype float64 --profile
 
 ``--profile`` prints the hottest functions of one NNGP step (cProfile, by internal time).
@@ -94,22 +94,31 @@ def kernel_step_seconds(kernel, x, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="default: 2000 10000 (float32) and 2000 (float64)")
     parser.add_argument("--d", type=int, default=8, help="input features")
     parser.add_argument("--depth", type=int, default=2, help="hidden layers of the ReLU MLP")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: both")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--force", action="store_true", help="run sizes that may not fit in available memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    if args.sizes is None and args.dtype is None:
+        plan = [("float32", [2000, 10000]), ("float64", [2000])]
+    else:
+        plan = [(args.dtype or "float32", args.sizes or [2000, 10000])]
+    for dtype_name, sizes in plan:
+        run(getattr(torch, dtype_name), sizes, args)
+
+
+def run(dtype: torch.dtype, sizes: list[int], args) -> None:
     print(f"one MLL step (forward + backward, CG path), depth-{args.depth} ReLU MLP NNGP vs RBF, d={args.d}, "
-          f"{args.dtype}, {args.threads} thread(s)")
+          f"{str(dtype).split('.')[-1]}, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'N':>7} {'NNGP s':>9} {'RBF s':>9} {'ratio':>7}   {'kernel only: NNGP s':>20} {'RBF s':>7} {'ratio':>7}"
           f" {'peak RSS GiB':>13}")
-    for n in args.sizes:
+    for n in sizes:
         need = SAVED_MATRICES * n * n * torch.finfo(dtype).bits // 8
         free = available_bytes()
         if free is not None and need > 0.8 * free and not args.force:
