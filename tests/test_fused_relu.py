@@ -302,3 +302,75 @@ def test_symmetrize_gradcheck_and_passthrough_of_symmetric_input():
     assert fused.is_exactly_symmetric(sym) and fused.symmetrize(sym) is sym
     sym[299, 0] += 1.0  # a single asymmetric pair, in the last block
     assert not fused.is_exactly_symmetric(sym)
+
+
+# --- MLPKernel's fused dense+ReLU chain ------------------------------------------------------------------------
+def _generic_mlp_kernel(depth, **kwargs):
+    from nngp_gpytorch import NNGPKernel
+
+    return NNGPKernel(A.mlp(depth, A.ReLU()), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+@pytest.mark.parametrize("bias", [0.2, 0.0], ids=["bias", "no-bias"])
+def test_mlp_kernel_chain_equals_the_layer_by_layer_algebra(dtype, bias):
+    """Same operations in the same order (the dense map computed chunk by chunk): equal bit for bit."""
+    x = _awkward_inputs(11, dtype=dtype)
+    fused_k = MLPKernel(3, weight_var=1.7, bias_var=bias).to(dtype)
+    plain_k = _generic_mlp_kernel(3, weight_var=1.7, bias_var=bias).to(dtype)
+    for x2 in (x, x[:5]):
+        assert torch.equal(fused_k(x, x2).to_dense(), plain_k(x, x2).to_dense())
+    weights = torch.randn(11, 11, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for kernel in (fused_k, plain_k):
+        xi = x.clone().requires_grad_(True)
+        (kernel(xi).to_dense() * weights).sum().backward()
+        grads.append((xi.grad, kernel.raw_weight_var.grad, kernel.raw_bias_var.grad))
+    tol = 1e-12 if dtype == F64 else 1e-5  # float32: the σ gradients are sums of 121 terms in another order
+    for g, r in zip(*grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol * r.abs().max().item())
+
+
+def test_mlp_kernel_chain_with_batches_and_per_layer_variances():
+    x = torch.randn(2, 9, 3, dtype=F64, generator=torch.Generator().manual_seed(4))
+    x[:, 1] = x[:, 0]
+    w = torch.tensor([[1.0, 1.5, 2.0], [2.0, 1.2, 0.7]], dtype=F64)
+    b = torch.tensor([[0.1, 0.0, 0.3], [0.2, 0.4, 0.0]], dtype=F64)
+    kernels = [MLPKernel(2, batch_shape=torch.Size([2]), per_layer=True).double(),
+               _generic_mlp_kernel(2, batch_shape=torch.Size([2]), per_layer=True).double()]
+    for kernel in kernels:
+        kernel.weight_var, kernel.bias_var = w, b
+    for inputs in (x, x[0]):
+        got, want = (kernel(inputs).to_dense() for kernel in kernels)
+        assert got.shape == (2, 9, 9) and torch.equal(got, want)
+    for kernel in kernels:
+        kernel(x).to_dense().square().sum().backward()
+    torch.testing.assert_close(kernels[0].raw_weight_var.grad, kernels[1].raw_weight_var.grad, rtol=1e-12, atol=0)
+    torch.testing.assert_close(kernels[0].raw_bias_var.grad, kernels[1].raw_bias_var.grad, rtol=1e-12, atol=0)
+
+
+def test_mlp_kernel_chain_gradcheck_inputs_and_hyperparameters():
+    """gradcheck through MLPKernel.forward (the fused chain) w.r.t. the raw σw², σb² and the inputs, x1 == x2
+    with a duplicated row."""
+    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
+    x[4] = x[0]
+    kernel = MLPKernel(2, weight_var=1.3, bias_var=0.2).double()
+
+    def of(raw_w, raw_b, inputs):
+        params = {"raw_weight_var": raw_w, "raw_bias_var": raw_b}
+        return torch.func.functional_call(kernel, params, (inputs, inputs)).to_dense()
+
+    raw = (kernel.raw_weight_var.detach().clone().requires_grad_(True),
+           kernel.raw_bias_var.detach().clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(of, (*raw, x.requires_grad_(True)), atol=1e-6, rtol=1e-4)
+
+
+def test_mlp_kernel_falls_back_for_other_activations_diag_and_blocks():
+    x = _awkward_inputs()
+    leaky = MLPKernel(2, A.LeakyReLU(0.1), weight_var=1.2, bias_var=0.3).double()
+    assert not leaky._fused_relu
+    relu = MLPKernel(2, weight_var=1.2, bias_var=0.3).double()
+    blocked = MLPKernel(2, weight_var=1.2, bias_var=0.3, block_size=4).double()
+    full = relu(x).to_dense()
+    assert torch.equal(blocked(x).to_dense(), full)
+    torch.testing.assert_close(relu(x, diag=True), torch.diagonal(full), rtol=1e-13, atol=0)

@@ -114,12 +114,14 @@ class _ReLUCross(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, t12: torch.Tensor | None,
-                identical: torch.Tensor | None, scale: float):
+                identical: torch.Tensor | None, scale: float, weight_var: torch.Tensor | None = None,
+                bias_var: torch.Tensor | None = None):
         finfo = torch.finfo(k12.dtype)
         tiny, snap = finfo.tiny, 1.0 - 8 * finfo.eps
         q1 = k11.clamp_min(0.0).sqrt()  # (..., n1, 1)
         q2 = k22.clamp_min(0.0).sqrt()  # (..., 1, n2)
-        shape = torch.broadcast_shapes(k12.shape, q1.shape, q2.shape, *(() if t12 is None else (t12.shape,)))
+        extra = [t.shape for t in (t12, weight_var, bias_var) if t is not None]
+        shape = torch.broadcast_shapes(k12.shape, q1.shape, q2.shape, *extra)
         batch, (n1, n2) = shape[:-2], shape[-2:]
         q1e, q2e, k12e = q1.expand(*batch, n1, 1), q2.expand(*batch, 1, n2), k12.expand(shape)
         # fl(min q1 · min q2) bounds every rounded product q1_i·q2_j from below: one O(n) test decides
@@ -130,14 +132,15 @@ class _ReLUCross(torch.autograd.Function):
         t_out = None if t12 is None else torch.empty(shape, **new)
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
-        ts, tc, tt, tp = (torch.empty((*batch, rows, n2), **new) for _ in range(4))
+        ts, tc, tt, tp, tk = (torch.empty((*batch, rows, n2), **new) for _ in range(5))
+        pre = _Prologue(k12e, weight_var, bias_var, tk)
         identical_at = _split_by_rows(_true_entries(identical, shape), chunks, len(batch))
         pinned_at = []  # per chunk: (entries set to c = 1, entries set to c = −1), index tuples or None
         for k, (r0, r1) in enumerate(chunks):
             m = r1 - r0
             s, c, sin, pmt = ts[..., :m, :], tc[..., :m, :], tt[..., :m, :], tp[..., :m, :]
             torch.mul(q1e[..., r0:r1, :], q2e, out=s)  # s = √k11·√k22 (exactly symmetric)
-            torch.div(k12e[..., r0:r1, :], s.clamp_min(tiny) if small else s, out=c)
+            torch.div(pre(r0, r1), s.clamp_min(tiny) if small else s, out=c)
             pins = _pin(c, identical_at[k], snap if t12 is not None else None)
             pinned_at.append(pins)
             th = torch.arccos(c, out=theta[..., r0:r1, :])
@@ -149,13 +152,14 @@ class _ReLUCross(torch.autograd.Function):
             torch.mul(j1, s, out=out[..., r0:r1, :]).mul_(scale)  # (b²/2π)·s·J1(c)
         ctx.scale, ctx.small, ctx.pinned_at, ctx.snap = scale, small, pinned_at, snap
         ctx.shapes = (k12.shape, k11.shape, k22.shape, None if t12 is None else t12.shape)
-        ctx.save_for_backward(q1, q2, theta, k12 if small or t12 is not None else None, t12)
+        keep_k12 = small or t12 is not None or weight_var is not None
+        ctx.save_for_backward(q1, q2, theta, k12 if keep_k12 else None, t12, weight_var, bias_var)
         return out if t_out is None else (out, t_out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor, grad_t: torch.Tensor | None = None):
-        q1, q2, theta, k12, t12 = ctx.saved_tensors
+        q1, q2, theta, k12, t12, weight_var, bias_var = ctx.saved_tensors
         scale, small = ctx.scale, ctx.small
         shape12, shape11, shape22, shape_t = ctx.shapes
         shape = theta.shape
@@ -167,9 +171,8 @@ class _ReLUCross(torch.autograd.Function):
         grad = torch.zeros((), **new).expand(shape) if grad is None else grad.expand(shape)
         ntk = t12 is not None and grad_t is not None
         if ntk:
-            grad_t, t12e, k12e = grad_t.expand(shape), t12.expand(shape), k12.expand(shape)
-        elif small:
-            k12e = k12.expand(shape)
+            grad_t, t12e = grad_t.expand(shape), t12.expand(shape)
+        k12e = None if k12 is None else k12.expand(shape)
         want12, want_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         want_t = t12 is not None and ctx.needs_input_grad[3] and grad_t is not None
         g12 = torch.empty(shape, **new) if want12 else None
@@ -178,7 +181,13 @@ class _ReLUCross(torch.autograd.Function):
         gq2 = torch.zeros((*batch, 1, n2), **new) if want_s else None
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
-        tt, tp, te, tk = (torch.empty((*batch, rows, n2), **new) for _ in range(4))
+        tt, tp, te, tk, tpre, tg = (torch.empty((*batch, rows, n2), **new) for _ in range(6))
+        pre = _Prologue(k12e, weight_var, bias_var, tpre)
+        affine = weight_var is not None
+        want_w = affine and ctx.needs_input_grad[6]
+        want_b = affine and ctx.needs_input_grad[7]
+        gw = torch.zeros(weight_var.shape, dtype=torch.float64, device=theta.device) if want_w else None
+        gb = torch.zeros(bias_var.shape, dtype=torch.float64, device=theta.device) if want_b else None
         for k, (r0, r1) in enumerate(chunks):
             m = r1 - r0
             sin, pmt, e, dk = tt[..., :m, :], tp[..., :m, :], te[..., :m, :], tk[..., :m, :]
@@ -196,11 +205,11 @@ class _ReLUCross(torch.autograd.Function):
                 den = s.clamp_min(tiny)
             if small:  # ∂c/∂k12 = 1/max(s, tiny); where s < tiny, ∂V/∂s = J1(c) (the denominator is constant)
                 under = s < tiny
-                c0 = (k12e[..., r0:r1, :] / den).clamp(-1.0, 1.0)
+                c0 = (pre(r0, r1) / den).clamp(-1.0, 1.0)
                 dk.mul_(s / den)
                 e.copy_(torch.where(under, g * torch.addcmul(sin, pmt, c0), e))
             if ntk:  # the derivative dual's ∂(π − θ)/∂c = 1/√(1 − c²), through c = k12/max(s, tiny)
-                c = torch.div(k12e[..., r0:r1, :], den).clamp_(-1.0, 1.0)
+                c = torch.div(pre(r0, r1), den).clamp_(-1.0, 1.0)
                 _pin(c, None, ctx.snap, hi, lo)
                 a = torch.addcmul(torch.ones((), **new), c, c, value=-1.0).clamp_min_(eps * eps).rsqrt_()
                 a.mul_(grad_t[..., r0:r1, :]).mul_(t12e[..., r0:r1, :]).div_(den)  # ∂L/∂c / (scale·den)
@@ -213,7 +222,15 @@ class _ReLUCross(torch.autograd.Function):
                 if idx is not None:
                     dk[idx] = 0.0
                     e[idx] = g[idx] * (sin[idx] + pmt[idx] * (1.0 if idx is hi else -1.0))
-            if want12:
+            if affine:  # the dense layer before: ∂L/∂K = σw²·∂L/∂k12, ∂L/∂σw² = Σ ∂L/∂k12 ⊙ K, ∂L/∂σb² = Σ ∂L/∂k12
+                gpre = torch.mul(dk, scale, out=tg[..., :m, :])
+                if want12:
+                    torch.mul(gpre, weight_var, out=g12[..., r0:r1, :])
+                if want_w:
+                    gw.add_((gpre * k12e[..., r0:r1, :]).sum_to_size(weight_var.shape))
+                if want_b:
+                    gb.add_(gpre.sum_to_size(bias_var.shape))
+            elif want12:
                 torch.mul(dk, scale, out=g12[..., r0:r1, :])
             if want_s:
                 torch.matmul(e, q2e.mT, out=gq1[..., r0:r1, :])
@@ -227,7 +244,26 @@ class _ReLUCross(torch.autograd.Function):
             g12 = g12.sum_to_size(shape12)
         if gt is not None:
             gt = gt.sum_to_size(shape_t)
-        return g12, g11, g22, gt, None, None
+        if gw is not None:
+            gw = gw.to(weight_var.dtype)
+        if gb is not None:
+            gb = gb.to(bias_var.dtype)
+        return g12, g11, g22, gt, None, None, gw, gb
+
+
+class _Prologue:
+    """Rows ``r0:r1`` of the pre-activation: ``k12`` itself, or ``σw²·k12 + σb²`` (the dense layer before the
+    ReLU, computed chunk by chunk into ``buf`` instead of as an N×N tensor; the same ``addcmul`` as
+    :func:`affine`)."""
+
+    def __init__(self, k12, weight_var, bias_var, buf):
+        self.k12, self.w, self.b, self.buf = k12, weight_var, bias_var, buf
+
+    def __call__(self, r0: int, r1: int) -> torch.Tensor:
+        rows = self.k12[..., r0:r1, :]
+        if self.w is None:
+            return rows
+        return torch.addcmul(self.b, self.w, rows, out=self.buf[..., :r1 - r0, :])
 
 
 def _pin(c: torch.Tensor, identical, snap: float | None, hi=None, lo=None):
@@ -250,6 +286,19 @@ def _pin(c: torch.Tensor, identical, snap: float | None, hi=None, lo=None):
     if lo is not None:
         c[lo] = -1.0
     return hi, lo
+
+
+def relu_after_affine(k12: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor, k11: torch.Tensor,
+                      k22: torch.Tensor, identical: torch.Tensor | None = None, scale: float = 1.0 / _TWO_PI
+                      ) -> torch.Tensor:
+    """A dense layer and a ReLU in one pass: ``relu_nngp(k11, k22, σw²·k12 + σb²)`` without forming the
+    pre-activation block (Lee et al. 2018, eq. 4–5).
+
+    Shapes: ``k12 (..., n1, n2)`` (the previous layer's post-activation covariance), ``weight_var``/``bias_var``
+    broadcastable as ``(*batch, 1, 1)``, ``k11 (..., n1, 1)`` and ``k22 (..., 1, n2)`` the *pre-activation*
+    variances (``σw²·k + σb²``, computed by the caller). Values equal the two-step computation.
+    """
+    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var)
 
 
 def _pi_minus(theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from ..arch import Activation, ReLU, mlp
+import math
+
+import torch
+
+from ..algebra import VarianceCursor, identical_rows
+from ..arch import Activation, Dense, ReLU, mlp
+from ..duals.fused import affine, relu_after_affine
 from .nngp import NNGPKernel, NTKKernel
 
 
@@ -10,11 +16,41 @@ class MLPKernel(NNGPKernel):
     """NNGP of an MLP with ``depth`` hidden layers: ``Serial(Dense(), φ, Dense(), φ, ..., Dense())``.
 
     ``depth = 0`` is the linear (Bayesian linear regression) kernel ``σw²·x·x'/d + σb²``.
+
+    For ReLU (the default) the full matrix is computed by :meth:`_relu_chain`: each ``Dense → ReLU`` pair is
+    one fused pass (:func:`~nngp_gpytorch.duals.fused.relu_after_affine`, arc-cosine kernel of Cho & Saul
+    2009), so no pre-activation N×N block is formed; the values are those of the layer-by-layer algebra.
     """
 
     def __init__(self, depth: int = 1, activation: Activation | None = None, **kwargs):
         super().__init__(mlp(depth, activation or ReLU()), **kwargs)
         self.depth = depth
+        self._fused_relu = type(activation or ReLU()) is ReLU and depth >= 1
+
+    def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
+        if (getattr(self, "_fused_relu", False) and not diag and not with_ntk and self.input_shape is None
+                and (self.block_size is None or x1.shape[-2] <= self.block_size)):
+            return self._relu_chain(x1, x2), None
+        return super()._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
+
+    def _relu_chain(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """``K(x1, x2)``, shape ``(..., n1, n2)``, of the ReLU MLP: input Gram ``x·x'/d`` (Lee et al. 2018,
+        eq. 4), then ``depth`` fused dense+ReLU passes, then the affine readout."""
+        d = x1.shape[-1]
+        k12 = torch.matmul(x1, x2.mT).div_(d)  # == x1 @ x2ᵀ / d bit for bit, one N×N allocation
+        k11 = ((x1 * x1).sum(-1) / d).unsqueeze(-1)
+        k22 = ((x2 * x2).sum(-1) / d).unsqueeze(-2)
+        identical = identical_rows(x1, x2)
+        cursor = VarianceCursor(self.hyperparameters_for_algebra())
+        dense = [layer for layer in self.architecture.layers if isinstance(layer, Dense)]
+        relu_scale = 1.0 / (2.0 * math.pi)  # b²/2π with b = 1
+        for layer in dense[:-1]:
+            w, b = (p.reshape(*p.shape, 1, 1) for p in cursor.next(layer, layer.weight_var, layer.bias_var))
+            k11, k22 = torch.addcmul(b, w, k11), torch.addcmul(b, w, k22)  # pre-activation variances
+            k12 = relu_after_affine(k12, w, b, k11, k22, identical, scale=relu_scale)
+            k11, k22 = k11 / 2, k22 / 2  # E[relu(u)²] = k/2
+        w, b = (p.reshape(*p.shape, 1, 1) for p in cursor.next(dense[-1], dense[-1].weight_var, dense[-1].bias_var))
+        return affine(k12, w, b)
 
 
 class MLPNTKKernel(NTKKernel):
