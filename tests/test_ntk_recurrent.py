@@ -7,7 +7,10 @@ RNN NTK tested against the mean empirical NTK of random finite RNNs.
 * Statistics: per-entry t-tests + Holm over the 36 upper-triangle entries of 8 sequences (lengths 1–6,
   several lengths in one batch), family-wise false-alarm rate α = 1e-4 per test, fixed seeds
   (``verification.ntk.verify_ntk``). Budget: width 256, 64 networks, 4 readout vectors per network
-  (networks/width = 1/4 keeps the uncorrected O(1/width) bias below the noise; docs/ntk.md).
+  (networks/width = 1/4 keeps the uncorrected O(1/width) bias below the noise; docs/ntk.md). Measured
+  at that budget over 100 seeds: 0/300 false rejections at α = 1e-4 (erf last, ReLU last, ReLU mean).
+* Power (slow sweep, ``python tests/test_ntk_recurrent.py SEEDS [CASE:WIDTH:NETWORKS ...]``): the dropped
+  cross-time terms are rejected 100% at 256 × 64; Θ × 1.03 needs 512 × 128 for ≥ 95% in all four cases.
 """
 
 from __future__ import annotations
