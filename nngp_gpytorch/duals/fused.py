@@ -1,4 +1,4 @@
-"""A fused ReLU layer for the full ``(n1, n2)`` covariance block (one ``autograd.Function``, few N×N passes).
+"""Fused ReLU layers (NNGP and NTK) and allocation-lean dense/symmetrize maps for the full ``(n1, n2)`` block.
 
 The ReLU dual is the degree-1 arc-cosine kernel (Cho & Saul 2009, eq. 6, with the ``1/π`` of their
 normalization replaced by the Gaussian expectation's ``1/(2π)``): with ``s = √k11·√k22``,
@@ -10,29 +10,34 @@ Its derivatives are bounded everywhere (the ``1/√(1−c²)`` terms of ``∂θ/
 
     ∂V/∂k12 = (b²/2π)·(π − θ),               ∂V/∂s = (b²/2π)·sin θ,      ∂s/∂k11 = √k22/(2√k11),
 
-so ``∂V/∂k11 = (b²/4π)·sin θ·√(k22/k11)``. The backward pass therefore needs only ``π − θ`` and
-``sin θ`` (saved by the forward pass), and the sums over the other side that turn ``∂V/∂s`` into the
-``(n,)``-vector gradients of ``k11`` and ``k22`` are two matrix–vector products.
+so ``∂V/∂k11 = (b²/4π)·sin θ·√(k22/k11)``. The backward pass therefore needs only ``θ`` (saved by the
+forward pass; ``π − θ`` and ``sin θ`` are recomputed from it), and the sums over the other side that turn
+``∂V/∂s`` into the ``(n,)``-vector gradients of ``k11`` and ``k22`` are matrix–vector products. The NTK's
+ReLU derivative dual is ``(b²/2π)·(π − θ)`` with ``∂(π − θ)/∂c = 1/√(1 − c²)`` (Jacot et al. 2018).
 
-The autograd graph of the generic path (:class:`~nngp_gpytorch.duals.closed_form.LeakyReLUDual` with
-:func:`~nngp_gpytorch.duals.safe_math.correlation`) makes ~13 N×N passes forward and ~20 backward per
-layer; this one makes 8 forward (``s``, ``k12/s``, clamp, identical-mask, ``arccos``, ``π − θ``,
-``sin``, ``J1·s`` as one ``addcmul`` and a product) and 3 backward (two products and two ``gemv``).
+The generic path (:class:`~nngp_gpytorch.duals.closed_form.LeakyReLUDual` through
+:func:`~nngp_gpytorch.duals.safe_math.correlation` and autograd) makes ~13 N×N passes forward and ~20
+backward per layer, each allocating a fresh N×N tensor; on CPU such an allocation (page faults) costs as
+much as several arithmetic passes. Here both passes run over chunks of rows with cache-sized temporaries:
+a ReLU layer allocates 2 N×N tensors forward (output, ``θ``) and 1 backward (the gradient of ``k12``).
 
 Numerical conventions (the same as the generic path, see :func:`~.safe_math.correlation`):
 
-* ``c`` is clamped to ``[−1, 1]``; pairs flagged ``identical`` get ``c = 1`` exactly;
+* ``c`` is clamped to ``[−1, 1]``; pairs flagged ``identical`` get ``c = 1`` exactly (and, with the NTK,
+  ``|c| ≥ 1 − 8·eps`` is snapped to ``±1``);
 * where ``s`` underflows (a zero-norm input), ``c = k12/max(s, tiny)`` (so ``c = 0``) and
   ``∂V/∂s = (b²/2π)·J1(c)`` (the denominator is constant there), ``∂V/∂k12 = (b²/2π)·(π − θ)·s/tiny``;
 * ``√k`` has the gradient ``1/(2·max(√k, eps))`` (finite at zero-norm inputs);
-* a **pinned** entry, one whose correlation is exactly 1 after clamping and the identical mask, is
-  treated as a constant ``c = 1``: ``∂V/∂k12 = 0`` and ``∂V/∂s = (b²/2π)·J1(1) = b²/2``. For identical
-  inputs this is the exact derivative (``c`` stays 1 under any perturbation); for clamped entries it is
-  the derivative of the clamped formula. At ``c = −1`` the two conventions coincide
-  (``π − θ = 0``, ``J1(−1) = sin θ``).
+* a **pinned** entry, one whose correlation was set to ±1 (identical inputs, clamped from above, or
+  snapped), is treated as a constant ``c``: ``∂V/∂k12 = 0`` and ``∂V/∂s = (b²/2π)·J1(c)`` (``b²/2`` at
+  ``c = 1``). For identical inputs this is the exact derivative (``c`` stays 1 under any perturbation); for
+  clamped entries it is the derivative of the clamped formula. The generic path differs only at an
+  unclamped, non-identical ``c = 1.0`` (a kink; it takes the other one-sided derivative there); the total
+  derivative with respect to the inputs is the same (``c`` is maximal, ``∂c/∂x = 0``).
 
-The function is differentiable once (the backward pass uses saved values of ``θ``): second derivatives
-through it raise an error rather than return wrong values.
+The ReLU functions are differentiable once (the backward pass uses the saved ``θ``): second derivatives
+through them raise an error rather than return wrong values. :func:`affine` and :func:`symmetrize` are
+differentiable to any order.
 """
 
 from __future__ import annotations
@@ -115,12 +120,13 @@ class _ReLUCross(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, t12: torch.Tensor | None,
                 identical: torch.Tensor | None, scale: float, weight_var: torch.Tensor | None = None,
-                bias_var: torch.Tensor | None = None):
+                bias_var: torch.Tensor | None = None, out_weight_var: torch.Tensor | None = None,
+                out_bias_var: torch.Tensor | None = None):
         finfo = torch.finfo(k12.dtype)
         tiny, snap = finfo.tiny, 1.0 - 8 * finfo.eps
         q1 = k11.clamp_min(0.0).sqrt()  # (..., n1, 1)
         q2 = k22.clamp_min(0.0).sqrt()  # (..., 1, n2)
-        extra = [t.shape for t in (t12, weight_var, bias_var) if t is not None]
+        extra = [t.shape for t in (t12, weight_var, bias_var, out_weight_var, out_bias_var) if t is not None]
         shape = torch.broadcast_shapes(k12.shape, q1.shape, q2.shape, *extra)
         batch, (n1, n2) = shape[:-2], shape[-2:]
         q1e, q2e, k12e = q1.expand(*batch, n1, 1), q2.expand(*batch, 1, n2), k12.expand(shape)
@@ -149,17 +155,23 @@ class _ReLUCross(torch.autograd.Function):
             if t_out is not None:
                 torch.mul(pmt, t12.expand(shape)[..., r0:r1, :], out=t_out[..., r0:r1, :]).mul_(scale)
             j1 = torch.addcmul(sin, pmt, c, out=c)  # J1(c) = sin θ + (π − θ)·c
-            torch.mul(j1, s, out=out[..., r0:r1, :]).mul_(scale)  # (b²/2π)·s·J1(c)
-        ctx.scale, ctx.small, ctx.pinned_at, ctx.snap = scale, small, pinned_at, snap
+            if out_weight_var is None:
+                torch.mul(j1, s, out=out[..., r0:r1, :]).mul_(scale)  # (b²/2π)·s·J1(c)
+            else:  # the dense layer after: σw²·V + σb², the same addcmul as affine()
+                v = torch.mul(j1, s, out=c).mul_(scale)
+                torch.addcmul(out_bias_var, out_weight_var, v, out=out[..., r0:r1, :])
+        ctx.scale, ctx.small, ctx.pinned_at = scale, small, pinned_at
+        ctx.snap = snap if t12 is not None else None
+        ctx.out_bias_shape = None if out_bias_var is None else out_bias_var.shape
         ctx.shapes = (k12.shape, k11.shape, k22.shape, None if t12 is None else t12.shape)
-        keep_k12 = small or t12 is not None or weight_var is not None
-        ctx.save_for_backward(q1, q2, theta, k12 if keep_k12 else None, t12, weight_var, bias_var)
+        keep_k12 = small or t12 is not None or weight_var is not None or out_weight_var is not None
+        ctx.save_for_backward(q1, q2, theta, k12 if keep_k12 else None, t12, weight_var, bias_var, out_weight_var)
         return out if t_out is None else (out, t_out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor, grad_t: torch.Tensor | None = None):
-        q1, q2, theta, k12, t12, weight_var, bias_var = ctx.saved_tensors
+        q1, q2, theta, k12, t12, weight_var, bias_var, out_w = ctx.saved_tensors
         scale, small = ctx.scale, ctx.small
         shape12, shape11, shape22, shape_t = ctx.shapes
         shape = theta.shape
@@ -181,13 +193,18 @@ class _ReLUCross(torch.autograd.Function):
         gq2 = torch.zeros((*batch, 1, n2), **new) if want_s else None
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
-        tt, tp, te, tk, tpre, tg = (torch.empty((*batch, rows, n2), **new) for _ in range(6))
+        tt, tp, te, tk, tpre, tg, tv = (torch.empty((*batch, rows, n2), **new) for _ in range(7))
         pre = _Prologue(k12e, weight_var, bias_var, tpre)
         affine = weight_var is not None
         want_w = affine and ctx.needs_input_grad[6]
         want_b = affine and ctx.needs_input_grad[7]
         gw = torch.zeros(weight_var.shape, dtype=torch.float64, device=theta.device) if want_w else None
         gb = torch.zeros(bias_var.shape, dtype=torch.float64, device=theta.device) if want_b else None
+        epilogue = out_w is not None
+        want_ow = epilogue and ctx.needs_input_grad[8]
+        want_ob = epilogue and ctx.needs_input_grad[9]
+        gow = torch.zeros(out_w.shape, dtype=torch.float64, device=theta.device) if want_ow else None
+        gob = torch.zeros(ctx.out_bias_shape, dtype=torch.float64, device=theta.device) if want_ob else None
         for k, (r0, r1) in enumerate(chunks):
             m = r1 - r0
             sin, pmt, e, dk = tt[..., :m, :], tp[..., :m, :], te[..., :m, :], tk[..., :m, :]
@@ -195,6 +212,16 @@ class _ReLUCross(torch.autograd.Function):
             hi, lo = ctx.pinned_at[k]
             _pi_minus(th, out=pmt)
             torch.sin(th, out=sin)
+            if epilogue:  # the dense layer after: ∂L/∂V = σw²·∂L/∂out; σw², σb² get Σ ∂L/∂out ⊙ V and Σ ∂L/∂out
+                g_out, g = g, torch.mul(g, out_w, out=tv[..., :m, :])
+                if want_ob:
+                    gob.add_(g_out.sum_to_size(ctx.out_bias_shape))
+                if want_ow:  # V recomputed by the forward pass's operations (same bits)
+                    s_ = q1e[..., r0:r1, :] * q2e
+                    c_ = torch.div(pre(r0, r1), s_.clamp_min(tiny) if small else s_)
+                    _pin(c_, None, ctx.snap, hi, lo)
+                    v = torch.addcmul(sin, pmt, c_, out=c_).mul_(s_).mul_(scale)
+                    gow.add_((g_out * v).sum_to_size(out_w.shape))
             if want_t:
                 torch.mul(grad_t[..., r0:r1, :], pmt, out=gt[..., r0:r1, :]).mul_(scale)
             # ∂L/∂k12 (into dk) and ∂L/∂s (into e), both divided by scale
@@ -248,7 +275,9 @@ class _ReLUCross(torch.autograd.Function):
             gw = gw.to(weight_var.dtype)
         if gb is not None:
             gb = gb.to(bias_var.dtype)
-        return g12, g11, g22, gt, None, None, gw, gb
+        gow = None if gow is None else gow.to(out_w.dtype)
+        gob = None if gob is None else gob.to(out_w.dtype)
+        return g12, g11, g22, gt, None, None, gw, gb, gow, gob
 
 
 class _Prologue:
@@ -289,16 +318,19 @@ def _pin(c: torch.Tensor, identical, snap: float | None, hi=None, lo=None):
 
 
 def relu_after_affine(k12: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor, k11: torch.Tensor,
-                      k22: torch.Tensor, identical: torch.Tensor | None = None, scale: float = 1.0 / _TWO_PI
-                      ) -> torch.Tensor:
+                      k22: torch.Tensor, identical: torch.Tensor | None = None, scale: float = 1.0 / _TWO_PI,
+                      readout: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """A dense layer and a ReLU in one pass: ``relu_nngp(k11, k22, σw²·k12 + σb²)`` without forming the
     pre-activation block (Lee et al. 2018, eq. 4–5).
 
     Shapes: ``k12 (..., n1, n2)`` (the previous layer's post-activation covariance), ``weight_var``/``bias_var``
     broadcastable as ``(*batch, 1, 1)``, ``k11 (..., n1, 1)`` and ``k22 (..., 1, n2)`` the *pre-activation*
-    variances (``σw²·k + σb²``, computed by the caller). Values equal the two-step computation.
+    variances (``σw²·k + σb²``, computed by the caller). With ``readout = (σw², σb²)`` the dense layer after the
+    ReLU is applied too (``σw²·V + σb²``, written directly into the output). Values equal the step-by-step
+    computation bit for bit.
     """
-    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var)
+    out_w, out_b = readout if readout is not None else (None, None)
+    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var, out_w, out_b)
 
 
 def _pi_minus(theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 from ..algebra import VarianceCursor, identical_rows
 from ..arch import Activation, Dense, ReLU, mlp
-from ..duals.fused import affine, relu_after_affine
+from ..duals.fused import relu_after_affine
 from .nngp import NNGPKernel, NTKKernel
 
 
@@ -35,7 +35,7 @@ class MLPKernel(NNGPKernel):
 
     def _relu_chain(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``K(x1, x2)``, shape ``(..., n1, n2)``, of the ReLU MLP: input Gram ``x·x'/d`` (Lee et al. 2018,
-        eq. 4), then ``depth`` fused dense+ReLU passes, then the affine readout."""
+        eq. 4), then ``depth`` fused dense+ReLU passes, the last one with the affine readout."""
         d = x1.shape[-1]
         k12 = torch.matmul(x1, x2.mT).div_(d)  # == x1 @ x2ᵀ / d bit for bit, one N×N allocation
         k11 = ((x1 * x1).sum(-1) / d).unsqueeze(-1)
@@ -44,13 +44,14 @@ class MLPKernel(NNGPKernel):
         cursor = VarianceCursor(self.hyperparameters_for_algebra())
         dense = [layer for layer in self.architecture.layers if isinstance(layer, Dense)]
         relu_scale = 1.0 / (2.0 * math.pi)  # b²/2π with b = 1
-        for layer in dense[:-1]:
-            w, b = (p.reshape(*p.shape, 1, 1) for p in cursor.next(layer, layer.weight_var, layer.bias_var))
+        variances = [tuple(p.reshape(*p.shape, 1, 1) for p in cursor.next(layer, layer.weight_var, layer.bias_var))
+                     for layer in dense]
+        for i, (w, b) in enumerate(variances[:-1]):
             k11, k22 = torch.addcmul(b, w, k11), torch.addcmul(b, w, k22)  # pre-activation variances
-            k12 = relu_after_affine(k12, w, b, k11, k22, identical, scale=relu_scale)
+            readout = variances[-1] if i == len(variances) - 2 else None  # the last ReLU also applies the readout
+            k12 = relu_after_affine(k12, w, b, k11, k22, identical, scale=relu_scale, readout=readout)
             k11, k22 = k11 / 2, k22 / 2  # E[relu(u)²] = k/2
-        w, b = (p.reshape(*p.shape, 1, 1) for p in cursor.next(dense[-1], dense[-1].weight_var, dense[-1].bias_var))
-        return affine(k12, w, b)
+        return k12
 
 
 class MLPNTKKernel(NTKKernel):
