@@ -374,3 +374,19 @@ def test_mlp_kernel_falls_back_for_other_activations_diag_and_blocks():
     full = relu(x).to_dense()
     assert torch.equal(blocked(x).to_dense(), full)
     torch.testing.assert_close(relu(x, diag=True), torch.diagonal(full), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+def test_identical_pairs_equal_the_identical_rows_mask(dtype):
+    from nngp_gpytorch.kernels.mlp import _identical_pairs
+
+    x = torch.randn(30, 3, dtype=dtype, generator=torch.Generator().manual_seed(9))
+    x[1] = x[0]
+    x[7] = x[0]
+    x[3] = -0.0  # equal by value to the zero row below
+    x[4] = 0.0
+    y = torch.cat([x[:10], torch.randn(4, 3, dtype=dtype), x[7:9]])
+    nan_rows = x.clone()
+    nan_rows[5, 1] = float("nan")  # exact fallback
+    for a, b in ((x, x), (x, y), (y, x), (x[:0], x), (x[:0], x[:0]), (nan_rows, nan_rows)):
+        assert torch.equal(_identical_pairs(a, b), torch.nonzero(identical_rows(a, b)))

@@ -77,9 +77,10 @@ _LAST_MASK: list = [None, None, None]
 
 def _true_entries(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     """Indices ``(nnz, len(shape))`` of the True entries of ``mask`` broadcast to ``shape``, in row-major order
-    (so sorted by the row index within each batch element); None for no mask."""
-    if mask is None:
-        return None
+    (so sorted by the row index within each batch element); None for no mask. An integer ``mask`` is taken to
+    be such an index tensor already."""
+    if mask is None or not mask.dtype == torch.bool:
+        return mask
     ref, key, idx = _LAST_MASK
     if ref is not None and ref() is mask and key == (mask._version, tuple(shape)):
         return idx
@@ -94,9 +95,15 @@ def _split_by_rows(idx: torch.Tensor | None, chunks: list[tuple[int, int]], batc
     out: list[tuple[torch.Tensor, ...] | None] = [None] * len(chunks)
     if idx is None or idx.shape[0] == 0:
         return out
-    rows = idx[:, batch_ndim]
-    for k, (r0, r1) in enumerate(chunks):
-        sel = idx[(rows >= r0) & (rows < r1)]
+    rows = idx[:, batch_ndim].contiguous()
+    if batch_ndim == 0:  # rows sorted: one searchsorted for all chunk bounds
+        starts = torch.tensor([r0 for r0, _ in chunks] + [chunks[-1][1]], dtype=rows.dtype, device=rows.device)
+        bounds = torch.searchsorted(rows, starts).tolist()
+        selections = [idx[bounds[k]:bounds[k + 1]] for k in range(len(chunks))]
+    else:
+        selections = [idx[(rows >= r0) & (rows < r1)] for r0, r1 in chunks]
+    for k, (r0, _) in enumerate(chunks):
+        sel = selections[k]
         if sel.shape[0]:
             cols = list(sel.unbind(1))
             cols[batch_ndim] = cols[batch_ndim] - r0
@@ -325,9 +332,10 @@ def relu_after_affine(k12: torch.Tensor, weight_var: torch.Tensor, bias_var: tor
 
     Shapes: ``k12 (..., n1, n2)`` (the previous layer's post-activation covariance), ``weight_var``/``bias_var``
     broadcastable as ``(*batch, 1, 1)``, ``k11 (..., n1, 1)`` and ``k22 (..., 1, n2)`` the *pre-activation*
-    variances (``σw²·k + σb²``, computed by the caller). With ``readout = (σw², σb²)`` the dense layer after the
-    ReLU is applied too (``σw²·V + σb²``, written directly into the output). Values equal the step-by-step
-    computation bit for bit.
+    variances (``σw²·k + σb²``, computed by the caller). ``identical``: a bool mask broadcastable to the output, or
+    (for an output without batch dimensions) the ``(nnz, 2)`` row-major indices of its True entries. With
+    ``readout = (σw², σb²)`` the dense layer after the ReLU is applied too (``σw²·V + σb²``, written directly into
+    the output). Values equal the step-by-step computation bit for bit.
     """
     out_w, out_b = readout if readout is not None else (None, None)
     return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var, out_w, out_b)

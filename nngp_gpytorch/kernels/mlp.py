@@ -40,7 +40,8 @@ class MLPKernel(NNGPKernel):
         k12 = torch.matmul(x1, x2.mT).div_(d)  # == x1 @ x2ᵀ / d bit for bit, one N×N allocation
         k11 = ((x1 * x1).sum(-1) / d).unsqueeze(-1)
         k22 = ((x2 * x2).sum(-1) / d).unsqueeze(-2)
-        identical = identical_rows(x1, x2)
+        batched = x1.dim() > 2 or x2.dim() > 2 or len(self.batch_shape) > 0
+        identical = identical_rows(x1, x2) if batched else _identical_pairs(x1, x2)
         cursor = VarianceCursor(self.hyperparameters_for_algebra())
         dense = [layer for layer in self.architecture.layers if isinstance(layer, Dense)]
         relu_scale = 1.0 / (2.0 * math.pi)  # b²/2π with b = 1
@@ -52,6 +53,38 @@ class MLPKernel(NNGPKernel):
             k12 = relu_after_affine(k12, w, b, k11, k22, identical, scale=relu_scale, readout=readout)
             k11, k22 = k11 / 2, k22 / 2  # E[relu(u)²] = k/2
         return k12
+
+
+def _identical_pairs(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Row-major indices ``(nnz, 2)`` of the pairs ``(i, j)`` with ``x1[i] == x2[j]`` exactly (by value), for
+    ``(n1, d)`` and ``(n2, d)`` inputs: the True entries of :func:`~nngp_gpytorch.algebra.identical_rows`
+    without its ``O(n)`` row-by-row comparisons or the ``n1×n2`` mask.
+
+    Rows are grouped by a 64-bit hash of their bits (``-0.0`` normalized to ``0.0``) and the grouping is checked
+    by comparing every row with its group's first row; on a hash collision, or non-finite entries, the exact
+    :func:`identical_rows` is used instead.
+    """
+    n1 = x1.shape[0]
+    rows = torch.cat([x1, x2]).detach() + 0.0  # + 0.0 maps −0.0 to 0.0, equal by value
+    if rows.shape[0] == 0 or not torch.isfinite(rows).all():
+        return torch.nonzero(identical_rows(x1, x2))
+    int_type = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[rows.element_size()]
+    bits = rows.contiguous().view(int_type).to(torch.int64)
+    mult = torch.randint(1, 2**62, (rows.shape[1],), generator=torch.Generator().manual_seed(0x5EED)) * 2 + 1
+    _, group = torch.unique((bits * mult.to(rows.device)).sum(-1), return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), rows.shape[0], dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), reduce="amin")
+    if not bool((rows == rows[first[group]]).all()):  # a hash collision: exact fallback
+        return torch.nonzero(identical_rows(x1, x2))
+    g1, g2 = group[:n1], group[n1:]
+    order = torch.argsort(g2, stable=True)  # x2's rows by group, original order within a group
+    sorted_g2 = g2[order]
+    lo = torch.searchsorted(sorted_g2, g1)
+    counts = torch.searchsorted(sorted_g2, g1, right=True) - lo
+    i = torch.repeat_interleave(torch.arange(n1, device=rows.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    j = order[lo[i] + torch.arange(i.shape[0], device=rows.device) - start[i]]
+    return torch.stack([i, j], dim=1)
 
 
 class MLPNTKKernel(NTKKernel):
