@@ -390,3 +390,13 @@ def test_identical_pairs_equal_the_identical_rows_mask(dtype):
     nan_rows[5, 1] = float("nan")  # exact fallback
     for a, b in ((x, x), (x, y), (y, x), (x[:0], x), (x[:0], x[:0]), (nan_rows, nan_rows)):
         assert torch.equal(_identical_pairs(a, b), torch.nonzero(identical_rows(a, b)))
+
+
+@pytest.mark.parametrize("with_ntk", [False, True], ids=["nngp", "ntk"])
+def test_no_grad_evaluation_gives_the_same_values(with_ntk):
+    """Without autograd θ is not kept for a backward pass (a chunk-sized temporary instead): same values."""
+    x = _awkward_inputs(40, 5)
+    kernel = (MLPNTKKernel if with_ntk else MLPKernel)(3, weight_var=1.4, bias_var=0.1).double()
+    with torch.no_grad():
+        quiet = kernel(x).to_dense()
+    assert torch.equal(quiet, kernel(x).to_dense().detach())

@@ -65,6 +65,11 @@ def _is_full_layout(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> 
 CHUNK_ELEMENTS = 1 << 17
 
 
+def rows_per_chunk(batch: torch.Size, n2: int) -> int:
+    """Rows per chunk: about :data:`CHUNK_ELEMENTS` entries (at least one row)."""
+    return max(1, CHUNK_ELEMENTS // max(1, int(torch.Size(batch).numel()) * n2))
+
+
 def _row_chunks(n_batch: int, n1: int, n2: int):
     """``(r0, r1)`` row ranges of about :data:`CHUNK_ELEMENTS` entries each (at least one row)."""
     rows = max(1, CHUNK_ELEMENTS // max(1, n_batch * n2))
@@ -129,7 +134,7 @@ class _ReLUCross(torch.autograd.Function):
     def forward(ctx, k12: torch.Tensor, k11: torch.Tensor, k22: torch.Tensor, t12: torch.Tensor | None,
                 identical: torch.Tensor | None, scale: float, weight_var: torch.Tensor | None = None,
                 bias_var: torch.Tensor | None = None, out_weight_var: torch.Tensor | None = None,
-                out_bias_var: torch.Tensor | None = None):
+                out_bias_var: torch.Tensor | None = None, differentiable: bool = True):
         finfo = torch.finfo(k12.dtype)
         tiny, snap = finfo.tiny, 1.0 - 8 * finfo.eps
         q1 = k11.clamp_min(0.0).sqrt()  # (..., n1, 1)
@@ -142,7 +147,9 @@ class _ReLUCross(torch.autograd.Function):
         # whether any entry needs the underflow branch (zero-norm inputs).
         small = bool(q1.min() * q2.min() < tiny)
         new = dict(dtype=k12.dtype, device=k12.device)
-        out, theta = torch.empty(shape, **new), torch.empty(shape, **new)
+        out = torch.empty(shape, **new)
+        # θ is kept for the backward pass only when there will be one (else a chunk-sized temporary)
+        theta = torch.empty(shape if differentiable else (*batch, rows_per_chunk(batch, n2), n2), **new)
         t_out = None if t12 is None else torch.empty(shape, **new)
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
@@ -157,7 +164,7 @@ class _ReLUCross(torch.autograd.Function):
             torch.div(pre(r0, r1), s.clamp_min(tiny) if small else s, out=c)
             pins = _pin(c, identical_at[k], snap if t12 is not None else None)
             pinned_at.append(pins)
-            th = torch.arccos(c, out=theta[..., r0:r1, :])
+            th = torch.arccos(c, out=theta[..., r0:r1, :] if differentiable else theta[..., :m, :])
             _pi_minus(th, out=pmt)
             torch.sin(th, out=sin)
             if t_out is not None:
@@ -285,7 +292,7 @@ class _ReLUCross(torch.autograd.Function):
             gb = gb.to(bias_var.dtype)
         gow = None if gow is None else gow.to(out_w.dtype)
         gob = None if gob is None else gob.to(out_w.dtype)
-        return g12, g11, g22, gt, None, None, gw, gb, gow, gob
+        return g12, g11, g22, gt, None, None, gw, gb, gow, gob, None
 
 
 class _Prologue:
@@ -339,7 +346,13 @@ def relu_after_affine(k12: torch.Tensor, weight_var: torch.Tensor, bias_var: tor
     the output). Values equal the step-by-step computation bit for bit.
     """
     out_w, out_b = readout if readout is not None else (None, None)
-    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var, out_w, out_b)
+    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), weight_var, bias_var, out_w, out_b,
+                            _differentiable(k12, k11, k22, weight_var, bias_var, out_w, out_b))
+
+
+def _differentiable(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record the call (grad mode on and an input requiring a gradient)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _pi_minus(theta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -363,7 +376,8 @@ def relu_nngp(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, identical
         out_shape = torch.broadcast_shapes(k12.shape, k11.shape, k22.shape)
         if identical.dtype != torch.bool or torch.broadcast_shapes(identical.shape, out_shape) != out_shape:
             return None
-    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale))
+    return _ReLUCross.apply(k12, k11, k22, None, identical, float(scale), None, None, None, None,
+                            _differentiable(k12, k11, k22))
 
 
 def relu_nngp_ntk(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, t12: torch.Tensor,
@@ -382,7 +396,8 @@ def relu_nngp_ntk(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, t12: 
     if identical is not None and (identical.dtype != torch.bool
                                   or torch.broadcast_shapes(identical.shape, out_shape) != out_shape):
         return None
-    return _ReLUCross.apply(k12, k11, k22, t12, identical, float(scale))
+    return _ReLUCross.apply(k12, k11, k22, t12, identical, float(scale), None, None, None, None,
+                            _differentiable(k12, k11, k22, t12))
 
 
 class _Affine(torch.autograd.Function):
