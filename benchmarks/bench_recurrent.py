@@ -24,25 +24,30 @@ torch.set_num_threads(1)
 DT = torch.float64
 HYPER = Hyperparameters(torch.tensor([1.0, 1.5, 1.2], dtype=DT), torch.tensor([0.1, 0.0, 0.0], dtype=DT))
 REFERENCE_PAIR_SECONDS = 22.0
+DEVICE = torch.device("cpu")  # --device
 
 
 def pair_inputs(d=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randn(7, d, generator=g, dtype=DT), torch.randn(9, d, generator=g, dtype=DT)]
-    x = pack_sequences(seqs, 9)
+    x = pack_sequences(seqs, 9).to(DEVICE)
     return x[:1], x[1:], (9, d + 1)
 
 
 def gram_inputs(n=64, T=8, d=2, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, T * d, generator=g, dtype=DT), (T, d)
+    return torch.randn(n, T * d, generator=g, dtype=DT).to(DEVICE), (T, d)
 
 
 def timed(fn, repeat=1):
     best = math.inf
     for _ in range(repeat):
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         out = fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return out, best
 
@@ -180,7 +185,10 @@ def main():
     p.add_argument("--gram-samples", type=int, default=2**12)
     p.add_argument("--networks", type=int, default=8)
     p.add_argument("--plot", default=None)
+    p.add_argument("--device", default="cpu", help="e.g. cuda (speed and accuracy)")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     {"speed": speed, "accuracy": accuracy, "convergence": convergence}[args.what](args)
 
 

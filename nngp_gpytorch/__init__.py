@@ -27,12 +27,14 @@ from .kernels import (
     TransformerNTKKernel,
 )
 from .tensor_programs import Program, TensorProgramKernel
+from .tensor_programs.gated_ntk import GRUNTKKernel, LSTMNTKKernel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "algebra", "arch", "BatchNormMLPKernel", "CNNKernel", "CNNNTKKernel", "duals", "GraphConvKernel",
-    "GraphConvNTKKernel", "GRUKernel", "InfiniteWidthKernel", "LSTMKernel", "MLPKernel", "MLPNTKKernel",
+    "GraphConvNTKKernel", "GRUKernel", "GRUNTKKernel", "InfiniteWidthKernel",
+    "LSTMKernel", "LSTMNTKKernel", "MLPKernel", "MLPNTKKernel",
     "NNGPKernel", "NTKKernel", "Program", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
     "sequences", "tensor_programs", "TensorProgramKernel", "TransformerKernel", "TransformerNTKKernel",
 ]

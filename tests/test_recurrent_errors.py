@@ -78,5 +78,7 @@ def test_gated_ntk_is_not_silently_wrong():
     from nngp_gpytorch.algebra import Hyperparameters, evaluate
 
     x = torch.randn(2, 6, dtype=DT)
-    with pytest.raises(NotImplementedError, match="GRU NTK"):
+    with pytest.raises(NotImplementedError, match="GRU NTK is GRUNTKKernel"):
         evaluate(A.GRU(), x, x, Hyperparameters.constant(), with_ntk=True, input_shape=(3, 2))
+    with pytest.raises(NotImplementedError, match="LSTM NTK is LSTMNTKKernel"):
+        evaluate(A.LSTM(), x, x, Hyperparameters.constant(), with_ntk=True, input_shape=(3, 2))

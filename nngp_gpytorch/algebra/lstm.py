@@ -151,7 +151,8 @@ def lstm_tables(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual=None, method
 @kernel_rule(LSTM)
 def lstm_rule(layer: LSTM, state: CovState, ctx: RuleContext) -> CovState:
     if state.has_ntk:
-        raise NotImplementedError(f"{layer.describe()}: the LSTM NTK is not implemented yet (NNGP only)")
+        raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the LSTM NNGP only; "
+                                  "the LSTM NTK is LSTMNTKKernel (its tensor program's NTK, equal-length sequences)")
     seq = SequencePair.from_state(layer, state)
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
     fn = functools.partial(_lstm_flat, sig_dual=ctx.dual(Sigmoid()))

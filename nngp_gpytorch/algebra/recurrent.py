@@ -557,7 +557,8 @@ def pair_block(samples: int, T: int, budget: int = 2**24) -> int:
 @kernel_rule(GRU)
 def gru_rule(layer: GRU, state: CovState, ctx: RuleContext) -> CovState:
     if state.has_ntk:
-        raise NotImplementedError(f"{layer.describe()}: the GRU NTK is not implemented yet (NNGP only)")
+        raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the GRU NNGP only; "
+                                  "the GRU NTK is GRUNTKKernel (its tensor program's NTK, equal-length sequences)")
     seq = SequencePair.from_state(layer, state)
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
     symmetric = same_inputs(state)

@@ -1,5 +1,5 @@
 """Named GPyTorch kernels of recurrent networks: :class:`RNNKernel`, :class:`RNNNTKKernel`,
-:class:`GRUKernel`, :class:`LSTMKernel`.
+:class:`GRUKernel`, :class:`LSTMKernel` (the gated cells' NTKs: :mod:`nngp_gpytorch.tensor_programs.gated_ntk`).
 
 Inputs are sequences flattened to ``(..., n, T·D)`` with ``input_shape=(T, D)``; with ``masked=True`` the
 last feature of each token is a prefix mask (variable lengths, :mod:`nngp_gpytorch.sequences`).

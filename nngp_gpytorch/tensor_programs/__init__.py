@@ -14,13 +14,15 @@ The finite twin (literal execution with random matrices) is ``verification.tenso
 
 from . import examples
 from .expectations import Accuracy, gaussian_expectation, psd_cholesky
+from .gated_ntk import GRUNTKKernel, LSTMNTKKernel
 from .kernel import TensorProgramKernel, TensorProgramNTKKernel
 from .master import ProgramKernelResult, evaluate_program
 from .ntk import ProgramNTKResult, evaluate_program_ntk
 from .program import Matrix, Program, ProgramError, Readout, Scalar, Token, Var
 
 __all__ = [
-    "Accuracy", "Matrix", "Program", "ProgramError", "ProgramKernelResult", "ProgramNTKResult", "Readout", "Scalar",
+    "Accuracy", "GRUNTKKernel", "LSTMNTKKernel",
+    "Matrix", "Program", "ProgramError", "ProgramKernelResult", "ProgramNTKResult", "Readout", "Scalar",
     "TensorProgramKernel", "TensorProgramNTKKernel", "Token", "Var", "evaluate_program", "evaluate_program_ntk",
     "examples", "gaussian_expectation", "psd_cholesky",
 ]
