@@ -400,3 +400,18 @@ def test_no_grad_evaluation_gives_the_same_values(with_ntk):
     with torch.no_grad():
         quiet = kernel(x).to_dense()
     assert torch.equal(quiet, kernel(x).to_dense().detach())
+
+
+def test_pair_indices_broadcast_over_batched_hyperparameters():
+    """Identical pairs given as ``(nnz, 2)`` indices apply to every batch element of a batched output."""
+    from nngp_gpytorch.kernels.mlp import _identical_pairs
+
+    x = _awkward_inputs()
+    k12 = x @ x.T / x.shape[1]
+    k11 = (x * x).sum(-1, keepdim=True) / x.shape[1]
+    w = torch.tensor([1.2, 2.0, 0.7], dtype=F64).reshape(3, 1, 1, 1).expand(3, 2, 1, 1)
+    b = torch.tensor([0.1, 0.0], dtype=F64).reshape(1, 2, 1, 1)
+    pre11 = torch.addcmul(b, w, k11)
+    with_pairs = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, _identical_pairs(x, x))
+    with_mask = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, identical_rows(x, x))
+    assert with_pairs.shape == (3, 2, 9, 9) and torch.equal(with_pairs, with_mask)

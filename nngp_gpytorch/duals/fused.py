@@ -85,8 +85,16 @@ def _true_entries(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor 
     """Indices ``(nnz, len(shape))`` of the True entries of ``mask`` broadcast to ``shape``, in row-major order
     (so sorted by the row index within each batch element); None for no mask. An integer ``mask`` is taken to
     be such an index tensor already."""
-    if mask is None or not mask.dtype == torch.bool:
-        return mask
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        if mask.shape[1] == len(shape):
+            return mask
+        # (nnz, 2) pairs for an output with batch dimensions: the same pairs in every batch element
+        nb = int(torch.Size(shape[:-2]).numel())
+        flat = torch.arange(nb, device=mask.device).repeat_interleave(mask.shape[0])
+        batch_idx = torch.stack(torch.unravel_index(flat, tuple(shape[:-2])), dim=1)
+        return torch.cat([batch_idx, mask.repeat(nb, 1)], dim=1)
     ref, key, idx = _LAST_MASK
     if ref is not None and ref() is mask and key == (mask._version, tuple(shape)):
         return idx

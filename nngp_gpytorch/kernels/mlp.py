@@ -40,13 +40,14 @@ class MLPKernel(NNGPKernel):
         k12 = torch.matmul(x1, x2.mT).div_(d)  # == x1 @ x2ᵀ / d bit for bit, one N×N allocation
         k11 = ((x1 * x1).sum(-1) / d).unsqueeze(-1)
         k22 = ((x2 * x2).sum(-1) / d).unsqueeze(-2)
-        batched = x1.dim() > 2 or x2.dim() > 2 or len(self.batch_shape) > 0
-        identical = identical_rows(x1, x2) if batched else _identical_pairs(x1, x2)
         cursor = VarianceCursor(self.hyperparameters_for_algebra())
         dense = [layer for layer in self.architecture.layers if isinstance(layer, Dense)]
         relu_scale = 1.0 / (2.0 * math.pi)  # b²/2π with b = 1
         variances = [tuple(p.reshape(*p.shape, 1, 1) for p in cursor.next(layer, layer.weight_var, layer.bias_var))
                      for layer in dense]
+        # pair indices for unbatched outputs; the mask otherwise (batched inputs or hyperparameters, e.g. Pyro samples)
+        batched = x1.dim() > 2 or x2.dim() > 2 or any(p.dim() > 2 for pair in variances for p in pair)
+        identical = identical_rows(x1, x2) if batched else _identical_pairs(x1, x2)
         for i, (w, b) in enumerate(variances[:-1]):
             k11, k22 = torch.addcmul(b, w, k11), torch.addcmul(b, w, k22)  # pre-activation variances
             readout = variances[-1] if i == len(variances) - 2 else None  # the last ReLU also applies the readout
