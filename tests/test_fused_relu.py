@@ -415,3 +415,24 @@ def test_pair_indices_broadcast_over_batched_hyperparameters():
     with_pairs = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, _identical_pairs(x, x))
     with_mask = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, identical_rows(x, x))
     assert with_pairs.shape == (3, 2, 9, 9) and torch.equal(with_pairs, with_mask)
+
+
+@pytest.mark.parametrize("with_ntk", [False, True], ids=["nngp", "ntk"])
+@pytest.mark.parametrize("bias", [0.2, 0.0], ids=["bias", "no-bias"])
+def test_recomputing_theta_in_the_backward_pass_gives_the_same_gradients(monkeypatch, with_ntk, bias):
+    """Large blocks recompute θ instead of keeping it (RECOMPUTE_BYTES): the same bits, so the same gradients."""
+    x0 = _awkward_inputs()
+
+    def grads():
+        x = x0.clone().requires_grad_(True)
+        w, b = _hyper(F64, b=bias)
+        k, t = _evaluate(x, x, w, b, with_ntk=with_ntk)
+        out = (k * k).sum() + (0.0 if t is None else (t * t).sum())
+        chain = MLPKernel(2, weight_var=1.3, bias_var=bias).double()
+        chain_out = chain(x).to_dense().square().sum()
+        return (*torch.autograd.grad(out, (w, b, x)), *torch.autograd.grad(chain_out, (chain.raw_weight_var, x)))
+
+    kept = grads()
+    monkeypatch.setattr(fused, "RECOMPUTE_BYTES", 0)
+    for got, want in zip(grads(), kept, strict=True):
+        assert torch.equal(got, want)

@@ -60,6 +60,11 @@ def _is_full_layout(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> 
     return k11.shape[-2:] == (n1, 1) and k22.shape[-2:] == (1, n2) and k12.numel() > 0
 
 
+#: Above this size (bytes) of one N×N block the ReLU layers keep no θ for the backward pass and recompute it: glibc
+#: serves allocations above 32 MiB by fresh ``mmap`` (page faults on every use), which costs more than an
+#: ``arccos`` per entry; below it freed blocks are reused and keeping θ is cheaper.
+RECOMPUTE_BYTES = 32 << 20
+
 #: Elements per chunk of rows: the few temporaries of one chunk (≈ 7 × 128 Ki entries) stay in L2/L3 cache
 #: (2¹⁷ was the fastest of 2¹⁵…2¹⁸ for a depth-2 MLP at N = 2000, float32, one thread).
 CHUNK_ELEMENTS = 1 << 17
@@ -157,7 +162,10 @@ class _ReLUCross(torch.autograd.Function):
         new = dict(dtype=k12.dtype, device=k12.device)
         out = torch.empty(shape, **new)
         # θ is kept for the backward pass only when there will be one (else a chunk-sized temporary)
-        theta = torch.empty(shape if differentiable else (*batch, rows_per_chunk(batch, n2), n2), **new)
+        # Above RECOMPUTE_BYTES θ is recomputed in the backward pass rather than kept (an N×N allocation costs
+        # more than one more arccos there).
+        keep = differentiable and shape.numel() * k12.element_size() < RECOMPUTE_BYTES
+        theta = torch.empty(shape if keep else (*batch, rows_per_chunk(batch, n2), n2), **new)
         t_out = None if t12 is None else torch.empty(shape, **new)
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
@@ -172,7 +180,7 @@ class _ReLUCross(torch.autograd.Function):
             torch.div(pre(r0, r1), s.clamp_min(tiny) if small else s, out=c)
             pins = _pin(c, identical_at[k], snap if t12 is not None else None)
             pinned_at.append(pins)
-            th = torch.arccos(c, out=theta[..., r0:r1, :] if differentiable else theta[..., :m, :])
+            th = torch.arccos(c, out=theta[..., r0:r1, :] if keep else theta[..., :m, :])
             _pi_minus(th, out=pmt)
             torch.sin(th, out=sin)
             if t_out is not None:
@@ -187,8 +195,10 @@ class _ReLUCross(torch.autograd.Function):
         ctx.snap = snap if t12 is not None else None
         ctx.out_bias_shape = None if out_bias_var is None else out_bias_var.shape
         ctx.shapes = (k12.shape, k11.shape, k22.shape, None if t12 is None else t12.shape)
-        keep_k12 = small or t12 is not None or weight_var is not None or out_weight_var is not None
-        ctx.save_for_backward(q1, q2, theta, k12 if keep_k12 else None, t12, weight_var, bias_var, out_weight_var)
+        ctx.out_shape = shape
+        keep_k12 = small or t12 is not None or weight_var is not None or out_weight_var is not None or not keep
+        ctx.save_for_backward(q1, q2, theta if keep else None, k12 if keep_k12 else None, t12, weight_var, bias_var,
+                              out_weight_var)
         return out if t_out is None else (out, t_out)
 
     @staticmethod
@@ -197,11 +207,11 @@ class _ReLUCross(torch.autograd.Function):
         q1, q2, theta, k12, t12, weight_var, bias_var, out_w = ctx.saved_tensors
         scale, small = ctx.scale, ctx.small
         shape12, shape11, shape22, shape_t = ctx.shapes
-        shape = theta.shape
+        shape = ctx.out_shape
         batch, (n1, n2) = shape[:-2], shape[-2:]
-        finfo = torch.finfo(theta.dtype)
+        finfo = torch.finfo(q1.dtype)
         tiny, eps = finfo.tiny, finfo.eps
-        new = dict(dtype=theta.dtype, device=theta.device)
+        new = dict(dtype=q1.dtype, device=q1.device)
         q1e, q2e = q1.expand(*batch, n1, 1), q2.expand(*batch, 1, n2)
         grad = torch.zeros((), **new).expand(shape) if grad is None else grad.expand(shape)
         ntk = t12 is not None and grad_t is not None
@@ -216,23 +226,30 @@ class _ReLUCross(torch.autograd.Function):
         gq2 = torch.zeros((*batch, 1, n2), **new) if want_s else None
         chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
         rows = chunks[0][1] - chunks[0][0]
-        tt, tp, te, tk, tpre, tg, tv = (torch.empty((*batch, rows, n2), **new) for _ in range(7))
+        tt, tp, te, tk, tpre, tg, tv, ts, tc, tth = (torch.empty((*batch, rows, n2), **new) for _ in range(10))
         pre = _Prologue(k12e, weight_var, bias_var, tpre)
         affine = weight_var is not None
         want_w = affine and ctx.needs_input_grad[6]
         want_b = affine and ctx.needs_input_grad[7]
-        gw = torch.zeros(weight_var.shape, dtype=torch.float64, device=theta.device) if want_w else None
-        gb = torch.zeros(bias_var.shape, dtype=torch.float64, device=theta.device) if want_b else None
+        gw = torch.zeros(weight_var.shape, dtype=torch.float64, device=q1.device) if want_w else None
+        gb = torch.zeros(bias_var.shape, dtype=torch.float64, device=q1.device) if want_b else None
         epilogue = out_w is not None
         want_ow = epilogue and ctx.needs_input_grad[8]
         want_ob = epilogue and ctx.needs_input_grad[9]
-        gow = torch.zeros(out_w.shape, dtype=torch.float64, device=theta.device) if want_ow else None
-        gob = torch.zeros(ctx.out_bias_shape, dtype=torch.float64, device=theta.device) if want_ob else None
+        gow = torch.zeros(out_w.shape, dtype=torch.float64, device=q1.device) if want_ow else None
+        gob = torch.zeros(ctx.out_bias_shape, dtype=torch.float64, device=q1.device) if want_ob else None
         for k, (r0, r1) in enumerate(chunks):
             m = r1 - r0
             sin, pmt, e, dk = tt[..., :m, :], tp[..., :m, :], te[..., :m, :], tk[..., :m, :]
-            th, g = theta[..., r0:r1, :], grad[..., r0:r1, :]
+            g = grad[..., r0:r1, :]
             hi, lo = ctx.pinned_at[k]
+            if theta is not None:
+                th = theta[..., r0:r1, :]
+            else:  # θ recomputed by the forward pass's operations (same bits)
+                s_ = torch.mul(q1e[..., r0:r1, :], q2e, out=ts[..., :m, :])
+                c_ = torch.div(pre(r0, r1), s_.clamp_min(tiny) if small else s_, out=tc[..., :m, :])
+                _pin(c_, None, ctx.snap, hi, lo)
+                th = torch.arccos(c_, out=tth[..., :m, :])
             _pi_minus(th, out=pmt)
             torch.sin(th, out=sin)
             if epilogue:  # the dense layer after: ∂L/∂V = σw²·∂L/∂out; σw², σb² get Σ ∂L/∂out ⊙ V and Σ ∂L/∂out
