@@ -11,7 +11,7 @@ RNN NTK tested against the mean empirical NTK of random finite RNNs.
   at that budget over 100 seeds: 0/300 false rejections at α = 1e-4 (erf last, ReLU last, ReLU mean).
 * Power (slow sweep, ``python tests/test_ntk_recurrent.py SEEDS [CASE:WIDTH:NETWORKS ...]``): the dropped
   cross-time terms are rejected 100% at 256 × 64; Θ × 1.03 needs 512 × 64 for erf, 512 × 128 for the
-  ReLU mean readout, and more than 512 × 128 for the ReLU last readout (83% there) to reach 95%.
+  ReLU mean readout, and 1024 × 128 for the ReLU last readout (40/40; 83% at 512 × 128) to reach 95%.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def test_power_and_calibration_sweep(act, readout):
     The correct Θ is rejected at most once (measured 0/20 in every case); the dropped cross-time hidden
     terms in ≥ 19 of 20 seeds (measured 100%, also over 100 seeds at 256 × 64). Θ × 1.03 in ≥ 15 of 20:
     its power at this budget is 100% for erf and the ReLU mean readout but only 83% (50/60 seeds) for the
-    ReLU last readout, which needs width 1024 (docs/ntk.md). Fixed seeds and one chunk: the draws are the
+    ReLU last readout, which needs width 1024 (40/40 seeds; docs/ntk.md). Fixed seeds and one chunk: the draws are the
     sweep's. About 4–7 min per case on one loaded core."""
     torch.set_num_threads(1)
     p = power_sweep(act, readout, 512, 128, seeds=20)
