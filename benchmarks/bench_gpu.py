@@ -103,21 +103,24 @@ def section_kernel(args, dev):
 
 
 def section_conv(args, dev):
-    print("\n[conv] 3-layer CNN + global average pooling, 1×8×8 inputs, default tiling")
-    print(f"{'N':>7} {'device':>6} {'seconds':>9} {'peak GPU MiB':>12}")
+    print("\n[conv] 3-layer CNN + global average pooling, 1×8×8 inputs, by tile budget (max_memory)")
+    print(f"{'N':>7} {'device':>6} {'tile MiB':>9} {'seconds':>9} {'peak GPU MiB':>12}")
     for n in args.conv_sizes:
         for device in (dev, torch.device("cpu")):
             if device.type == "cpu" and n > 64:
                 continue
-            x, _ = data(n, 64, torch.float32, device)
-            k = CNNKernel((1, 8, 8), depth=3, readout="gap").to(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            with torch.no_grad():
-                t = timed(lambda: k(x).to_dense(), max(1, args.repeats // 2), device)  # noqa: B023
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
-            print(f"{n:>7} {device.type:>6} {t:>9.3f} {peak:>12.0f}", flush=True)
+            budgets = args.conv_tiles if device.type == "cuda" else args.conv_tiles[:1]
+            for mib in budgets:
+                x, _ = data(n, 64, torch.float32, device)
+                k = CNNKernel((1, 8, 8), depth=3, readout="gap", max_memory=mib * 2**20).to(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                with torch.no_grad():
+                    t = timed(lambda: k(x).to_dense(), max(1, args.repeats // 2), device)  # noqa: B023
+                peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
+                        else float("nan"))
+                print(f"{n:>7} {device.type:>6} {mib:>9} {t:>9.3f} {peak:>12.0f}", flush=True)
 
 
 def section_recurrent(args, dev):
@@ -157,6 +160,7 @@ def main() -> None:
     parser.add_argument("--mll-sizes", type=int, nargs="+", default=[2000, 10000, 20000])
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--conv-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--conv-tiles", type=int, nargs="+", default=[64, 1024, 8192], help="tile budgets, MiB")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs CUDA")

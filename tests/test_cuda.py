@@ -34,6 +34,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
+#: The GRU/LSTM rules evaluate their per-point gate products in float32 (sums in float64; docs/recurrent.md):
+#: the devices' float32 rounding differs by ~1e-7 relative per point, so those kernels get rtol 1e-5.
+GATED_RTOL = 1e-5
+
+
 def _kernels():
     """(name, kernel factory, feature count) for one kernel of every family."""
     return [
@@ -61,15 +66,17 @@ def test_cuda_matches_cpu_values_diag_and_gradients(name, factory, features):
     k_cpu = cpu(x, y).to_dense()
     k_gpu = gpu(x.to(CUDA), y.to(CUDA)).to_dense()
     assert k_gpu.device.type == CUDA.type
-    torch.testing.assert_close(k_gpu.cpu(), k_cpu, rtol=1e-10, atol=1e-12)
+    rtol = GATED_RTOL if name in ("gru", "lstm") else 1e-10
+    torch.testing.assert_close(k_gpu.cpu(), k_cpu, rtol=rtol, atol=rtol * 1e-2)
     diag = gpu(x.to(CUDA), diag=True)
-    torch.testing.assert_close(diag, gpu(x.to(CUDA)).to_dense().diagonal(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(diag, gpu(x.to(CUDA)).to_dense().diagonal(), rtol=rtol, atol=rtol * 1e-2)
     # gradients of a scalar of the Gram with respect to every hyperparameter
     k_cpu.sum().backward()
     k_gpu.sum().backward()
     for (pname, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters(), strict=True):
         assert p_gpu.grad is not None and p_gpu.grad.device.type == CUDA.type, pname
-        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-8, atol=1e-10, msg=pname)
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=max(rtol, 1e-8), atol=max(rtol, 1e-8) * 1e-2,
+                                   msg=pname)
 
 
 def test_cuda_tensor_program_qmc_matches_cpu_within_its_standard_error():

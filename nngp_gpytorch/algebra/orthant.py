@@ -119,6 +119,10 @@ def principal_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tens
         Ld = L.detach().to(torch.float64)
         lam, V = torch.linalg.eigh(Ld @ Ld.transpose(-1, -2))
         lam, V = lam.flip(-1).clamp_min(0.0), V.flip(-1)
+        # eigenvectors are defined up to sign: fix it (positive projection on a generic direction) so that the
+        # rotation, hence the estimate, is the same on every device and BLAS (CPU and CUDA differed by 1e-3)
+        generic = torch.linspace(1.0, 2.0, V.shape[-1], dtype=V.dtype, device=V.device)
+        V = V * torch.where((generic @ V) < 0, -1.0, 1.0).unsqueeze(-2)
         M = torch.linalg.solve_triangular(Ld, V * lam.sqrt().unsqueeze(-2), upper=False)
         Q, R = torch.linalg.qr(M)
         sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)

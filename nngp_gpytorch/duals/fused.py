@@ -65,19 +65,28 @@ def _is_full_layout(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> 
 #: ``arccos`` per entry; below it freed blocks are reused and keeping θ is cheaper.
 RECOMPUTE_BYTES = 32 << 20
 
-#: Elements per chunk of rows: the few temporaries of one chunk (≈ 7 × 128 Ki entries) stay in L2/L3 cache
-#: (2¹⁷ was the fastest of 2¹⁵…2¹⁸ for a depth-2 MLP at N = 2000, float32, one thread).
+#: Elements per chunk of rows on a CPU: the few temporaries of one chunk (≈ 7 × 128 Ki entries) stay in L2/L3
+#: cache (2¹⁷ was the fastest of 2¹⁵…2¹⁸ for a depth-2 MLP at N = 2000, float32, one thread).
 CHUNK_ELEMENTS = 1 << 17
+#: On a GPU small chunks mean many tiny kernel launches (measured on an H100: N = 10000 ran 30× slower with
+#: CPU-sized chunks); chunks of 2²⁵ entries keep each temporary ≤ 256 MiB in float64.
+GPU_CHUNK_ELEMENTS = 1 << 25
 
 
-def rows_per_chunk(batch: torch.Size, n2: int) -> int:
-    """Rows per chunk: about :data:`CHUNK_ELEMENTS` entries (at least one row)."""
-    return max(1, CHUNK_ELEMENTS // max(1, int(torch.Size(batch).numel()) * n2))
+def chunk_elements(device: torch.device | None = None) -> int:
+    """Entries per chunk of rows on ``device`` (:data:`CHUNK_ELEMENTS` on a CPU, :data:`GPU_CHUNK_ELEMENTS`
+    on an accelerator)."""
+    return CHUNK_ELEMENTS if device is None or torch.device(device).type == "cpu" else GPU_CHUNK_ELEMENTS
 
 
-def _row_chunks(n_batch: int, n1: int, n2: int):
-    """``(r0, r1)`` row ranges of about :data:`CHUNK_ELEMENTS` entries each (at least one row)."""
-    rows = max(1, CHUNK_ELEMENTS // max(1, n_batch * n2))
+def rows_per_chunk(batch: torch.Size, n2: int, device: torch.device | None = None) -> int:
+    """Rows per chunk: about :func:`chunk_elements` entries (at least one row)."""
+    return max(1, chunk_elements(device) // max(1, int(torch.Size(batch).numel()) * n2))
+
+
+def _row_chunks(n_batch: int, n1: int, n2: int, device: torch.device | None = None):
+    """``(r0, r1)`` row ranges of about :func:`chunk_elements` entries each (at least one row)."""
+    rows = max(1, chunk_elements(device) // max(1, n_batch * n2))
     return [(r0, min(n1, r0 + rows)) for r0 in range(0, n1, rows)]
 
 
@@ -164,10 +173,11 @@ class _ReLUCross(torch.autograd.Function):
         # θ is kept for the backward pass only when there will be one (else a chunk-sized temporary)
         # Above RECOMPUTE_BYTES θ is recomputed in the backward pass rather than kept (an N×N allocation costs
         # more than one more arccos there).
-        keep = differentiable and shape.numel() * k12.element_size() < RECOMPUTE_BYTES
-        theta = torch.empty(shape if keep else (*batch, rows_per_chunk(batch, n2), n2), **new)
+        # (On a GPU the caching allocator makes the allocation cheap: θ is kept.)
+        keep = differentiable and (shape.numel() * k12.element_size() < RECOMPUTE_BYTES or k12.device.type != "cpu")
+        theta = torch.empty(shape if keep else (*batch, rows_per_chunk(batch, n2, k12.device), n2), **new)
         t_out = None if t12 is None else torch.empty(shape, **new)
-        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
+        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2, k12.device)
         rows = chunks[0][1] - chunks[0][0]
         ts, tc, tt, tp, tk = (torch.empty((*batch, rows, n2), **new) for _ in range(5))
         pre = _Prologue(k12e, weight_var, bias_var, tk)
@@ -224,7 +234,7 @@ class _ReLUCross(torch.autograd.Function):
         gt = torch.empty(shape, **new) if want_t else None
         gq1 = torch.empty((*batch, n1, 1), **new) if want_s else None
         gq2 = torch.zeros((*batch, 1, n2), **new) if want_s else None
-        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2)
+        chunks = _row_chunks(int(torch.Size(batch).numel()), n1, n2, q1.device)
         rows = chunks[0][1] - chunks[0][0]
         tt, tp, te, tk, tpre, tg, tv, ts, tc, tth = (torch.empty((*batch, rows, n2), **new) for _ in range(10))
         pre = _Prologue(k12e, weight_var, bias_var, tpre)
@@ -447,7 +457,7 @@ class _Affine(torch.autograd.Function):
             gx = (grad * w).sum_to_size(x.shape)
         if ctx.needs_input_grad[1]:
             if (w.numel() == 1 and grad.shape == x.shape and grad.is_contiguous() and x.is_contiguous()
-                    and not torch.is_grad_enabled()):
+                    and not torch.is_grad_enabled() and x.device.type == "cpu"):
                 g1, x1 = grad.view(-1), x.view(-1)
                 step = CHUNK_ELEMENTS * 4
                 total = sum(float(torch.dot(g1[i:i + step], x1[i:i + step])) for i in range(0, g1.numel(), step))
@@ -470,6 +480,8 @@ def affine(x: torch.Tensor, weight_var: torch.Tensor, bias_var: torch.Tensor) ->
 def _symmetric_part(k: torch.Tensor, block: int = 128) -> torch.Tensor:
     """``(k + kᵀ)/2`` over the last two axes, by blocks of ``block`` rows against ``block`` columns (cache-friendly
     transposed reads, one output allocation). Entry ``(i, j)`` and ``(j, i)`` are the same sum, hence equal."""
+    if k.device.type != "cpu":  # one kernel on an accelerator (blocks would be many tiny launches)
+        return (k + k.mT).mul_(0.5)
     out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     n = k.shape[-1]
     for i in range(0, n, block):
@@ -492,6 +504,8 @@ class _Symmetrize(torch.autograd.Function):
 def is_exactly_symmetric(k: torch.Tensor, block: int = 128) -> bool:
     """Whether ``k (..., n, n)`` equals its transpose exactly, compared by strips of ``block`` rows against
     ``block`` columns (a cache-friendly read of the upper triangle; no N×N allocation)."""
+    if k.device.type != "cpu":  # one comparison kernel and one host sync on an accelerator
+        return torch.equal(k, k.mT)
     n = k.shape[-1]
     return all(torch.equal(k[..., i:i + block, i:], k[..., i:, i:i + block].mT) for i in range(0, n, block))
 
