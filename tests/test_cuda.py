@@ -100,6 +100,12 @@ def test_cuda_tensor_program_qmc_matches_cpu_within_its_standard_error():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in kernel.parameters())
 
 
+def test_cuda_default_tile_budget_is_large():
+    """Small tiles are many small kernel launches on a GPU (bench_gpu.py conv: 64 MiB tiles 4.2 s, 2 GiB
+    0.4–0.9 s for a 256×256 GAP Gram on an H100)."""
+    assert CNNKernel((1, 4, 4), depth=1).to(CUDA).tile_budget() == 2 * 2**30
+
+
 def test_cuda_float32_deep_relu_gram_is_psd_with_exact_diagonal():
     """Depth 20 in float32 with near-duplicate points: the failure mode of peers' float32 kernels (NaN,
     indefinite Grams). Eigenvalues of the float32 Gram (computed in float64) must be ≥ −1e-6·trace,

@@ -288,3 +288,11 @@ def test_mix_positions_api_for_other_families():
     seq = from_inputs(input_state(x1, x1, True, False, (4, 6)), channel_axis=-1, full=True)
     assert seq.k12.shape == (3, 4, 4) and seq.positions == (4,)
     torch.testing.assert_close(seq.k12[0], x1[0].reshape(4, 6) @ x1[0].reshape(4, 6).T / 6)
+
+
+def test_default_tile_budget_follows_the_device():
+    kernel = CNNKernel((1, 4, 4), depth=1)
+    assert kernel.max_memory == "auto" and kernel.tile_budget() == 64 * 2**20  # CPU: cache-sized tiles
+    assert CNNKernel((1, 4, 4), depth=1, max_memory=2**20).tile_budget() == 2**20
+    with pytest.raises(ValueError, match="max_memory"):
+        CNNKernel((1, 4, 4), depth=1, max_memory="lots")

@@ -26,8 +26,12 @@ from .nngp import NNGPKernel, NTKKernel
 
 #: float tensors of one tile's size alive at the peak of a layer (K, Θ, correlation, duals, temporaries)
 LIVE_TENSORS = 16
-#: default tile budget: bounds memory and is 2–4× faster than one big tile (cache-friendly; bench_conv.py)
-DEFAULT_MAX_MEMORY = 64 * 2**20
+#: default tile budget ("auto"): on a CPU 64 MiB, which bounds memory and is 2–4× faster than one big tile
+#: (cache-friendly; bench_conv.py); on an accelerator 2 GiB (small tiles are many small kernel launches: on an
+#: H100, 64 MiB tiles took 4.2 s for a 256×256 GAP Gram, 1 GiB 0.86 s, 8 GiB 0.38 s; bench_gpu.py conv).
+DEFAULT_MAX_MEMORY = "auto"
+CPU_MAX_MEMORY = 64 * 2**20
+GPU_MAX_MEMORY = 2 * 2**30
 
 
 def cnn(depth: int = 3, activation: Activation | None = None, kernel_size: int | Sequence[int] = 3,
@@ -51,7 +55,7 @@ class PairTiling:
     """Mixin for :class:`~nngp_gpytorch.kernels.base.InfiniteWidthKernel`: evaluate in tiles of input pairs
     so that one tile's intermediates stay within ``max_memory`` bytes (set ``self.max_memory``)."""
 
-    max_memory: int | None = None
+    max_memory: int | str | None = None
 
     def entries_per_pair(self) -> int:
         """Covariance entries per input pair at the widest layer: ``P²`` (full spatial), ``P`` (same-position)."""
@@ -61,10 +65,19 @@ class PairTiling:
         p = math.prod(shape[1:])
         return p * p if wants_full_positions(self.architecture) else p
 
+    def tile_budget(self) -> int:
+        """Bytes per tile: ``max_memory``, or for ``"auto"`` 64 MiB on a CPU and 2 GiB on an accelerator (by the
+        device of the kernel's parameters)."""
+        if self.max_memory != "auto":
+            return int(self.max_memory)
+        param = next(self.parameters(), None)
+        on_cpu = param is None or param.device.type == "cpu"
+        return CPU_MAX_MEMORY if on_cpu else GPU_MAX_MEMORY
+
     def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int]:
         """``(b1, b2)``: rows and columns per tile under ``max_memory`` (at least one pair)."""
         itemsize = torch.finfo(dtype).bits // 8
-        pairs = max(1, int(self.max_memory // (LIVE_TENSORS * itemsize * self.entries_per_pair())))
+        pairs = max(1, int(self.tile_budget() // (LIVE_TENSORS * itemsize * self.entries_per_pair())))
         b1 = max(1, min(n1, math.isqrt(pairs)))
         b2 = max(1, min(n2, pairs // b1))
         return b1, b2
@@ -93,9 +106,11 @@ class PairTiling:
         return torch.cat(rows_k, dim=-2), (torch.cat(rows_t, dim=-2) if with_ntk else None)
 
 
-def _validate_memory(max_memory) -> int | None:
-    if max_memory is None:
-        return None
+def _validate_memory(max_memory) -> int | str | None:
+    if isinstance(max_memory, str) and max_memory != "auto":
+        raise ValueError(f"max_memory must be a number of bytes, 'auto' or None, got {max_memory!r}")
+    if max_memory is None or max_memory == "auto":
+        return max_memory
     if not max_memory > 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
     return int(max_memory)
@@ -106,7 +121,7 @@ class _CNNArchitecture:
 
     def __init__(self, input_shape: Sequence[int], depth: int = 3, activation: Activation | None = None,
                  kernel_size: int | Sequence[int] = 3, padding: str = "same", stride: int | Sequence[int] = 1,
-                 readout: str = "gap", max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
+                 readout: str = "gap", max_memory: int | str | None = DEFAULT_MAX_MEMORY, **kwargs):
         super().__init__(cnn(depth, activation, kernel_size, padding, stride, readout), input_shape=input_shape,
                          **kwargs)
         self.depth, self.readout = depth, readout
@@ -122,7 +137,8 @@ class CNNKernel(_CNNArchitecture, PairTiling, NNGPKernel):
     Args:
         input_shape: ``(C, H, W)`` (or ``(C, L)``, ``(C, D, H, W)``); inputs are ``(..., n, C·H·W)``.
         depth, activation, kernel_size, padding, stride, readout: the architecture (see :func:`cnn`).
-        max_memory: bytes per tile of input pairs (default 64 MiB; None: one tile); see :class:`PairTiling`.
+        max_memory: bytes per tile of input pairs (default ``"auto"``: 64 MiB on a CPU, 2 GiB on a GPU; None:
+            one tile); see :class:`PairTiling`.
         **kwargs: as :class:`~nngp_gpytorch.kernels.nngp.NNGPKernel` (weight_var, bias_var, per_layer,
             priors, ...).
     """

@@ -43,7 +43,7 @@ class _ResNetArchitecture:
 
     def __init__(self, depth: int = 2, activation: Activation | None = None, layer_norm: bool = False,
                  input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
-                 max_memory: int | None = DEFAULT_MAX_MEMORY, **kwargs):
+                 max_memory: int | str | None = DEFAULT_MAX_MEMORY, **kwargs):
         conv = input_shape is not None and len(tuple(input_shape)) >= 2
         super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
         self.depth, self.layer_norm = depth, layer_norm
