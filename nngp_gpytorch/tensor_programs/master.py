@@ -268,6 +268,31 @@ def _checked(integrand, named):
     return wrapped
 
 
+def prepare_inputs(program: Program, x1: torch.Tensor, x2: torch.Tensor | None, variances: torch.Tensor,
+                   diag: bool):
+    """Validate the inputs of a program evaluation and broadcast them (shared by the NNGP and NTK evaluators).
+
+    Returns ``(x1, x2, params, batch, same_inputs)``: inputs ``(1, *B, n, D)`` (a leading replicate axis),
+    ``params`` ``{name: (1, *B)}``, ``B`` the broadcast batch shape, and whether ``x2`` is ``x1``.
+    """
+    program.check_complete()
+    same_inputs = x2 is None or x2 is x1
+    x2 = x1 if x2 is None else x2
+    if x1.shape[-1] != program.input_dim or x2.shape[-1] != program.input_dim:
+        raise ValueError(f"{program.name}: inputs have {x1.shape[-1]}/{x2.shape[-1]} features, the program "
+                         f"declares {program.input_dim} ({', '.join(f'{t.name}: {t.dim}' for t in program.tokens)})")
+    if variances.shape[-1] != len(program.parameters):
+        raise ValueError(f"{program.name}: expected {len(program.parameters)} variances "
+                         f"{list(program.parameters)}, got {variances.shape[-1]}")
+    if diag and x1.shape[-2] != x2.shape[-2]:
+        raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
+    batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], variances.shape[:-1])
+    x1 = x1.expand(*batch, *x1.shape[-2:]).unsqueeze(0)
+    x2 = x1 if same_inputs else x2.expand(*batch, *x2.shape[-2:]).unsqueeze(0)
+    params = {name: variances[..., i].expand(batch).unsqueeze(0) for i, name in enumerate(program.parameters)}
+    return x1, x2, params, batch, same_inputs
+
+
 def evaluate_program(
     program: Program,
     x1: torch.Tensor,
@@ -287,22 +312,8 @@ def evaluate_program(
         :class:`ProgramKernelResult` with ``kernel`` and ``stderr`` of shape ``(*B, n1, n2)`` or ``(*B, n)``,
         ``B`` the broadcast of the input batch shapes and ``batch_shape``.
     """
-    program.check_complete()
     accuracy = accuracy or Accuracy()
-    same_inputs = x2 is None or x2 is x1
-    x2 = x1 if x2 is None else x2
-    if x1.shape[-1] != program.input_dim or x2.shape[-1] != program.input_dim:
-        raise ValueError(f"{program.name}: inputs have {x1.shape[-1]}/{x2.shape[-1]} features, the program "
-                         f"declares {program.input_dim} ({', '.join(f'{t.name}: {t.dim}' for t in program.tokens)})")
-    if variances.shape[-1] != len(program.parameters):
-        raise ValueError(f"{program.name}: expected {len(program.parameters)} variances "
-                         f"{list(program.parameters)}, got {variances.shape[-1]}")
-    if diag and x1.shape[-2] != x2.shape[-2]:
-        raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
-    batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], variances.shape[:-1])
-    x1 = x1.expand(*batch, *x1.shape[-2:]).unsqueeze(0)
-    x2 = x1 if same_inputs else x2.expand(*batch, *x2.shape[-2:]).unsqueeze(0)
-    params = {name: variances[..., i].expand(batch).unsqueeze(0) for i, name in enumerate(program.parameters)}
+    x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
     ev = _Evaluator(program, params, accuracy)
     c11 = _PairContext(ev, x1, x1, diag=True)
     if diag and same_inputs:

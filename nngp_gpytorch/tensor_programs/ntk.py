@@ -58,7 +58,7 @@ import torch
 
 from ..duals import IdentityDual, QuadratureDual, dual_for
 from .expectations import Accuracy, gaussian_expectation
-from .master import _Evaluator, _PairContext
+from .master import _Evaluator, _PairContext, prepare_inputs
 from .program import Program, ProgramError, Scalar, Var
 
 
@@ -320,23 +320,9 @@ def evaluate_program_ntk(
     Raises:
         ProgramError: a Nonlin that torch autograd cannot differentiate (named).
     """
-    program.check_complete()
     accuracy = accuracy or Accuracy()
-    same_inputs = x2 is None or x2 is x1
-    x2 = x1 if x2 is None else x2
-    if x1.shape[-1] != program.input_dim or x2.shape[-1] != program.input_dim:
-        raise ValueError(f"{program.name}: inputs have {x1.shape[-1]}/{x2.shape[-1]} features, the program "
-                         f"declares {program.input_dim} ({', '.join(f'{t.name}: {t.dim}' for t in program.tokens)})")
-    if variances.shape[-1] != len(program.parameters):
-        raise ValueError(f"{program.name}: expected {len(program.parameters)} variances "
-                         f"{list(program.parameters)}, got {variances.shape[-1]}")
-    if diag and x1.shape[-2] != x2.shape[-2]:
-        raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
+    x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
     backward = _backward_for(program)
-    batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], variances.shape[:-1])
-    x1 = x1.expand(*batch, *x1.shape[-2:]).unsqueeze(0)
-    x2 = x1 if same_inputs else x2.expand(*batch, *x2.shape[-2:]).unsqueeze(0)
-    params = {name: variances[..., i].expand(batch).unsqueeze(0) for i, name in enumerate(program.parameters)}
     ev = _Evaluator(program, params, accuracy)
     c11 = _NTKContext(ev, x1, x1, diag=True, backward=backward)
     if diag and same_inputs:
