@@ -28,7 +28,7 @@ from .nngp import NNGPKernel, NTKKernel
 LIVE_TENSORS = 16
 #: default tile budget ("auto"): on a CPU 64 MiB, which bounds memory and is 2–4× faster than one big tile
 #: (cache-friendly; bench_conv.py); on an accelerator 2 GiB (small tiles are many small kernel launches: on an
-#: H100, 64 MiB tiles took 4.2 s for a 256×256 GAP Gram, 1 GiB 0.86 s, 8 GiB 0.38 s; bench_gpu.py conv).
+#: H100, 64 MiB tiles took 4.2 s for a 256×256 GAP Gram, 1 GiB 0.86 s, 2 GiB 0.18 s; bench_gpu.py conv).
 DEFAULT_MAX_MEMORY = "auto"
 CPU_MAX_MEMORY = 64 * 2**20
 GPU_MAX_MEMORY = 2 * 2**30
