@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -47,6 +47,45 @@ def _gram_root(gram: torch.Tensor) -> torch.Tensor:
     """``R`` with ``R Rᵀ = gram`` (eigendecomposition in float64: singular Grams are fine)."""
     evals, evecs = torch.linalg.eigh(gram.to(torch.float64))
     return evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2)
+
+
+def execute_instructions(program: Program, leaf: Callable, shape: tuple[int, int, int]
+                         ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Run ``program``'s instructions in order on actual vectors of ``shape`` ``(M, k, n)``.
+
+    ``leaf(v, values)`` gives the value of each bias, input projection and ``MatMul`` (how the random matrices
+    are drawn or held is the caller's business); ``LinComb``, ``Nonlin`` and NETSOR+ scalars (moments are
+    actual averages over the ``n`` coordinates, computed lazily when a ``LinComb`` first needs them) are
+    computed here. Returns ``(values, h)``: every variable's value by index, and the readout vector
+    ``h = Σ_t c_t h_t`` ``(M, k, n)``.
+    """
+    values: dict[int, torch.Tensor] = {}
+    scalars: dict[int, torch.Tensor] = {}
+
+    def scalar(s):
+        if s.index not in scalars:
+            if s.op == "moment":
+                scalars[s.index] = s.fn(*(values[a.index] for a in s.args)).mean(-1, keepdim=True)
+            else:
+                scalars[s.index] = s.fn(*(scalar(a) for a in s.args))
+        return scalars[s.index]
+
+    for v in program.vars:
+        if v.op in ("bias", "input", "matmul"):
+            out = leaf(v, values)
+        elif v.op == "lincomb":
+            out = 0
+            for coef, term in v.terms:
+                out = out + (coef if isinstance(coef, float) else scalar(coef)) * values[term.index]
+        else:  # nonlin
+            out = v.fn(*(values[a.index] for a in v.args))
+            if not isinstance(out, torch.Tensor) or out.shape != shape:
+                raise ProgramError(f"{v.instruction}: fn returned shape "
+                                   f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}, "
+                                   f"expected {shape}")
+        values[v.index] = out
+    h = sum(c * values[v.index] for c, v in program.output.terms)
+    return values, h
 
 
 def run_program(program: Program, inputs: torch.Tensor, width: int, variances: Mapping[str, float],
@@ -98,7 +137,7 @@ def run_program(program: Program, inputs: torch.Tensor, width: int, variances: M
                 joint[u.index] = out[:, j * k:(j + 1) * k]
         return joint.pop(v.index)
 
-    def hidden_product(v):
+    def hidden_product(v, values):
         h = values[v.source.index]
         if sampler == "literal" or len(uses[id(v.matrix)]) > 1:
             return h @ matrix(v.matrix).transpose(-1, -2)  # rows: W h
@@ -106,38 +145,14 @@ def run_program(program: Program, inputs: torch.Tensor, width: int, variances: M
         gram = variances[v.matrix.var] * hd @ hd.transpose(-1, -2) / width
         return _gram_root(gram).to(dtype) @ randn(m, k, width)
 
-    values: dict[int, torch.Tensor] = {}
-    scalars: dict[int, torch.Tensor] = {}
-    def scalar(s):  # scalars are computed lazily, when a LinComb first needs them
-        if s.index not in scalars:
-            if s.op == "moment":
-                scalars[s.index] = s.fn(*(values[a.index] for a in s.args)).mean(-1, keepdim=True)
-            else:
-                scalars[s.index] = s.fn(*(scalar(a) for a in s.args))
-        return scalars[s.index]
-
-    for v in program.vars:
+    def leaf(v, values):
         if v.op == "bias":
-            out = randn(m, 1, width).expand(m, k, width) * math.sqrt(variances[v.var])
-        elif v.op == "input":
-            out = input_projection(v)
-        elif v.op == "matmul":
-            out = hidden_product(v)
-        elif v.op == "lincomb":
-            out = 0
-            for coef, term in v.terms:
-                c = scalar(coef) if not isinstance(coef, float) else coef
-                out = out + c * values[term.index]
-        else:  # nonlin
-            out = v.fn(*(values[a.index] for a in v.args))
-            if not isinstance(out, torch.Tensor) or out.shape != (m, k, width):
-                raise ProgramError(f"{v.instruction}: fn returned shape "
-                                   f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}, "
-                                   f"expected {(m, k, width)}")
-        values[v.index] = out
-    readout = program.output
-    h = sum(c * values[v.index] for c, v in readout.terms)
-    return h
+            return randn(m, 1, width).expand(m, k, width) * math.sqrt(variances[v.var])
+        if v.op == "input":
+            return input_projection(v)
+        return hidden_product(v, values)
+
+    return execute_instructions(program, leaf, (m, k, width))[1]
 
 
 def sample_program(

@@ -28,11 +28,11 @@ from collections.abc import Mapping
 
 import torch
 
-from nngp_gpytorch.tensor_programs import Program, ProgramError
+from nngp_gpytorch.tensor_programs import Program
 
 from .ensembles import DEFAULT_MAX_BYTES
 from .ntk import NTKSample
-from .tensor_programs import program_variances
+from .tensor_programs import execute_instructions, program_variances
 
 
 def draw_parameters(program: Program, width: int, networks: int, generator: torch.Generator,
@@ -67,40 +67,19 @@ def execute(program: Program, inputs: torch.Tensor, params: Mapping[str, torch.T
     x = inputs.to(params["v"].dtype)
     m, width = params["v"].shape[0], params["v"].shape[-1]
     k = x.shape[0]
-    values: dict[int, torch.Tensor] = {}
-    scalars: dict[int, torch.Tensor] = {}
 
-    def scalar(s):
-        if s.index not in scalars:
-            if s.op == "moment":
-                scalars[s.index] = s.fn(*(values[a.index] for a in s.args)).mean(-1, keepdim=True)
-            else:
-                scalars[s.index] = s.fn(*(scalar(a) for a in s.args))
-        return scalars[s.index]
-
-    for v in program.vars:
+    def leaf(v, values):
         if v.op == "bias":
-            out = params[f"b:{v.name}"].expand(m, k, width) * math.sqrt(variances[v.var])
-        elif v.op == "input":
+            return params[f"b:{v.name}"].expand(m, k, width) * math.sqrt(variances[v.var])
+        if v.op == "input":
             tok, mat = v.source, v.matrix
-            out = x[:, tok.offset:tok.offset + tok.dim] @ params[f"W:{mat.name}"] * math.sqrt(
+            return x[:, tok.offset:tok.offset + tok.dim] @ params[f"W:{mat.name}"] * math.sqrt(
                 variances[mat.var] / mat.fan_in)
-        elif v.op == "matmul":
-            w = params[f"W:{v.matrix.name}"] * math.sqrt(variances[v.matrix.var] / width)
-            out = values[v.source.index] @ w.transpose(-1, -2)  # rows: W s
-        elif v.op == "lincomb":
-            out = 0
-            for coef, term in v.terms:
-                out = out + (coef if isinstance(coef, float) else scalar(coef)) * values[term.index]
-        else:
-            out = v.fn(*(values[a.index] for a in v.args))
-            if not isinstance(out, torch.Tensor) or out.shape != (m, k, width):
-                raise ProgramError(f"{v.instruction}: fn returned shape "
-                                   f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}, "
-                                   f"expected {(m, k, width)}")
-        values[v.index] = out
+        w = params[f"W:{v.matrix.name}"] * math.sqrt(variances[v.matrix.var] / width)
+        return values[v.source.index] @ w.transpose(-1, -2)  # rows: W s
+
+    values, h = execute_instructions(program, leaf, (m, k, width))
     r = program.output
-    h = sum(c * values[v.index] for c, v in r.terms)
     f = math.sqrt(variances[r.var]) * h @ params["v"].transpose(-1, -2) / math.sqrt(width)
     if r.bias is not None:
         f = f + math.sqrt(variances[r.bias]) * params["vb"]
