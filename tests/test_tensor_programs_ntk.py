@@ -242,7 +242,7 @@ def test_delta_trick_equals_brute_force_jacobian(name):
     params = draw_parameters(program, 7, 1, torch.Generator().manual_seed(3), torch.float64, 1)
     for p in params.values():
         p.requires_grad_(True)
-    theta = ntk_chunk(program, x, params, program_variances(program), 1)[0]
+    theta = ntk_chunk(program, x, params, program_variances(program), 1)[0][0]  # (Θ̂, readout term), network 0
     torch.testing.assert_close(theta, reference, rtol=1e-12, atol=1e-12)
     # the twin's forward is the NNGP twin's literal execution
     _, h, _ = execute(program, x, params, program_variances(program))

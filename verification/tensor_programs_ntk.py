@@ -86,8 +86,10 @@ def execute(program: Program, inputs: torch.Tensor, params: Mapping[str, torch.T
     return values, h, f
 
 
-def _ntk_chunk(program: Program, x: torch.Tensor, params, variances, units: int) -> torch.Tensor:
-    """Per-network ``Θ̂`` ``(M, k, k)`` float64 by the δ-trick (module docstring)."""
+def _ntk_chunk(program: Program, x: torch.Tensor, params, variances, units: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network ``Θ̂`` ``(M, k, k)`` float64 by the δ-trick (module docstring), and the readout's own term
+    ``σ_v² h hᵀ/n + σ_ob²`` ``(M, k, k)`` (the per-network NNGP estimate) from the same forward pass."""
     width = params["v"].shape[-1]
     gvars = [v for v in program.vars if v.op in ("bias", "input", "matmul")]
     with torch.enable_grad():
@@ -124,7 +126,7 @@ def _ntk_chunk(program: Program, x: torch.Tensor, params, variances, units: int)
                 if g.op == "bias":
                     db = delta[g.index]
                     body = body + variances[g.var] * db @ db.transpose(-1, -2)
-    return theta + body / units
+    return theta + body / units, theta
 
 
 def empirical_program_ntk(
@@ -167,18 +169,14 @@ def empirical_program_ntk(
     generator = torch.Generator(device=inputs.device).manual_seed(int(seed))
     start = time.perf_counter()
     ntks, covs = [], []
-    r = program.output
     for first in range(0, networks, chunk):
         m = min(chunk, networks - first)
         params = draw_parameters(program, width, m, generator, dtype, readout_units, inputs.device)
         for p in params.values():
             p.requires_grad_(True)
-        ntks.append(_ntk_chunk(program, inputs, params, values, readout_units))
-        with torch.no_grad():
-            _, h, _ = execute(program, inputs, params, values)
-        hd = h.to(torch.float64)
-        cov = values[r.var] * hd @ hd.transpose(-1, -2) / width
-        covs.append(cov + values[r.bias] if r.bias is not None else cov)
+        ntk, cov = _ntk_chunk(program, inputs, params, values, readout_units)
+        ntks.append(ntk)
+        covs.append(cov)
     ntk = torch.cat(ntks)
     if not torch.isfinite(ntk).all():
         raise FloatingPointError(f"non-finite empirical NTK for {program.name}")
