@@ -20,35 +20,15 @@ call; peak memory from ``torch.cuda.max_memory_allocated``):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import gpytorch
 import torch
 from gpytorch.kernels import RBFKernel, ScaleKernel
+from timing import median_time  # benchmarks/timing.py (scripts run from this folder)
 
 from nngp_gpytorch import CNNKernel, GRUKernel, LSTMKernel, MLPKernel, NNGPKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.models import NNGPRegressionModel
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` after one warm-up call, synchronizing the device around each call."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def data(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -70,7 +50,7 @@ def mll_step(kernel, x, y, repeats: int, device: torch.device) -> float:
         with gpytorch.settings.max_cholesky_size(0):
             (-mll(model(x), y)).backward()
 
-    return timed(step, repeats, device)
+    return median_time(step, repeats)
 
 
 def section_mll(args, dev):
@@ -96,8 +76,8 @@ def section_kernel(args, dev):
                 x, _ = data(n, 64, dtype, device)
                 k = kernel.to(device=device, dtype=dtype)
                 with torch.no_grad():
-                    t_nngp = timed(lambda: k(x).to_dense(), args.repeats, device)  # noqa: B023
-                    t_both = timed(lambda: k.nngp_and_ntk(x, x), args.repeats, device)  # noqa: B023
+                    t_nngp = median_time(lambda: k(x).to_dense(), args.repeats)  # noqa: B023
+                    t_both = median_time(lambda: k.nngp_and_ntk(x, x), args.repeats)  # noqa: B023
                 print(f"{n:>7} {str(dtype)[6:]:>8} {device.type:>6} {t_nngp:>9.4f} {t_both:>9.4f} "
                       f"{t_both / t_nngp:>8.2f} {n * n / t_nngp / 1e6:>10.1f}", flush=True)
 
@@ -117,7 +97,7 @@ def section_conv(args, dev):
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
                 with torch.no_grad():
-                    t = timed(lambda: k(x).to_dense(), max(1, args.repeats // 2), device)  # noqa: B023
+                    t = median_time(lambda: k(x).to_dense(), max(1, args.repeats // 2))  # noqa: B023
                 peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
                         else float("nan"))
                 print(f"{n:>7} {device.type:>6} {mib:>9} {t:>9.3f} {peak:>12.0f}", flush=True)
@@ -132,7 +112,7 @@ def section_recurrent(args, dev):
             k = cls((8, 4)).double().to(device)
             xd = x.to(device)
             with torch.no_grad():
-                t = timed(lambda: k(xd).to_dense(), 1, device)  # noqa: B023
+                t = median_time(lambda: k(xd).to_dense(), 1)  # noqa: B023
             print(f"{name:>7} {device.type:>6} {t:>9.3f}", flush=True)
 
 
@@ -144,8 +124,7 @@ def section_ensembles(args, dev):
     mlp = A.Serial(A.Dense(), A.ReLU(), A.Dense(), A.Erf(), A.Dense())
     for device, networks in ((dev, 20000), (torch.device("cpu"), 2000)):
         inputs = default_inputs().to(device)
-        t = timed(lambda: sample_ensemble(mlp, inputs, networks, 1024, seed=0),  # noqa: B023
-                  1, device)
+        t = median_time(lambda: sample_ensemble(mlp, inputs, networks, 1024, seed=0), 1)  # noqa: B023
         print(f"{device.type:>6} {networks:>9} {t:>9.3f} {networks / t:>9.0f}", flush=True)
 
 
