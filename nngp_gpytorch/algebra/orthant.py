@@ -36,6 +36,8 @@ import math
 import numpy as np
 import torch
 
+from ..duals.safe_math import fix_eigenvector_signs
+
 #: Default number of quasi-Monte Carlo points (a power of two). See docs/recurrent.md for accuracy.
 DEFAULT_SAMPLES = 2**13
 _SOBOL_MAX_DIM = 21201
@@ -119,10 +121,7 @@ def principal_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tens
         Ld = L.detach().to(torch.float64)
         lam, V = torch.linalg.eigh(Ld @ Ld.transpose(-1, -2))
         lam, V = lam.flip(-1).clamp_min(0.0), V.flip(-1)
-        # eigenvectors are defined up to sign: fix it (positive projection on a generic direction) so that the
-        # rotation, hence the estimate, is the same on every device and BLAS (CPU and CUDA differed by 1e-3)
-        generic = torch.linspace(1.0, 2.0, V.shape[-1], dtype=V.dtype, device=V.device)
-        V = V * torch.where((generic @ V) < 0, -1.0, 1.0).unsqueeze(-2)
+        V = fix_eigenvector_signs(V)  # the same rotation on every device
         M = torch.linalg.solve_triangular(Ld, V * lam.sqrt().unsqueeze(-2), upper=False)
         Q, R = torch.linalg.qr(M)
         sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)

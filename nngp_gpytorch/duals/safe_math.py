@@ -143,3 +143,12 @@ def correlation(
     if identical is not None:
         c = c.masked_fill(identical, 1.0)
     return c, s
+
+
+def fix_eigenvector_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors (columns of ``vectors`` ``(..., m, m)``) with their sign fixed: each column's projection on a
+    generic direction is made positive. ``eigh`` defines eigenvectors only up to sign, and CPU and CUDA
+    solvers choose differently; a QMC rule rotated by them then differs between devices (by 1e-3 in the
+    gated-recurrent kernels). With the sign fixed both devices use the same rotation of the same points."""
+    generic = torch.linspace(1.0, 2.0, vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
+    return vectors * torch.where((generic @ vectors) < 0, -1.0, 1.0).unsqueeze(-2)

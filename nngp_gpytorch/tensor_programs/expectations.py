@@ -30,7 +30,7 @@ import torch
 import torch.utils.checkpoint
 from torch.quasirandom import SobolEngine
 
-from ..duals.safe_math import safe_sqrt
+from ..duals.safe_math import fix_eigenvector_signs, safe_sqrt
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,7 @@ def gaussian_expectation(
         with torch.no_grad():
             evals, q = torch.linalg.eigh(sigma)
             q = q.flip(-1)
-            # eigenvectors are defined up to sign; fix it (positive projection on a generic direction) so the
-            # rotation, hence the estimate, is the same on every device and BLAS
-            generic = torch.linspace(1.0, 2.0, m, dtype=q.dtype, device=q.device)
-            q = q * torch.where((generic @ q) < 0, -1.0, 1.0).unsqueeze(-2)
+            q = fix_eigenvector_signs(q)  # the same rotation on every device
         chol = q @ psd_cholesky(q.transpose(-1, -2) @ sigma @ q)
     chol = chol.expand(reps, *lead[1:], m, m) if lead[0] == 1 else chol
     if chol.shape[0] != reps:
