@@ -8,14 +8,10 @@ NNGP and NTK in the NTK parameterization (reference/kernels.md, "NTK"):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..arch import Activation, Dense
-from ..duals.closed_form import LeakyReLUDual
 from ..duals.fused import affine as fused_affine
-from ..duals.fused import relu_nngp_ntk
 from . import positional
 from .registry import RuleContext, broadcast_param, kernel_rule
 from .state import CovState
@@ -52,14 +48,7 @@ def apply_dual(dual, state: CovState) -> CovState:
     new = dict(k11=dual.nngp_diag(k11), k22=dual.nngp_diag(k22), gaussian=False)
     if state.has_ntk:
         new.update(t11=dual.ntk_diag(k11) * state.t11, t22=dual.ntk_diag(k22) * state.t22)
-        fused = None
-        if isinstance(dual, LeakyReLUDual) and dual.a == 0.0:  # ReLU: one fused pass for K' and V_φ'(K) ⊙ Θ
-            fused = relu_nngp_ntk(k11, k22, k12, state.t12, same, scale=dual.b * dual.b / (2 * math.pi))
-        if fused is not None:
-            new["k12"], new["t12"] = fused
-        else:
-            new["k12"], ntk12 = dual.nngp_and_ntk(k11, k22, k12, same)
-            new["t12"] = ntk12 * state.t12
+        new["k12"], new["t12"] = dual.propagate_pair(k11, k22, k12, state.t12, same)  # (V_φ(K), V_φ'(K) ⊙ Θ)
     else:
         new["k12"] = dual.nngp(k11, k22, k12, same)
     return state.replace(**new)

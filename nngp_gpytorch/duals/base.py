@@ -42,3 +42,13 @@ class Dual:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(nngp(...), ntk(...))``; duals whose two expectations share work override this."""
         return self.nngp(k11, k22, k12, identical), self.ntk(k11, k22, k12, identical)
+
+    def propagate_pair(
+        self, k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor, t12: torch.Tensor,
+        identical: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The activation's map of the pair (K, Θ): ``(V_φ(K), V_φ'(K) ⊙ Θ)`` (Jacot et al. 2018), shapes as
+        :meth:`nngp` with ``t12`` broadcastable to ``k12``. A dual with a fused kernel for the whole map (the
+        ReLU's single pass) overrides this; that is the only place such a fast path is chosen."""
+        k, derivative = self.nngp_and_ntk(k11, k22, k12, identical)
+        return k, derivative * t12

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .base import Dual
-from .fused import relu_nngp
+from .fused import relu_nngp, relu_nngp_ntk
 from .safe_math import arccos_kernel_j1, arccos_kernel_pair, correlation, safe_arccos, safe_arcsin
 
 _TWO_PI = 2.0 * math.pi
@@ -52,6 +52,13 @@ class LeakyReLUDual(Dual):
 
     def ntk_diag(self, k):
         return torch.full_like(k, (self.a**2 + self.b**2) / 2)
+
+    def propagate_pair(self, k11, k22, k12, t12, identical=None):
+        if self.a == 0.0:  # ReLU-like: one fused pass for K' and V_φ'(K) ⊙ Θ on the full block
+            fused = relu_nngp_ntk(k11, k22, k12, t12, identical, scale=self.b * self.b / _TWO_PI)
+            if fused is not None:
+                return fused
+        return super().propagate_pair(k11, k22, k12, t12, identical)
 
     def nngp_and_ntk(self, k11, k22, k12, identical=None):
         """Both duals from one correlation and one ``arccos`` (the NTK's cost over the NNGP stays small)."""
