@@ -21,13 +21,7 @@ from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.priors import GammaPrior, LogNormalPrior, Prior
 
-from .kernels.base import (
-    InfiniteWidthKernel,
-    _bias_var_closure,
-    _bias_var_param,
-    _weight_var_closure,
-    _weight_var_param,
-)
+from .kernels.base import InfiniteWidthKernel
 
 
 # --- default priors -----------------------------------------------------------------------------------------
@@ -77,9 +71,9 @@ def add_default_priors(target: gpytorch.Module) -> gpytorch.Module:
     scale, base = _split_kernel(kernel)
     names = {name for name, *_ in base.named_priors()}
     if "weight_var_prior" not in names:
-        base.register_prior("weight_var_prior", priors["weight_var"], _weight_var_param, _weight_var_closure)
+        base.register_variance_prior("weight_var", priors["weight_var"])
     if "bias_var_prior" not in names:
-        base.register_prior("bias_var_prior", priors["bias_var"], _bias_var_param, _bias_var_closure)
+        base.register_variance_prior("bias_var", priors["bias_var"])
     if scale is not None and getattr(scale, "outputscale_prior", None) is None:
         scale.register_prior("outputscale_prior", priors["outputscale"], scale._outputscale_param,
                              scale._outputscale_closure)

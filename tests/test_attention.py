@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nngp_gpytorch import TransformerKernel, TransformerNTKKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from nngp_gpytorch.sequences import pack_sequences
@@ -66,8 +66,8 @@ def sequences(lengths, d=4, seed=0):
                                                               (3, 2.0, False, "last")])
 def test_matches_reference_formula(depth, temperature, causal, readout):
     seqs = sequences([6, 6, 6], seed=depth)
-    kernel = TransformerKernel(depth, input_shape=(6, 4), temperature=temperature, causal=causal, readout=readout,
-                               weight_var=1.7, bias_var=0.2).double()
+    kernel = NNGPKernel(A.transformer(depth, temperature=temperature, causal=causal, readout=readout),
+                        input_shape=(6, 4), weight_var=1.7, bias_var=0.2).double()
     x = torch.stack([s.reshape(-1) for s in seqs])
     w, b = float(kernel.weight_var), float(kernel.bias_var)  # as stored (float32 parameters, then .double())
     expected = reference_kernel(seqs, depth, w, b, temperature, causal, readout)
@@ -80,8 +80,8 @@ def test_variable_lengths_via_mask_channel():
     seqs = sequences([7, 9, 4], seed=5)
     x = pack_sequences(seqs)
     for causal, readout in [(False, "mean"), (True, "last")]:
-        kernel = TransformerKernel(2, input_shape=(9, 5), masked=True, causal=causal, readout=readout,
-                                   weight_var=1.3, bias_var=0.1).double()
+        kernel = NNGPKernel(A.transformer(2, masked=True, causal=causal, readout=readout),
+                            input_shape=(9, 5), weight_var=1.3, bias_var=0.1).double()
         w, b = float(kernel.weight_var), float(kernel.bias_var)
         expected = reference_kernel(seqs, 2, w, b, causal=causal, readout=readout)
         assert torch.allclose(kernel(x).to_dense(), expected, atol=1e-12, rtol=0)
@@ -92,20 +92,20 @@ def test_padding_values_are_ignored():
     x = pack_sequences(seqs).reshape(2, 5, 5)
     x2 = x.clone()
     x2[0, 3:, :4] = 7.0  # garbage in padded tokens (mask 0)
-    kernel = TransformerKernel(1, input_shape=(5, 5), masked=True).double()
+    kernel = NNGPKernel(A.transformer(1, masked=True), input_shape=(5, 5)).double()
     assert torch.allclose(kernel(x.reshape(2, -1)).to_dense(), kernel(x2.reshape(2, -1)).to_dense(), atol=0)
 
 
 def test_ntk_and_gradients():
     seqs = sequences([5, 5], seed=3)
     x = torch.stack([s.reshape(-1) for s in seqs])
-    ntk = TransformerNTKKernel(2, input_shape=(5, 4), weight_var=1.5, bias_var=0.1).double()
+    ntk = NTKKernel(A.transformer(2), input_shape=(5, 4), weight_var=1.5, bias_var=0.1).double()
     k, theta = ntk.nngp_and_ntk(x)
-    assert torch.allclose(k, TransformerKernel(2, input_shape=(5, 4), weight_var=1.5, bias_var=0.1).double()(x)
+    assert torch.allclose(k, NNGPKernel(A.transformer(2), input_shape=(5, 4), weight_var=1.5, bias_var=0.1).double()(x)
                           .to_dense(), atol=1e-13)
     assert torch.allclose(theta, theta.T) and float(torch.linalg.eigvalsh(theta).min()) > 0
     assert (theta.diagonal() > k.diagonal()).all()
-    kernel = TransformerKernel(2, input_shape=(5, 4)).double()
+    kernel = NNGPKernel(A.transformer(2), input_shape=(5, 4)).double()
     kernel(x).to_dense().sum().backward()
     assert torch.isfinite(kernel.raw_weight_var.grad).all() and torch.isfinite(kernel.raw_bias_var.grad).all()
 
@@ -132,7 +132,7 @@ def test_unsupported_regimes_and_misuse_raise():
     with pytest.raises(A.ArchitectureError, match="input_shape"):
         A.Serial(A.TokenDense(), A.SequenceReadout(), A.Dense()).validate()
     with pytest.raises(ValueError, match="input_shape"):
-        TransformerKernel(1)
+        NNGPKernel(A.transformer(1))
 
 
 @settings(max_examples=15)

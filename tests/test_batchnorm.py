@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import integrate
 
-from nngp_gpytorch import BatchNormMLPKernel, NNGPKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters
 from nngp_gpytorch.algebra.batchnorm import batchnorm_cross_dual, batchnorm_dual, evaluate_batches
@@ -125,8 +125,14 @@ def test_degree_zero_activations_use_the_centred_gram():
 def test_layer_errors():
     with pytest.raises(A.ArchitectureError, match="positively homogeneous"):
         A.BatchNorm(A.Erf())
-    with pytest.raises(A.ArchitectureError, match="whole batch"):
+    with pytest.raises(A.ArchitectureError, match="whole batch"):  # the pairwise algebra refuses batch norm
+        from nngp_gpytorch.algebra import evaluate
+        evaluate(A.batchnorm_mlp(1), torch.randn(4, 3, dtype=DT), torch.randn(4, 3, dtype=DT),
+                 Hyperparameters.constant(1.0, 0.0))
+    with pytest.raises(ValueError, match="batch ids"):  # NNGPKernel gives the set kernel: rows need batch ids
         NNGPKernel(A.batchnorm_mlp(1)).double()(torch.randn(4, 3, dtype=DT)).to_dense()
+    with pytest.raises(A.ArchitectureError, match="NTK"):
+        NTKKernel(A.batchnorm_mlp(1))
     with pytest.raises(A.ArchitectureError, match="affine"):
         A.Serial(A.Dense(), A.BatchNorm(), A.ReLU(), A.Dense()).validate()
     hyper = Hyperparameters.constant(1.0, 0.0)
@@ -153,7 +159,7 @@ def rows(batch_id: int, x: torch.Tensor) -> torch.Tensor:
 def test_kernel_set_semantics_and_errors():
     g = torch.Generator().manual_seed(0)
     b0, b1 = rows(0, torch.randn(5, 3, generator=g, dtype=DT)), rows(7, torch.randn(4, 3, generator=g, dtype=DT))
-    kernel = BatchNormMLPKernel(depth=2, weight_var=1.7, bias_var=0.2).double()
+    kernel = NNGPKernel(A.batchnorm_mlp(depth=2), weight_var=1.7, bias_var=0.2).double()
     kernel.declare_batches(torch.cat([b0, b1]))
     joint = kernel.joint().detach()
     full = kernel(torch.cat([b0, b1])).to_dense().detach()
@@ -191,7 +197,7 @@ def test_exact_gp_prediction_equals_dense_joint_formula():
                        rows(1, torch.randn(5, 3, generator=g, dtype=DT))])
     test = rows(2, torch.randn(4, 3, generator=g, dtype=DT))
     y = torch.randn(11, generator=g, dtype=DT)
-    kernel = BatchNormMLPKernel(depth=2, weight_var=2.0, bias_var=0.3).double()
+    kernel = NNGPKernel(A.batchnorm_mlp(depth=2), weight_var=2.0, bias_var=0.3).double()
     kernel.declare_batches(torch.cat([train, test]))
     likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
     likelihood.noise = 0.05
@@ -222,7 +228,8 @@ def test_kernel_cache_equals_full_algebra_with_per_layer_variances():
     g = torch.Generator().manual_seed(2)
     x = torch.cat([rows(0, torch.randn(4, 3, generator=g, dtype=DT)),
                    rows(1, torch.randn(3, 3, generator=g, dtype=DT))])
-    kernel = BatchNormMLPKernel(depth=2, per_layer=True, weight_var=[0.7, 3.1, 1.3], bias_var=[0.5, 0.0, 0.2]).double()
+    kernel = NNGPKernel(A.batchnorm_mlp(depth=2),
+                        per_layer=True, weight_var=[0.7, 3.1, 1.3], bias_var=[0.5, 0.0, 0.2]).double()
     kernel.declare_batches(x)
     with torch.no_grad():
         full = evaluate_batches(kernel.architecture, x[:, 1:], (4, 3), kernel.hyperparameters_for_algebra())

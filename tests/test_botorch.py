@@ -16,7 +16,7 @@ from botorch.test_functions import Branin  # noqa: E402
 from gpytorch.kernels import ScaleKernel  # noqa: E402
 from gpytorch.mlls import ExactMarginalLogLikelihood  # noqa: E402
 
-from nngp_gpytorch import MLPKernel, NNGPKernel  # noqa: E402
+from nngp_gpytorch import NNGPKernel  # noqa: E402
 from nngp_gpytorch import arch as A  # noqa: E402
 
 torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def test_bayesian_optimization_steps_on_branin():
     y = problem(x).unsqueeze(-1)
     initial_best = y.max().item()
     for _ in range(5):
-        model = _model(x, y, MLPKernel(2, A.Erf()))
+        model = _model(x, y, NNGPKernel(A.mlp(2, A.Erf())))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         acquisition = LogExpectedImprovement(model, best_f=y.max())
         candidate, value = optimize_acqf(acquisition, bounds=bounds, q=1, num_restarts=2, raw_samples=64)

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from nngp_gpytorch import MLPKernel, MLPNTKKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
-from nngp_gpytorch.algebra import Hyperparameters, evaluate
-from nngp_gpytorch.algebra import dense as dense_module
+from nngp_gpytorch.algebra import Hyperparameters, evaluate, fuse_relu_chains
+from nngp_gpytorch.algebra.fusion import ReLUChain
 from nngp_gpytorch.algebra.state import identical_rows
 from nngp_gpytorch.duals import LeakyReLUDual, closed_form, fused
 from nngp_gpytorch.duals.safe_math import arccos_kernel_j1, correlation
@@ -28,7 +28,7 @@ def generic(monkeypatch):
     class _Switch:
         def __enter__(self):
             monkeypatch.setattr(closed_form, "relu_nngp", lambda *a, **k: None)
-            monkeypatch.setattr(dense_module, "relu_nngp_ntk", lambda *a, **k: None)
+            monkeypatch.setattr(closed_form, "relu_nngp_ntk", lambda *a, **k: None)
 
         def __exit__(self, *exc):
             monkeypatch.undo()
@@ -102,7 +102,7 @@ def test_matches_the_arc_cosine_formula_directly():
 
 def test_output_is_exactly_symmetric_and_the_diagonal_exact_in_float32():
     x = _awkward_inputs(40, 6, dtype=F32)
-    kernel = MLPKernel(4, weight_var=1.6, bias_var=0.1)
+    kernel = NNGPKernel(A.mlp(4), weight_var=1.6, bias_var=0.1)
     k = kernel(x).to_dense()
     assert torch.equal(k, k.mT)
     assert torch.equal(k[1, 0], k[0, 0])  # identical inputs give exactly the variance
@@ -247,15 +247,15 @@ def test_other_layouts_fall_back():
     k = torch.rand(5, dtype=F64)
     assert fused.relu_nngp(k, k, k * 0.5) is None
     x = _awkward_inputs()
-    kernel = MLPKernel(2, weight_var=1.2, bias_var=0.3).double()
+    kernel = NNGPKernel(A.mlp(2), weight_var=1.2, bias_var=0.3).double()
     torch.testing.assert_close(kernel(x, diag=True), torch.diagonal(kernel(x).to_dense()), rtol=1e-13, atol=0)
     assert LeakyReLUDual(0.1, 1.0).nngp(k[:, None], k[None], torch.outer(k, k) * 0.3).shape == (5, 5)
 
 
 def test_ntk_kernel_module_uses_the_fused_layer_and_matches_the_nngp_kernel():
     x = _awkward_inputs(12, 5)
-    ntk = MLPNTKKernel(3, weight_var=1.5, bias_var=0.2).double()
-    nngp = MLPKernel(3, weight_var=1.5, bias_var=0.2).double()
+    ntk = NTKKernel(A.mlp(3), weight_var=1.5, bias_var=0.2).double()
+    nngp = NNGPKernel(A.mlp(3), weight_var=1.5, bias_var=0.2).double()
     k, t = ntk.nngp_and_ntk(x)
     torch.testing.assert_close(k, nngp(x).to_dense(), rtol=0, atol=0)
     assert torch.equal(t, t.mT) and (torch.diagonal(t) >= torch.diagonal(k)).all()
@@ -304,11 +304,18 @@ def test_symmetrize_gradcheck_and_passthrough_of_symmetric_input():
     assert not fused.is_exactly_symmetric(sym)
 
 
-# --- MLPKernel's fused dense+ReLU chain ------------------------------------------------------------------------
-def _generic_mlp_kernel(depth, **kwargs):
-    from nngp_gpytorch import NNGPKernel
+# --- the ReLU fusion pass (algebra/fusion.py): Dense → ReLU → ... → Dense as one rule ------------------------------
+class _LayerByLayer(torch.nn.Module):
+    """The same kernel evaluated without the optimization passes (each layer's own rule)."""
 
-    return NNGPKernel(A.mlp(depth, A.ReLU()), **kwargs)
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x1, x2=None):
+        x2 = x1 if x2 is None else x2
+        return evaluate(self.kernel.architecture, x1, x2, self.kernel.hyperparameters_for_algebra(),
+                        optimize=False)[0]
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
@@ -316,15 +323,16 @@ def _generic_mlp_kernel(depth, **kwargs):
 def test_mlp_kernel_chain_equals_the_layer_by_layer_algebra(dtype, bias):
     """Same operations in the same order (the dense map computed chunk by chunk): equal bit for bit."""
     x = _awkward_inputs(11, dtype=dtype)
-    fused_k = MLPKernel(3, weight_var=1.7, bias_var=bias).to(dtype)
-    plain_k = _generic_mlp_kernel(3, weight_var=1.7, bias_var=bias).to(dtype)
+    fused_k = NNGPKernel(A.mlp(3), weight_var=1.7, bias_var=bias).to(dtype)
+    plain_k = NNGPKernel(A.mlp(3), weight_var=1.7, bias_var=bias).to(dtype)
+    assert isinstance(fuse_relu_chains(fused_k.architecture), ReLUChain)
     for x2 in (x, x[:5]):
-        assert torch.equal(fused_k(x, x2).to_dense(), plain_k(x, x2).to_dense())
+        assert torch.equal(fused_k(x, x2).to_dense(), _LayerByLayer(plain_k)(x, x2))
     weights = torch.randn(11, 11, dtype=dtype, generator=torch.Generator().manual_seed(3))
     grads = []
-    for kernel in (fused_k, plain_k):
+    for kernel, run in ((fused_k, lambda k, xi: k(xi).to_dense()), (plain_k, lambda k, xi: _LayerByLayer(k)(xi))):
         xi = x.clone().requires_grad_(True)
-        (kernel(xi).to_dense() * weights).sum().backward()
+        (run(kernel, xi) * weights).sum().backward()
         grads.append((xi.grad, kernel.raw_weight_var.grad, kernel.raw_bias_var.grad))
     tol = 1e-12 if dtype == F64 else 1e-5  # float32: the σ gradients are sums of 121 terms in another order
     for g, r in zip(*grads, strict=True):
@@ -336,25 +344,26 @@ def test_mlp_kernel_chain_with_batches_and_per_layer_variances():
     x[:, 1] = x[:, 0]
     w = torch.tensor([[1.0, 1.5, 2.0], [2.0, 1.2, 0.7]], dtype=F64)
     b = torch.tensor([[0.1, 0.0, 0.3], [0.2, 0.4, 0.0]], dtype=F64)
-    kernels = [MLPKernel(2, batch_shape=torch.Size([2]), per_layer=True).double(),
-               _generic_mlp_kernel(2, batch_shape=torch.Size([2]), per_layer=True).double()]
+    kernels = [NNGPKernel(A.mlp(2), batch_shape=torch.Size([2]), per_layer=True).double(),
+               NNGPKernel(A.mlp(2), batch_shape=torch.Size([2]), per_layer=True).double()]
     for kernel in kernels:
         kernel.weight_var, kernel.bias_var = w, b
+    runs = (lambda inputs: kernels[0](inputs).to_dense(), _LayerByLayer(kernels[1]))
     for inputs in (x, x[0]):
-        got, want = (kernel(inputs).to_dense() for kernel in kernels)
+        got, want = (run(inputs) for run in runs)
         assert got.shape == (2, 9, 9) and torch.equal(got, want)
-    for kernel in kernels:
-        kernel(x).to_dense().square().sum().backward()
+    for run in runs:
+        run(x).square().sum().backward()
     torch.testing.assert_close(kernels[0].raw_weight_var.grad, kernels[1].raw_weight_var.grad, rtol=1e-12, atol=0)
     torch.testing.assert_close(kernels[0].raw_bias_var.grad, kernels[1].raw_bias_var.grad, rtol=1e-12, atol=0)
 
 
 def test_mlp_kernel_chain_gradcheck_inputs_and_hyperparameters():
-    """gradcheck through MLPKernel.forward (the fused chain) w.r.t. the raw σw², σb² and the inputs, x1 == x2
+    """gradcheck through the kernel's forward (the fused chain) w.r.t. the raw σw², σb² and the inputs, x1 == x2
     with a duplicated row."""
     x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
     x[4] = x[0]
-    kernel = MLPKernel(2, weight_var=1.3, bias_var=0.2).double()
+    kernel = NNGPKernel(A.mlp(2), weight_var=1.3, bias_var=0.2).double()
 
     def of(raw_w, raw_b, inputs):
         params = {"raw_weight_var": raw_w, "raw_bias_var": raw_b}
@@ -367,36 +376,20 @@ def test_mlp_kernel_chain_gradcheck_inputs_and_hyperparameters():
 
 def test_mlp_kernel_falls_back_for_other_activations_diag_and_blocks():
     x = _awkward_inputs()
-    leaky = MLPKernel(2, A.LeakyReLU(0.1), weight_var=1.2, bias_var=0.3).double()
-    assert not leaky._fused_relu
-    relu = MLPKernel(2, weight_var=1.2, bias_var=0.3).double()
-    blocked = MLPKernel(2, weight_var=1.2, bias_var=0.3, block_size=4).double()
+    leaky = NNGPKernel(A.mlp(2, A.LeakyReLU(0.1)), weight_var=1.2, bias_var=0.3).double()
+    assert fuse_relu_chains(leaky.architecture) is leaky.architecture  # nothing to fuse: the same tree
+    relu = NNGPKernel(A.mlp(2), weight_var=1.2, bias_var=0.3).double()
+    blocked = NNGPKernel(A.mlp(2), weight_var=1.2, bias_var=0.3, block_size=4).double()
     full = relu(x).to_dense()
     assert torch.equal(blocked(x).to_dense(), full)
     torch.testing.assert_close(relu(x, diag=True), torch.diagonal(full), rtol=1e-13, atol=0)
-
-
-@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
-def test_identical_pairs_equal_the_identical_rows_mask(dtype):
-    from nngp_gpytorch.kernels.mlp import _identical_pairs
-
-    x = torch.randn(30, 3, dtype=dtype, generator=torch.Generator().manual_seed(9))
-    x[1] = x[0]
-    x[7] = x[0]
-    x[3] = -0.0  # equal by value to the zero row below
-    x[4] = 0.0
-    y = torch.cat([x[:10], torch.randn(4, 3, dtype=dtype), x[7:9]])
-    nan_rows = x.clone()
-    nan_rows[5, 1] = float("nan")  # exact fallback
-    for a, b in ((x, x), (x, y), (y, x), (x[:0], x), (x[:0], x[:0]), (nan_rows, nan_rows)):
-        assert torch.equal(_identical_pairs(a, b), torch.nonzero(identical_rows(a, b)))
 
 
 @pytest.mark.parametrize("with_ntk", [False, True], ids=["nngp", "ntk"])
 def test_no_grad_evaluation_gives_the_same_values(with_ntk):
     """Without autograd θ is not kept for a backward pass (a chunk-sized temporary instead): same values."""
     x = _awkward_inputs(40, 5)
-    kernel = (MLPNTKKernel if with_ntk else MLPKernel)(3, weight_var=1.4, bias_var=0.1).double()
+    kernel = (NTKKernel if with_ntk else NNGPKernel)(A.mlp(3), weight_var=1.4, bias_var=0.1).double()
     with torch.no_grad():
         quiet = kernel(x).to_dense()
     assert torch.equal(quiet, kernel(x).to_dense().detach())
@@ -404,15 +397,13 @@ def test_no_grad_evaluation_gives_the_same_values(with_ntk):
 
 def test_pair_indices_broadcast_over_batched_hyperparameters():
     """Identical pairs given as ``(nnz, 2)`` indices apply to every batch element of a batched output."""
-    from nngp_gpytorch.kernels.mlp import _identical_pairs
-
     x = _awkward_inputs()
     k12 = x @ x.T / x.shape[1]
     k11 = (x * x).sum(-1, keepdim=True) / x.shape[1]
     w = torch.tensor([1.2, 2.0, 0.7], dtype=F64).reshape(3, 1, 1, 1).expand(3, 2, 1, 1)
     b = torch.tensor([0.1, 0.0], dtype=F64).reshape(1, 2, 1, 1)
     pre11 = torch.addcmul(b, w, k11)
-    with_pairs = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, _identical_pairs(x, x))
+    with_pairs = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, torch.nonzero(identical_rows(x, x)))
     with_mask = fused.relu_after_affine(k12, w, b, pre11, pre11.mT, identical_rows(x, x))
     assert with_pairs.shape == (3, 2, 9, 9) and torch.equal(with_pairs, with_mask)
 
@@ -428,7 +419,7 @@ def test_recomputing_theta_in_the_backward_pass_gives_the_same_gradients(monkeyp
         w, b = _hyper(F64, b=bias)
         k, t = _evaluate(x, x, w, b, with_ntk=with_ntk)
         out = (k * k).sum() + (0.0 if t is None else (t * t).sum())
-        chain = MLPKernel(2, weight_var=1.3, bias_var=bias).double()
+        chain = NNGPKernel(A.mlp(2), weight_var=1.3, bias_var=bias).double()
         chain_out = chain(x).to_dense().square().sum()
         return (*torch.autograd.grad(out, (w, b, x)), *torch.autograd.grad(chain_out, (chain.raw_weight_var, x)))
 

@@ -43,7 +43,7 @@ class TestNTKKernelConformance(BaseKernelTestCase, unittest.TestCase):
 class TestMLPKernelConformance(BaseKernelTestCase, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
         # tanh has no closed form: exercises the quadrature dual under every batch layout
-        return MLPKernel(3, A.Tanh(), weight_var=1.5, bias_var=0.1, **kwargs)
+        return NNGPKernel(A.mlp(3, A.Tanh()), weight_var=1.5, bias_var=0.1, **kwargs)
 
 
 class _StructuredInputs(BaseKernelTestCase):
@@ -59,33 +59,33 @@ class _StructuredInputs(BaseKernelTestCase):
 
 class TestResNetKernelConformance(BaseKernelTestCase, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
-        return K.ResNetKernel(depth=2, weight_var=1.3, bias_var=0.1, **kwargs)
+        return K.NNGPKernel(A.resnet(depth=2), weight_var=1.3, bias_var=0.1, **kwargs)
 
 
 class TestResNetNTKKernelConformance(BaseKernelTestCase, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
-        return K.ResNetNTKKernel(depth=2, weight_var=1.3, bias_var=0.1, **kwargs)
+        return K.NTKKernel(A.resnet(depth=2), weight_var=1.3, bias_var=0.1, **kwargs)
 
 
 class TestCNNKernelConformance(_StructuredInputs, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
-        return K.CNNKernel(input_shape=(1, 2), depth=1, weight_var=1.3, bias_var=0.1, **kwargs)
+        return K.NNGPKernel(A.cnn(depth=1), input_shape=(1, 2), weight_var=1.3, bias_var=0.1, **kwargs)
 
 
 class TestRNNKernelConformance(_StructuredInputs, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
-        return K.RNNKernel(input_shape=(2, 1), **kwargs)
+        return K.NNGPKernel(A.rnn(), input_shape=(2, 1), per_layer=True, **kwargs)
 
 
 class TestTransformerKernelConformance(_StructuredInputs, unittest.TestCase):
     def create_kernel_no_ard(self, **kwargs):
-        return K.TransformerKernel(depth=1, input_shape=(2, 1), **kwargs)
+        return K.NNGPKernel(A.transformer(depth=1), input_shape=(2, 1), **kwargs)
 
 
 def test_kernel_with_priors_pickles():
     """Regression: prior closures were lambdas, so a kernel with priors could not be pickled."""
-    kernel = MLPKernel(2, weight_var_prior=LogNormalPrior(0.0, 1.0), bias_var_prior=GammaPrior(2.0, 10.0),
-                       weight_var=1.3, bias_var=0.2)
+    kernel = NNGPKernel(A.mlp(2), weight_var_prior=LogNormalPrior(0.0, 1.0), bias_var_prior=GammaPrior(2.0, 10.0),
+                        weight_var=1.3, bias_var=0.2)
     clone = pickle.loads(pickle.dumps(kernel))
     x = torch.randn(5, 3)
     torch.testing.assert_close(clone(x).to_dense(), kernel(x).to_dense())
@@ -102,7 +102,7 @@ def _data(n=30, d=4, seed=0, dtype=torch.float64):
 
 def test_scale_and_additive_kernels_compose():
     x, _ = _data()
-    nngp = MLPKernel(2, weight_var=1.4, bias_var=0.05).double()
+    nngp = NNGPKernel(A.mlp(2), weight_var=1.4, bias_var=0.05).double()
     scaled = ScaleKernel(nngp).double()
     scaled.outputscale = 2.5
     torch.testing.assert_close(scaled(x).to_dense(), 2.5 * nngp(x).to_dense())
@@ -112,8 +112,9 @@ def test_scale_and_additive_kernels_compose():
     total = nngp + rbf
     assert isinstance(total, AdditiveKernel)
     torch.testing.assert_close(total(x).to_dense(), nngp(x).to_dense() + rbf(x).to_dense())
-    explicit = AdditiveKernel(MLPKernel(1, active_dims=[0, 1]), MLPKernel(1, active_dims=[2, 3])).double()
-    expected = MLPKernel(1).double()(x[:, :2]).to_dense() + MLPKernel(1).double()(x[:, 2:]).to_dense()
+    explicit = AdditiveKernel(NNGPKernel(A.mlp(1),
+                                         active_dims=[0, 1]), NNGPKernel(A.mlp(1), active_dims=[2, 3])).double()
+    expected = NNGPKernel(A.mlp(1)).double()(x[:, :2]).to_dense() + NNGPKernel(A.mlp(1)).double()(x[:, 2:]).to_dense()
     torch.testing.assert_close(explicit(x).to_dense(), expected)
     # a product with a stationary kernel works too
     torch.testing.assert_close((nngp * rbf)(x).to_dense(), nngp(x).to_dense() * rbf(x).to_dense())
@@ -132,7 +133,7 @@ class _ExactGP(gpytorch.models.ExactGP):
 @pytest.mark.parametrize("kernel_cls", [MLPKernel, NTKKernel])
 def test_exact_gp_trains_and_predicts(kernel_cls):
     x, y = _data(40)
-    kernel = MLPKernel(2) if kernel_cls is MLPKernel else NTKKernel(A.mlp(2))
+    kernel = NNGPKernel(A.mlp(2)) if kernel_cls is MLPKernel else NTKKernel(A.mlp(2))
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
     model = _ExactGP(x, y, likelihood, ScaleKernel(kernel)).double()
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
@@ -170,7 +171,7 @@ class _SVGP(gpytorch.models.ApproximateGP):
 
 def test_approximate_gp_with_variational_strategy():
     x, y = _data(60)
-    model = _SVGP(x[:10].clone(), ScaleKernel(MLPKernel(1))).double()
+    model = _SVGP(x[:10].clone(), ScaleKernel(NNGPKernel(A.mlp(1)))).double()
     likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
     mll = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=x.shape[0])
     opt = torch.optim.Adam([*model.parameters(), *likelihood.parameters()], lr=0.05)
@@ -197,7 +198,7 @@ def test_cg_path_matches_cholesky():
     """Above ``max_cholesky_size`` GPyTorch solves with CG + Lanczos: same MLL and predictions as Cholesky."""
     x, y = _data(300, d=5, seed=3)
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
-    model = _ExactGP(x, y, likelihood, ScaleKernel(MLPKernel(2, bias_var=0.1))).double()
+    model = _ExactGP(x, y, likelihood, ScaleKernel(NNGPKernel(A.mlp(2), bias_var=0.1))).double()
     likelihood.noise = 0.05
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
     model.train()
@@ -238,7 +239,7 @@ def test_cg_path_matches_cholesky():
 def test_row_blocks_equal_full_matrix():
     """What ``MultiDeviceKernel`` relies on: kernel(x1 chunk, x2) are row blocks of kernel(x1, x2)."""
     x, _ = _data(37)
-    kernel = MLPKernel(3, A.Erf(), bias_var=0.2).double()
+    kernel = NNGPKernel(A.mlp(3, A.Erf()), bias_var=0.2).double()
     full = kernel(x).to_dense()
     blocks = torch.cat([kernel(chunk, x).to_dense() for chunk in x.split(10)], dim=-2)
     torch.testing.assert_close(blocks, full)
@@ -251,7 +252,7 @@ def test_multi_device_kernel():
     devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     x, _ = _data(64)
     x = x.to(devices[0])
-    base = MLPKernel(2).double().to(devices[0])
+    base = NNGPKernel(A.mlp(2)).double().to(devices[0])
     kernel = MultiDeviceKernel(base, device_ids=devices, output_device=devices[0])
     torch.testing.assert_close(kernel(x).to_dense(), base(x).to_dense())
 
@@ -267,7 +268,7 @@ def test_fit_learns_hyperparameters_on_diabetes(optimizer):
     x = torch.tensor(features[:200])
     y = torch.tensor(targets[:200])
     x, y = (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
-    model = NNGPRegressionModel(x[:150], y[:150], MLPKernel(2))
+    model = NNGPRegressionModel(x[:150], y[:150], NNGPKernel(A.mlp(2)))
     result = fit(model, optimizer=optimizer, steps=60 if optimizer == "adam" else 10)
     assert result.final_loss < result.losses[0]
     assert model.covar_module.weight_var.item() != pytest.approx(1.0, abs=1e-3)

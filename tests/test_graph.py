@@ -11,7 +11,7 @@ import networkx as nx
 import pytest
 import torch
 
-from nngp_gpytorch import GraphConvKernel, GraphConvNTKKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from verification.statistics import mean_test
@@ -93,7 +93,7 @@ def test_gcn_ntk_matches_explicit_jacobian():
 
 def test_graph_kernel_is_transductive_and_sub_blocks_agree():
     adj, x, club = karate()
-    kernel = GraphConvKernel(adj, x, depth=1, weight_var=W, bias_var=B).double()
+    kernel = NNGPKernel(A.gcn(adj, depth=1), node_features=x, weight_var=W, bias_var=B).double()
     ids = torch.arange(34, dtype=torch.float64)[:, None]
     full = kernel(ids).to_dense()
     expected, _ = evaluate(kernel.architecture, x, x, Hyperparameters.constant(W, B))
@@ -103,9 +103,9 @@ def test_graph_kernel_is_transductive_and_sub_blocks_agree():
     torch.testing.assert_close(kernel(test, diag=True), full.diagonal()[1::3])
     lazy = kernel(ids)
     torch.testing.assert_close(lazy[3:7, 10:20].to_dense(), full[3:7, 10:20])
-    batched = GraphConvKernel(adj, x, batch_shape=torch.Size([2])).double()
+    batched = NNGPKernel(A.gcn(adj), node_features=x, batch_shape=torch.Size([2])).double()
     assert batched(train, test).to_dense().shape == (2, 12, 11)
-    k, t = GraphConvNTKKernel(adj, x).double().nngp_and_ntk(train, test)
+    k, t = NTKKernel(A.gcn(adj), node_features=x).double().nngp_and_ntk(train, test)
     assert k.shape == t.shape == (12, 11)
 
 
@@ -114,7 +114,7 @@ def test_gp_on_karate_club_predicts_communities():
     club column: only the graph and the degree carry the signal)."""
     adj, x, club = karate()
     feats = x[:, 1:]
-    kernel = GraphConvKernel(adj, feats, depth=1, weight_var=W, bias_var=B).double()
+    kernel = NNGPKernel(A.gcn(adj, depth=1), node_features=feats, weight_var=W, bias_var=B).double()
     ids = torch.arange(34, dtype=torch.float64)[:, None]
     train, test = ids[::3], ids[[i for i in range(34) if i % 3]]
     y = 2 * club - 1
@@ -142,8 +142,8 @@ def test_graph_errors():
     with pytest.raises(A.ArchitectureError, match="square"):
         A.GraphConv(adj[:, :30])
     with pytest.raises(ValueError, match="34 nodes but node_features has 30 rows"):
-        GraphConvKernel(adj, x[:30])
-    kernel = GraphConvKernel(adj, x).double()
+        NNGPKernel(A.gcn(adj), node_features=x[:30])
+    kernel = NNGPKernel(A.gcn(adj), node_features=x).double()
     with pytest.raises(ValueError, match="integer node ids"):
         kernel(torch.tensor([[0.5], [1.0]], dtype=torch.float64)).to_dense()
     with pytest.raises(ValueError, match="integer node ids"):

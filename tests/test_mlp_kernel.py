@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nngp_gpytorch import MLPKernel, NNGPKernel, NTKKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 
@@ -37,14 +37,14 @@ def test_relu_mlp_matches_arc_cosine_recursion():
         c = (k / torch.outer(d, d)).clamp(-1, 1)
         theta = torch.arccos(c)
         k = w * torch.outer(d, d) * (torch.sin(theta) + (math.pi - theta) * c) / (2 * math.pi) + b
-    kernel = _double(MLPKernel(2, A.ReLU()), w, b)
+    kernel = _double(NNGPKernel(A.mlp(2, A.ReLU())), w, b)
     assert torch.allclose(kernel(x).to_dense(), k, atol=1e-12)
 
 
 def test_linear_kernel_convention():
     """depth 0: K = σw²·x·x'/d + σb² (the documented input covariance)."""
     x1, x2 = _inputs(4), _inputs(5, seed=1)
-    kernel = _double(MLPKernel(0), 2.5, 0.4)
+    kernel = _double(NNGPKernel(A.mlp(0)), 2.5, 0.4)
     assert torch.allclose(kernel(x1, x2).to_dense(), 2.5 * x1 @ x2.T / 3 + 0.4, atol=1e-12)
 
 
@@ -100,7 +100,7 @@ def test_gradient_is_finite_for_sign_and_step_on_identical_inputs():
     x = _inputs(5, 2)
     x[1] = x[0]
     for activation in (A.Sign(), A.Step()):
-        kernel = MLPKernel(3, activation, weight_var=1.5, bias_var=0.2).double()
+        kernel = NNGPKernel(A.mlp(3, activation), weight_var=1.5, bias_var=0.2).double()
         kernel(x).to_dense().sum().backward()
         assert torch.isfinite(kernel.raw_weight_var.grad).all() and torch.isfinite(kernel.raw_bias_var.grad).all()
 
@@ -109,25 +109,25 @@ def test_identical_inputs_give_the_exact_diagonal_in_float32():
     """A depth-4 sign MLP: an identical pair must equal the variance, not drift by sqrt(rounding)."""
     x = _inputs(6, 5, dtype=torch.float32) * 3
     x = torch.cat([x, x[:2]])
-    kernel = MLPKernel(4, A.Sign(), weight_var=1.0, bias_var=0.0)
+    kernel = NNGPKernel(A.mlp(4, A.Sign()), weight_var=1.0, bias_var=0.0)
     k = kernel(x).to_dense()
     assert torch.equal(k[6, 0], k[0, 0]) and torch.equal(k[7, 1], k[1, 1])
 
 
 def test_batch_shape_and_batched_inputs():
     x = torch.randn(2, 5, 3, dtype=F64)
-    kernel = MLPKernel(2, A.Erf(), batch_shape=torch.Size([2])).double()
+    kernel = NNGPKernel(A.mlp(2, A.Erf()), batch_shape=torch.Size([2])).double()
     kernel.weight_var = torch.tensor([[1.0], [2.0]])
     batched = kernel(x).to_dense()
     assert batched.shape == (2, 5, 5)
     for i, w in enumerate((1.0, 2.0)):
-        single = MLPKernel(2, A.Erf(), weight_var=w).double()
+        single = NNGPKernel(A.mlp(2, A.Erf()), weight_var=w).double()
         assert torch.allclose(batched[i], single(x[i]).to_dense(), atol=1e-12)
 
 
 def test_per_layer_variances_match_fixed_layers():
     x = _inputs()
-    per_layer = _double(MLPKernel(2, A.ReLU(), per_layer=True), [1.0, 2.0, 0.5], [0.1, 0.2, 0.3])
+    per_layer = _double(NNGPKernel(A.mlp(2, A.ReLU()), per_layer=True), [1.0, 2.0, 0.5], [0.1, 0.2, 0.3])
     fixed = A.Serial(A.Dense(1.0, 0.1), A.ReLU(), A.Dense(2.0, 0.2), A.ReLU(), A.Dense(0.5, 0.3))
     k_fixed, _ = evaluate(fixed, x, x, Hyperparameters.constant())
     assert per_layer.weight_var.shape == (3,)
@@ -136,10 +136,10 @@ def test_per_layer_variances_match_fixed_layers():
 
 def test_active_dims_and_block_size_do_not_change_values():
     x = _inputs(9, 5)
-    plain = MLPKernel(3, A.Tanh()).double()
-    sliced = MLPKernel(3, A.Tanh(), active_dims=[0, 2, 4]).double()
+    plain = NNGPKernel(A.mlp(3, A.Tanh())).double()
+    sliced = NNGPKernel(A.mlp(3, A.Tanh()), active_dims=[0, 2, 4]).double()
     assert torch.allclose(sliced(x).to_dense(), plain(x[:, [0, 2, 4]]).to_dense(), atol=1e-12)
-    blocked = MLPKernel(3, A.Tanh(), block_size=2).double()
+    blocked = NNGPKernel(A.mlp(3, A.Tanh()), block_size=2).double()
     assert torch.allclose(blocked(x).to_dense(), plain(x).to_dense(), atol=1e-12)
 
 
@@ -173,7 +173,7 @@ def test_kernel_module_agrees_with_monte_carlo(activation):
     from verification import default_inputs, verify
 
     x = default_inputs(k=6, d=4)
-    kernel = _double(MLPKernel(2, activation), 1.6, 0.2)
+    kernel = _double(NNGPKernel(A.mlp(2, activation)), 1.6, 0.2)
     with torch.no_grad():
         analytic = kernel(x).to_dense()
     result = verify(A.mlp(2, activation), x, weight_var=1.6, bias_var=0.2, seed=11, analytic=analytic)
@@ -186,7 +186,7 @@ def test_float32_deep_kernel_with_duplicates_is_symmetric_finite_and_psd(activat
     x = _inputs(120, 10, seed=5, dtype=torch.float32)
     x = torch.cat([x, x[:20]])
     with torch.no_grad():
-        k = MLPKernel(8, activation, weight_var=2.0, bias_var=0.05)(x).to_dense()
+        k = NNGPKernel(A.mlp(8, activation), weight_var=2.0, bias_var=0.05)(x).to_dense()
     assert torch.isfinite(k).all() and torch.equal(k, k.T)
     eig = torch.linalg.eigvalsh(k.double())
     assert eig.min() >= -1e-6 * eig.sum()  # float32 rounding (eps ≈ 1.2e-7) scale, not a sqrt(eps) defect

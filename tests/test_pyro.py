@@ -10,7 +10,7 @@ import pytest
 import torch
 from gpytorch.kernels import ScaleKernel
 
-from nngp_gpytorch import MLPKernel, NNGPKernel
+from nngp_gpytorch import NNGPKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.models import NNGPRegressionModel, fit
 from nngp_gpytorch.priors import (
@@ -35,7 +35,7 @@ def _data(n=20, seed=0):
 
 def test_default_priors_register_and_pickle():
     x, y = _data()
-    model = add_default_priors(NNGPRegressionModel(x, y, ScaleKernel(MLPKernel(2))))
+    model = add_default_priors(NNGPRegressionModel(x, y, ScaleKernel(NNGPKernel(A.mlp(2)))))
     names = {name for name, *_ in model.named_priors()}
     assert names == {"covar_module.base_kernel.weight_var_prior", "covar_module.base_kernel.bias_var_prior",
                      "covar_module.outputscale_prior", "likelihood.noise_covar.noise_prior"}
@@ -50,7 +50,7 @@ def test_default_priors_register_and_pickle():
 def test_log_joint_matches_gpytorch_mll_and_priors():
     """The potential used by NUTS and Laplace = GPyTorch's exact MLL·n + Σ log priors + Jacobian of θ = exp(u)."""
     x, y = _data()
-    model = add_default_priors(NNGPRegressionModel(x, y, MLPKernel(2, A.Erf())))
+    model = add_default_priors(NNGPRegressionModel(x, y, NNGPKernel(A.mlp(2, A.Erf()))))
     parts, _, fixed, free = _log_joint_fn(model)
     assert fixed == [] and [name for name, *_ in free] == ["weight_var", "bias_var", "noise"]
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
@@ -79,7 +79,7 @@ def _grid_log_evidence(model, lo=-6.0, hi=4.0, points=121):
 def test_laplace_evidence_matches_grid_integral():
     x, y = _data(15)
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
-    model = NNGPRegressionModel(x, y, MLPKernel(1, A.Erf()), likelihood=likelihood)
+    model = NNGPRegressionModel(x, y, NNGPKernel(A.mlp(1, A.Erf())), likelihood=likelihood)
     model.likelihood.noise = 0.1
     model.likelihood.raw_noise.requires_grad_(False)
     add_default_priors(model.covar_module)
@@ -101,8 +101,8 @@ def test_compare_models_prefers_the_generating_kernel():
         y = torch.linalg.cholesky(cov) @ torch.randn(60, generator=g, dtype=torch.float64)
     models = {
         "sign": NNGPRegressionModel(x, y, NNGPKernel(A.Serial(A.Dense(), A.Sign(), A.Dense()))),
-        "erf depth 2": NNGPRegressionModel(x, y, MLPKernel(2, A.Erf())),
-        "linear": NNGPRegressionModel(x, y, MLPKernel(0)),
+        "erf depth 2": NNGPRegressionModel(x, y, NNGPKernel(A.mlp(2, A.Erf()))),
+        "linear": NNGPRegressionModel(x, y, NNGPKernel(A.mlp(0))),
     }
     rows = compare_models(models)
     assert rows[0].name == "sign", [(r.name, r.log_evidence) for r in rows]
@@ -113,7 +113,7 @@ def test_compare_models_prefers_the_generating_kernel():
 def test_nuts_matches_grid_posterior():
     """NUTS (potential route) over log σw² with σb², noise fixed: posterior mean of log σw² vs a 1-D grid."""
     x, y = _data(15, seed=2)
-    model = NNGPRegressionModel(x, y, MLPKernel(1, bias_var=0.1))
+    model = NNGPRegressionModel(x, y, NNGPKernel(A.mlp(1), bias_var=0.1))
     model.likelihood.noise = 0.1
     for p in (model.likelihood.raw_noise, model.covar_module.raw_bias_var, model.mean_module.raw_constant):
         p.requires_grad_(False)
@@ -139,7 +139,7 @@ def test_nuts_matches_grid_posterior():
 def test_gpytorch_sampler_route_and_predictive_mixture():
     """GPyTorch's own pattern (pyro_sample_from_prior inside the Pyro model) runs; the mixture is consistent."""
     x, y = _data(12)
-    model = add_default_priors(NNGPRegressionModel(x, y, MLPKernel(1)))
+    model = add_default_priors(NNGPRegressionModel(x, y, NNGPKernel(A.mlp(1))))
     fit(model, optimizer="lbfgs", steps=5)
     samples = run_nuts(model, num_samples=6, warmup_steps=4, sampler="gpytorch", max_tree_depth=3)
     assert {v.shape for v in samples.values()} == {torch.Size([6, 1])}
@@ -152,7 +152,7 @@ def test_gpytorch_sampler_route_and_predictive_mixture():
     # law of total variance: the mixture is at least as wide as the average component
     assert (mix.variance >= mix.component_variances.mean(0) - 1e-12).all()
     # each component is the GP posterior with that sample's hyperparameters
-    single = NNGPRegressionModel(x, y, MLPKernel(1))
+    single = NNGPRegressionModel(x, y, NNGPKernel(A.mlp(1)))
     single.mean_module.constant = model.mean_module.constant.detach()
     single.covar_module.weight_var = model.covar_module.weight_var[2].detach()
     single.covar_module.bias_var = model.covar_module.bias_var[2].detach()
@@ -166,7 +166,7 @@ def test_gpytorch_sampler_route_and_predictive_mixture():
 
 def test_errors_are_clear():
     x, y = _data(10)
-    model = NNGPRegressionModel(x, y, MLPKernel(1))
+    model = NNGPRegressionModel(x, y, NNGPKernel(A.mlp(1)))
     with pytest.raises(ValueError, match="no priors"):
         run_nuts(model)
     with pytest.raises(ValueError, match="no posterior samples"):

@@ -13,6 +13,7 @@ import pkgutil
 import torch
 
 from ..arch import Layer
+from .fusion import fuse_relu_chains
 from .registry import Hyperparameters, RuleContext, VarianceCursor, broadcast_param, kernel_rule, propagate, rule_for
 from .state import CovState, identical_rows, input_state
 
@@ -30,6 +31,7 @@ def evaluate(
     with_ntk: bool = False,
     quadrature_degree: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    optimize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """NNGP ``K(x1, x2)`` (and NTK ``Θ`` if ``with_ntk``) of one output unit of ``architecture``.
 
@@ -39,23 +41,28 @@ def evaluate(
         diag: return only the pairs ``(x1[i], x2[i])`` (requires ``n1 == n2``), shape ``(..., n)``.
         input_shape: per-example shape of structured inputs (``(C, H, W)``, ``(T, d)``); ``d`` must equal
             its product.
+        optimize: run the optimization passes over the description first (:func:`fuse_relu_chains`: the
+            same values, computed with fewer N×N passes); ``False`` evaluates the layers one by one.
 
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
     """
     if hyper.weight_var.device != x1.device:  # e.g. constants built on the CPU for CUDA inputs
         hyper = Hyperparameters(hyper.weight_var.to(x1.device), hyper.bias_var.to(x1.device))
+    description = architecture
+    if optimize:
+        architecture = fuse_relu_chains(architecture)
     ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
     if quadrature_degree is not None:  # an explicit degree is used as given (smooth in the hyperparameters)
         ctx.quadrature_degree = int(quadrature_degree)
         ctx.adaptive_quadrature = False
     state = propagate(architecture, input_state(x1, x2, diag, with_ntk, input_shape), ctx)
     if not state.gaussian:
-        raise ValueError(f"{architecture.describe()} does not end in an affine readout")
+        raise ValueError(f"{description.describe()} does not end in an affine readout")
     return state.k12, state.t12
 
 
 __all__ = [
-    "CovState", "Hyperparameters", "RuleContext", "broadcast_param", "evaluate", "identical_rows",
+    "CovState", "Hyperparameters", "RuleContext", "broadcast_param", "evaluate", "fuse_relu_chains", "identical_rows",
     "input_state", "kernel_rule", "propagate", "rule_for", "VarianceCursor",
 ]

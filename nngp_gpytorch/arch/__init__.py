@@ -19,10 +19,10 @@ from .activations import (
     Step,
     Tanh,
 )
-from .attention import SelfAttention, SequenceReadout, TokenDense, transformer
-from .base import ArchitectureError, Layer, Serial, Signal, SignalKind, require_gaussian
-from .batchnorm import BatchNorm, batchnorm_mlp, homogeneity_degree
-from .builders import mlp
+from .attention import SelfAttention, SequenceReadout, TokenDense
+from .base import ArchitectureError, Capabilities, Layer, Serial, Signal, SignalKind, capabilities, require_gaussian
+from .batchnorm import BatchNorm, homogeneity_degree
+from .builders import batchnorm_mlp, cnn, gcn, gru, lstm, mlp, resnet, rnn, transformer
 from .dense import Dense
 from .graph import GraphConv, normalized_adjacency
 from .norm import LayerNorm
@@ -31,7 +31,8 @@ from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool
 from .structure import Parallel, Residual
 
 __all__ = [
-    "Abs", "Activation", "ArchitectureError", "AvgPool", "BatchNorm", "batchnorm_mlp", "Conv", "Dense", "Erf",
+    "Abs", "Activation", "ArchitectureError", "AvgPool", "BatchNorm", "batchnorm_mlp", "Capabilities",
+    "capabilities", "cnn", "Conv", "gcn", "gru", "lstm", "resnet", "rnn", "Dense", "Erf",
     "Flatten", "GELU", "GlobalAvgPool", "GraphConv", "GRU", "homogeneity_degree", "Identity", "Layer", "LayerNorm",
     "LeakyReLU", "LSTM", "mlp", "NAMED_ACTIVATIONS", "normalized_adjacency", "Parallel", "RecurrentLayer", "ReLU",
     "require_gaussian", "Residual", "RNN", "SelfAttention", "SequenceReadout", "Serial", "Sigmoid", "Sign",

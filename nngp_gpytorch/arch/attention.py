@@ -150,31 +150,3 @@ class SequenceReadout(Layer):
             raise ArchitectureError(f"{path}: {self.describe()} needs token features; put TokenDense() first")
         _sequence_positions(self, signal, path)
         return Signal(signal.kind, spatial=(), input_shape=signal.input_shape)
-
-
-def transformer(depth: int, temperature: float = 1.0, causal: bool = False, masked: bool = False,
-                readout: str = "mean") -> Layer:
-    """The reference transformer: ``depth`` blocks, then a sequence readout and a ``Dense``.
-
-    Block (reference/kernels.md, "Attention"): ``k = U x``; ``h = LN(k + attention(k))``;
-    ``x' = LN(W₂·ReLU(W₁ h + b₁) + b₂ + h)``. Kernel per block: ``Σ ← σu²Σ (+σb²)``;
-    ``Σ̂ = (I+Δ)Σ(I+Δ)ᵀ``; ``Σ̂ ← corr(Σ̂)``; ``F = σw²·V_ReLU(σw²Σ̂ + σb²) + σb²``; ``Σ' = corr(F + Σ̂)``.
-    """
-    from .activations import ReLU
-    from .base import Serial
-    from .dense import Dense
-    from .norm import LayerNorm
-    from .structure import Residual
-
-    if int(depth) != depth or depth < 1:
-        raise ArchitectureError(f"transformer depth must be a positive integer, got {depth}")
-    layers: list[Layer] = []
-    for i in range(int(depth)):
-        layers += [
-            TokenDense(masked=masked and i == 0),
-            SelfAttention(temperature=temperature, causal=causal, residual=True, masked=masked),
-            LayerNorm(),
-            Residual(Serial(TokenDense(), ReLU(), TokenDense())),
-            LayerNorm(),
-        ]
-    return Serial(*layers, SequenceReadout(readout=readout, masked=masked), Dense())

@@ -59,10 +59,23 @@ class Layer:
     ``fresh_weights`` marks layers that multiply by freshly drawn weights (Dense, Conv, GraphConv, ...):
     in the limit their output is independent of their input, which is what makes a skip connection's
     sum ``h + branch(h)`` a sum of independent Gaussians (see :func:`has_fresh_weights`).
+
+    Capabilities a kernel reads (through :func:`capabilities`, once per tree) instead of testing layer
+    classes:
+
+    * ``needs_full_positions``: the rule mixes positions (pooling, attention, readouts over tokens), so the
+      state must keep the full position×position covariance rather than its diagonal;
+    * ``transductive``: the layer is defined over the nodes of one fixed graph (``GraphConv``): the kernel's
+      inputs are node indices, and it is computed over all nodes at once;
+    * ``set_semantics``: the layer's output at ``x`` depends on the other inputs of ``x``'s batch (batch
+      norm), so the kernel is defined over a declared set of batches, not over pairs.
     """
 
     has_ntk: ClassVar[bool] = True
     fresh_weights: ClassVar[bool] = False
+    needs_full_positions: ClassVar[bool] = False
+    transductive: ClassVar[bool] = False
+    set_semantics: ClassVar[bool] = False
 
     def propagate(self, signal: Signal, path: str) -> Signal:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -106,6 +119,37 @@ class Layer:
                 "(an affine layer such as Dense()) must come last so that the output is a Gaussian process"
             )
         return signal
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a whole description needs of its kernel, combined once over the tree (:func:`capabilities`).
+
+    Attributes:
+        has_ntk: every layer's rule carries the NTK Θ (``False`` names the first that does not in ``no_ntk``).
+        needs_full_positions, transductive, set_semantics: some layer declares it (see :class:`Layer`).
+        no_ntk: ``describe()`` of the first layer without an NTK, or ``None``.
+    """
+
+    has_ntk: bool
+    needs_full_positions: bool
+    transductive: bool
+    set_semantics: bool
+    no_ntk: str | None = None
+
+
+def capabilities(layer: Layer) -> Capabilities:
+    """The :class:`Capabilities` of the tree rooted at ``layer``: the ``or`` of each layer's declaration
+    (``and`` for ``has_ntk``), in one depth-first walk."""
+    layers = list(layer.walk())
+    no_ntk = next((sub.describe() for sub in layers if not type(sub).has_ntk), None)
+    return Capabilities(
+        has_ntk=no_ntk is None,
+        needs_full_positions=any(type(sub).needs_full_positions for sub in layers),
+        transductive=any(type(sub).transductive for sub in layers),
+        set_semantics=any(type(sub).set_semantics for sub in layers),
+        no_ntk=no_ntk,
+    )
 
 
 def has_fresh_weights(layer: Layer) -> bool:

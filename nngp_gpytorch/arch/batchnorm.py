@@ -56,6 +56,7 @@ class BatchNorm(Layer):
     activation: Activation = field(default_factory=Identity)
 
     has_ntk: ClassVar[bool] = False
+    set_semantics: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.activation, Activation):
@@ -77,17 +78,3 @@ class BatchNorm(Layer):
 
     def describe(self) -> str:
         return f"BatchNorm({self.activation.describe()})"
-
-
-def batchnorm_mlp(depth: int, activation: Activation | None = None) -> Layer:
-    """``Serial(Dense(), BatchNorm(φ), ..., Dense(), BatchNorm(φ), Dense())`` with ``depth`` hidden layers."""
-    from .base import Serial
-    from .dense import Dense
-
-    if int(depth) != depth or depth < 1:
-        raise ArchitectureError(f"batchnorm_mlp depth must be a positive integer, got {depth}")
-    activation = activation or ReLU()
-    layers: list[Layer] = []
-    for _ in range(int(depth)):
-        layers += [Dense(), BatchNorm(activation)]
-    return Serial(*layers, Dense())

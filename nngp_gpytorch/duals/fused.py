@@ -43,7 +43,6 @@ differentiable to any order.
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -90,15 +89,11 @@ def _row_chunks(n_batch: int, n1: int, n2: int, device: torch.device | None = No
     return [(r0, min(n1, r0 + rows)) for r0 in range(0, n1, rows)]
 
 
-#: The last ``identical`` mask seen (weakly held), with its version, the broadcast shape and its True entries:
-#: every layer of one evaluation shares the same mask, so its O(N²) scan is done once.
-_LAST_MASK: list = [None, None, None]
-
-
 def _true_entries(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     """Indices ``(nnz, len(shape))`` of the True entries of ``mask`` broadcast to ``shape``, in row-major order
     (so sorted by the row index within each batch element); None for no mask. An integer ``mask`` is taken to
-    be such an index tensor already."""
+    be such an index tensor already (callers that reuse one mask over several layers pass its indices, as the
+    ReLU fusion pass :mod:`nngp_gpytorch.algebra.fusion` does; nothing is cached here)."""
     if mask is None:
         return None
     if mask.dtype != torch.bool:
@@ -109,12 +104,7 @@ def _true_entries(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor 
         flat = torch.arange(nb, device=mask.device).repeat_interleave(mask.shape[0])
         batch_idx = torch.stack(torch.unravel_index(flat, tuple(shape[:-2])), dim=1)
         return torch.cat([batch_idx, mask.repeat(nb, 1)], dim=1)
-    ref, key, idx = _LAST_MASK
-    if ref is not None and ref() is mask and key == (mask._version, tuple(shape)):
-        return idx
-    idx = torch.nonzero(mask.expand(shape))
-    _LAST_MASK[:] = [weakref.ref(mask), (mask._version, tuple(shape)), idx]
-    return idx
+    return torch.nonzero(mask.expand(shape))
 
 
 def _split_by_rows(idx: torch.Tensor | None, chunks: list[tuple[int, int]], batch_ndim: int):

@@ -1,18 +1,21 @@
-"""GPyTorch kernels: :class:`NNGPKernel` / :class:`NTKKernel` of any architecture, and named ones."""
+"""GPyTorch kernels: :class:`NNGPKernel` / :class:`NTKKernel` of any description (architecture tree or tensor
+program). The named classes (``MLPKernel``, ``CNNKernel``, ``GRUKernel``, ...) are deprecated aliases kept for
+one release: use ``NNGPKernel(arch.mlp(...))``, ``NNGPKernel(arch.cnn(...), input_shape=...)``, ..."""
 
 from .base import InfiniteWidthKernel
-from .batchnorm import BatchNormMLPKernel
+from .batchnorm import BatchNormKernel, BatchNormMLPKernel
 from .cnn import CNNKernel, CNNNTKKernel, PairTiling, cnn
-from .graph import GraphConvKernel, GraphConvNTKKernel, gcn
+from .graph import GraphConvKernel, GraphConvNTKKernel, GraphNNGPKernel, GraphNTKKernel, gcn
 from .mlp import MLPKernel, MLPNTKKernel
-from .nngp import NNGPKernel, NTKKernel
+from .nngp import NNGPKernel, NTKKernel, register_description, register_ntk_builder
 from .recurrent import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel
 from .resnet import ResNetKernel, ResNetNTKKernel, resnet
 from .transformer import TransformerKernel, TransformerNTKKernel
 
 __all__ = [
-    "BatchNormMLPKernel", "cnn", "CNNKernel", "CNNNTKKernel", "gcn", "GraphConvKernel", "GraphConvNTKKernel",
-    "GRUKernel", "InfiniteWidthKernel", "LSTMKernel", "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel",
-    "PairTiling", "resnet", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel", "TransformerKernel",
-    "TransformerNTKKernel",
+    "BatchNormKernel", "BatchNormMLPKernel", "cnn", "CNNKernel", "CNNNTKKernel", "gcn", "GraphConvKernel",
+    "GraphConvNTKKernel", "GraphNNGPKernel", "GraphNTKKernel", "GRUKernel", "InfiniteWidthKernel", "LSTMKernel",
+    "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "PairTiling", "register_description",
+    "register_ntk_builder", "resnet", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
+    "TransformerKernel", "TransformerNTKKernel",
 ]

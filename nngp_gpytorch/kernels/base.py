@@ -10,12 +10,16 @@ from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 
 from ..algebra import Hyperparameters, evaluate
-from ..arch import Layer
+from ..algebra.recurrent import per_step_kernel
+from ..arch import Layer, RecurrentLayer
 from ..duals.fused import symmetrize
 from .validation import check_kernel_inputs
 
-#: A bias variance of exactly 0 is stored as this value, so that it stays learnable (softplus⁻¹(0) = −∞).
+#: A bias variance of 0 that must stay learnable (one with a prior) is stored as this value (softplus⁻¹(0) = −∞);
+#: without a prior it is exactly 0 (a fixed zero, see :class:`InfiniteWidthKernel`).
 ZERO_BIAS_FLOOR = 1e-12
+
+_NAMES = ("weight_var", "bias_var")
 
 Variance = float | Sequence[float] | torch.Tensor
 
@@ -52,7 +56,9 @@ class InfiniteWidthKernel(Kernel):
     Args:
         architecture: an :mod:`nngp_gpytorch.arch` description ending in an affine readout.
         weight_var: initial σw² (a float, or a sequence of per-layer values).
-        bias_var: initial σb² (``0`` is stored as ``1e-12`` so that it remains learnable).
+        bias_var: initial σb². An entry given as exactly ``0`` is a **fixed zero**: ``bias_var`` returns exactly
+            0 there (no bias at all, no gradient) until a new value is set. With ``bias_var_prior`` a zero is
+            stored as ``1e-12`` instead (a random σb² is positive), as before.
         per_layer: one (σw², σb²) per affine layer instead of shared values.
         weight_var_prior, bias_var_prior: optional :class:`gpytorch.priors.Prior`.
         weight_var_constraint, bias_var_constraint: default :class:`~gpytorch.constraints.Positive`.
@@ -65,7 +71,14 @@ class InfiniteWidthKernel(Kernel):
         input_shape: per-example shape of structured inputs, flattened by the user: ``(C, H, W)`` for
             images (channels first), ``(T, d)`` for sequences. Inputs must have ``prod(input_shape)``
             features.
+        dtype: dtype of the hyperparameters (default: torch's default dtype); the kernel computes in it.
         **kwargs: ``batch_shape``, ``active_dims``, ... as for any GPyTorch kernel.
+
+    Precision: the values given (constructor or setter) are kept in float64, and a dtype or device change
+    (``.double()``, ``.to(torch.float64)``, ``.float()``) re-derives the raw parameters from them as long as
+    training has not changed them, so ``NNGPKernel(net, weight_var=1.5).double()`` holds σw² = 1.5 to float64
+    rounding (not the float32-rounded 1.5 of the default dtype). Once the raw values differ from the ones
+    derived (an optimizer step, ``initialize``, ``load_state_dict``), a conversion converts them as usual.
     """
 
     is_stationary = False
@@ -85,6 +98,7 @@ class InfiniteWidthKernel(Kernel):
         block_size: int | None = None,
         input_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs,
     ):
         if kwargs.get("ard_num_dims") is not None:
@@ -112,18 +126,34 @@ class InfiniteWidthKernel(Kernel):
         self.input_dim = input_dim
 
         shape = (*self.batch_shape, self.slots)
-        self.register_parameter("raw_weight_var", torch.nn.Parameter(torch.zeros(shape)))
-        self.register_parameter("raw_bias_var", torch.nn.Parameter(torch.zeros(shape)))
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        self.register_parameter("raw_weight_var", torch.nn.Parameter(torch.zeros(shape, dtype=dtype)))
+        self.register_parameter("raw_bias_var", torch.nn.Parameter(torch.zeros(shape, dtype=dtype)))
+        self.register_buffer("bias_var_fixed_zero", torch.zeros(shape, dtype=torch.bool))
+        self._given: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (float64 values, raw derived)
         self.register_constraint("raw_weight_var", weight_var_constraint or Positive())
         self.register_constraint("raw_bias_var", bias_var_constraint or Positive())
-        if weight_var_prior is not None:
-            self._check_prior(weight_var_prior, "weight_var_prior")
-            self.register_prior("weight_var_prior", weight_var_prior, _weight_var_param, _weight_var_closure)
-        if bias_var_prior is not None:
-            self._check_prior(bias_var_prior, "bias_var_prior")
-            self.register_prior("bias_var_prior", bias_var_prior, _bias_var_param, _bias_var_closure)
         self._set_weight_var(weight_var)
         self._set_bias_var(bias_var)
+        if weight_var_prior is not None:
+            self.register_variance_prior("weight_var", weight_var_prior)
+        if bias_var_prior is not None:
+            self.register_variance_prior("bias_var", bias_var_prior)
+
+    def register_variance_prior(self, name: str, prior: Prior) -> None:
+        """Register ``prior`` on ``weight_var`` or ``bias_var`` as ``<name>_prior`` (with module-level closures,
+        so that the kernel pickles and ``pyro_sample_from_prior`` can set sampled values). A random σb² is
+        positive: fixed zeros of ``bias_var`` become the learnable floor ``1e-12``."""
+        if name not in _NAMES:
+            raise ValueError(f"name must be one of {_NAMES}, got {name!r}")
+        self._check_prior(prior, f"{name}_prior")
+        if name == "weight_var":
+            self.register_prior("weight_var_prior", prior, _weight_var_param, _weight_var_closure)
+        else:
+            self.register_prior("bias_var_prior", prior, _bias_var_param, _bias_var_closure)
+            if bool(self.bias_var_fixed_zero.any()):
+                self._set_bias_var(self.bias_var.detach())
 
     @staticmethod
     def _check_prior(prior, name: str) -> None:
@@ -142,8 +172,10 @@ class InfiniteWidthKernel(Kernel):
 
     @property
     def bias_var(self) -> torch.Tensor:
-        """σb², shape ``(*batch_shape, slots)``."""
-        return self.raw_bias_var_constraint.transform(self.raw_bias_var)
+        """σb², shape ``(*batch_shape, slots)``; exactly 0 at the fixed zeros (``bias_var_fixed_zero``)."""
+        value = self.raw_bias_var_constraint.transform(self.raw_bias_var)
+        zero = self.bias_var_fixed_zero
+        return value.masked_fill(zero, 0.0) if bool(zero.any()) else value
 
     @bias_var.setter
     def bias_var(self, value: Variance) -> None:
@@ -162,19 +194,60 @@ class InfiniteWidthKernel(Kernel):
                 f"{name} has {value.shape[-1]} values but the kernel has {self.slots} variance slot(s) "
                 f"({'per layer' if self.per_layer else 'shared; pass per_layer=True for one per layer'})"
             )
-        if allow_zero:
-            value = value.clamp_min(ZERO_BIAS_FLOOR)
         return value
 
+    def _set_variance(self, name: str, value: Variance) -> None:
+        """Validate ``value``, keep it in float64 and set ``raw_<name>`` from it (in the kernel's dtype)."""
+        raw = getattr(self, f"raw_{name}")
+        exact = value.detach() if isinstance(value, torch.Tensor) else value
+        exact = torch.as_tensor(exact, dtype=torch.float64, device="cpu")
+        self._as_variance(exact, name, allow_zero=name == "bias_var")
+        exact = exact.expand_as(raw).clone() if exact.dim() <= raw.dim() else exact
+        if name == "bias_var":
+            zero = exact == 0
+            if hasattr(self, "bias_var_prior"):  # a random σb² is positive: keep zeros learnable
+                exact, zero = exact.clamp_min(ZERO_BIAS_FLOOR), torch.zeros_like(zero)
+            if zero.shape == self.bias_var_fixed_zero.shape:
+                self.bias_var_fixed_zero.copy_(zero.to(self.bias_var_fixed_zero.device))
+            else:
+                self.bias_var_fixed_zero = zero.to(self.bias_var_fixed_zero.device)
+            exact = exact.masked_fill(zero, 1.0)  # any positive raw value underneath a fixed zero
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            converted = value.to(raw.dtype).expand_as(exact) if value.dim() <= raw.dim() else value.to(raw.dtype)
+            if name == "bias_var":
+                converted = torch.where(self.bias_var_fixed_zero, torch.ones_like(converted), converted)
+            self.initialize(**{f"raw_{name}": getattr(self, f"raw_{name}_constraint").inverse_transform(converted)})
+            self._given.pop(name, None)  # a traced value (e.g. a Pyro sample): nothing exact to keep
+            return
+        self._derive_raw(name, exact)
+
+    def _derive_raw(self, name: str, exact: torch.Tensor) -> None:
+        raw = getattr(self, f"raw_{name}")
+        derived = getattr(self, f"raw_{name}_constraint").inverse_transform(exact.to(raw.device)).to(raw.dtype)
+        self.initialize(**{f"raw_{name}": derived})
+        self._given[name] = (exact, getattr(self, f"raw_{name}").detach().clone())
+
     def _set_weight_var(self, value: Variance) -> None:
-        value = self._as_variance(value, "weight_var", allow_zero=False)
-        self.initialize(raw_weight_var=self.raw_weight_var_constraint.inverse_transform(
-            value.expand_as(self.raw_weight_var) if value.dim() <= self.raw_weight_var.dim() else value))
+        self._set_variance("weight_var", value)
 
     def _set_bias_var(self, value: Variance) -> None:
-        value = self._as_variance(value, "bias_var", allow_zero=True)
-        self.initialize(raw_bias_var=self.raw_bias_var_constraint.inverse_transform(
-            value.expand_as(self.raw_bias_var) if value.dim() <= self.raw_bias_var.dim() else value))
+        self._set_variance("bias_var", value)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Module conversions (``.double()``, ``.to(...)``, ``.cuda()``): raw hyperparameters still equal to the
+        ones derived from the given values are re-derived from those (float64) values in the new dtype."""
+        untouched = {}
+        for name in _NAMES:
+            given = getattr(self, "_given", {}).get(name)
+            raw = getattr(self, f"raw_{name}", None)
+            if given is not None and raw is not None and given[1].shape == raw.shape \
+                    and given[1].dtype == raw.dtype and torch.equal(given[1].to(raw.device), raw.detach()):
+                untouched[name] = given[0]
+        out = super()._apply(fn, *args, **kwargs)
+        for name, exact in untouched.items():
+            with torch.no_grad():
+                self._derive_raw(name, exact)
+        return out
 
     def hyperparameters_for_algebra(self) -> Hyperparameters:
         """The current (σw², σb²) as a :class:`~nngp_gpytorch.algebra.Hyperparameters`."""
@@ -206,6 +279,17 @@ class InfiniteWidthKernel(Kernel):
             x1 = x1.index_select(-1, self.active_dims)
             x2 = None if x2 is None else x2.index_select(-1, self.active_dims)
         return self._evaluate_symmetrized(x1, x1 if x2 is None else x2, diag=diag, with_ntk=True)
+
+    def per_step(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-step kernel of a recurrent description: ``σv²·V(t, s) + σvb²`` for every pair and every pair
+        of steps, ``(..., n1, n2, T, T)`` (the covariance of the readout applied at step ``t`` of ``x1[i]`` and
+        step ``s`` of ``x2[j]``). Raises ``ValueError`` for a description that is not a recurrent layer."""
+        if not isinstance(self.architecture, RecurrentLayer):
+            raise ValueError(f"per_step needs a recurrent description (RNN, GRU, LSTM), got "
+                             f"{self.architecture.describe()}")
+        self._check_inputs(x1, x2)
+        return per_step_kernel(self.architecture, x1, x1 if x2 is None else x2,
+                               self.hyperparameters_for_algebra(), self.input_shape, self.quadrature_degree)
 
     def _evaluate_symmetrized(self, x1, x2, diag: bool, with_ntk: bool):
         """:meth:`_evaluate`, made exactly symmetric when ``x1`` and ``x2`` are the same tensor.

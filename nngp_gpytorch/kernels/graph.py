@@ -5,22 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..algebra import evaluate
-from ..arch import Activation, ReLU, Serial
-from ..arch.graph import GraphConv
-from .nngp import NNGPKernel, NTKKernel
-
-
-def gcn(adjacency, depth: int = 1, activation: Activation | None = None, normalize: str = "sym",
-        self_loops: bool = True) -> Serial:
-    """``Serial([GraphConv(Â), φ] × depth, GraphConv(Â))`` (Kipf & Welling 2017 with ``depth = 1``)."""
-    if int(depth) != depth or depth < 0:
-        raise ValueError(f"gcn depth must be a non-negative integer, got {depth}")
-    activation = activation or ReLU()
-    layers = []
-    for _ in range(int(depth)):
-        layers += [GraphConv(adjacency, normalize, self_loops), activation]
-    layers.append(GraphConv(adjacency, normalize, self_loops))
-    return Serial(*layers)
+from ..arch import Activation, Layer, gcn
+from .nngp import NNGPKernel, NTKKernel, warn_deprecated
 
 
 class _GraphKernelMixin:
@@ -72,7 +58,7 @@ class _GraphKernelMixin:
 
 
 def _num_nodes(architecture) -> int:
-    sizes = {layer.num_nodes for layer in architecture.walk() if isinstance(layer, GraphConv)}
+    sizes = {layer.num_nodes for layer in architecture.walk() if type(layer).transductive}
     if len(sizes) != 1:
         raise ValueError(f"the architecture must contain GraphConv layers over one graph, got node counts {sizes}")
     return sizes.pop()
@@ -92,11 +78,11 @@ def _select(k: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor, diag: bool) -> 
     return torch.gather(rows, -1, i2.unsqueeze(-2).expand(*batch, i1.shape[-1], i2.shape[-1]))
 
 
-class GraphConvKernel(_GraphKernelMixin, NNGPKernel):
-    r"""NNGP of a graph convolutional network over the nodes of one fixed graph (transductive).
-
-    Architecture (:func:`gcn`): ``[GraphConv(Â), φ] × depth, GraphConv(Â)`` with
-    ``K' = σb² + σw²·Â·V_φ(K)·Âᵀ`` and ``K¹ = σb² + σw²·Â (XXᵀ/d) Âᵀ`` for node features ``X``.
+class GraphNNGPKernel(_GraphKernelMixin, NNGPKernel, serves="transductive"):
+    r"""NNGP of a graph network over the nodes of one fixed graph (transductive); ``NNGPKernel(description,
+    node_features=X)`` returns this class for a description with ``GraphConv`` layers, e.g. ``A.gcn(Â, depth)``:
+    ``[GraphConv(Â), φ] × depth, GraphConv(Â)`` with ``K' = σb² + σw²·Â·V_φ(K)·Âᵀ`` and
+    ``K¹ = σb² + σw²·Â (XXᵀ/d) Âᵀ`` for node features ``X``.
 
     **Semantics.** The kernel is defined on the node *identities* of one graph: inputs are node indices
     ``(..., n, 1)`` (floats holding integers in ``[0, N)``), and ``K(i, j)`` is the covariance of the network's
@@ -106,23 +92,52 @@ class GraphConvKernel(_GraphKernelMixin, NNGPKernel):
     kernel: there is no dependence on which nodes are in a batch. Train on labelled nodes, predict the rest.
 
     Args:
-        adjacency: ``(N, N)`` non-negative (weighted) adjacency matrix (tensor, array or nested lists).
+        architecture: a description whose ``GraphConv`` layers share one graph of ``N`` nodes.
         node_features: ``(N, d)``.
-        depth: hidden graph-convolution layers; activation: φ (ReLU);
-        normalize: ``"sym"`` (``D^(−1/2)(A+I)D^(−1/2)``), ``"row"`` or ``"none"``; self_loops: add ``I``.
-        **kwargs: as :class:`NNGPKernel` (weight_var, bias_var, per_layer, priors, ...).
+        **kwargs: as :class:`NNGPKernel` (weight_var, bias_var, per_layer, priors, dtype, ...).
+
+    >>> from nngp_gpytorch import NNGPKernel, arch as A
+    >>> adjacency = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    >>> kernel = NNGPKernel(A.gcn(adjacency, depth=1), node_features=torch.randn(3, 2))
     """
 
-    def __init__(self, adjacency, node_features, depth: int = 1, activation: Activation | None = None,
-                 normalize: str = "sym", self_loops: bool = True, **kwargs):
-        super().__init__(gcn(adjacency, depth, activation, normalize, self_loops), input_dim=1, **kwargs)
+    def __init__(self, architecture: Layer, node_features: torch.Tensor, **kwargs):
+        kwargs.setdefault("input_dim", 1)
+        super().__init__(architecture, **kwargs)
         self._setup_graph(node_features)
 
 
-class GraphConvNTKKernel(_GraphKernelMixin, NTKKernel):
-    """NTK of the same graph network as :class:`GraphConvKernel` (same arguments and semantics)."""
+class GraphNTKKernel(_GraphKernelMixin, NTKKernel, serves="transductive"):
+    """NTK of the same graph network as :class:`GraphNNGPKernel` (same arguments and semantics);
+    ``NTKKernel(description, node_features=X)`` returns it."""
+
+    def __init__(self, architecture: Layer, node_features: torch.Tensor, **kwargs):
+        kwargs.setdefault("input_dim", 1)
+        super().__init__(architecture, **kwargs)
+        self._setup_graph(node_features)
+
+
+def _deprecated(old: str) -> None:
+    warn_deprecated(old, f"{'NTKKernel' if 'NTK' in old else 'NNGPKernel'}(arch.gcn(adjacency, depth, ...), "
+                    "node_features=X)")
+
+
+class GraphConvKernel(GraphNNGPKernel):
+    """Deprecated: ``NNGPKernel(A.gcn(adjacency, depth, activation, normalize, self_loops), node_features=X)``."""
 
     def __init__(self, adjacency, node_features, depth: int = 1, activation: Activation | None = None,
                  normalize: str = "sym", self_loops: bool = True, **kwargs):
-        super().__init__(gcn(adjacency, depth, activation, normalize, self_loops), input_dim=1, **kwargs)
-        self._setup_graph(node_features)
+        _deprecated("GraphConvKernel")
+        super().__init__(gcn(adjacency, depth, activation, normalize, self_loops), node_features, **kwargs)
+
+
+class GraphConvNTKKernel(GraphNTKKernel):
+    """Deprecated: ``NTKKernel(A.gcn(...), node_features=X)``."""
+
+    def __init__(self, adjacency, node_features, depth: int = 1, activation: Activation | None = None,
+                 normalize: str = "sym", self_loops: bool = True, **kwargs):
+        _deprecated("GraphConvNTKKernel")
+        super().__init__(gcn(adjacency, depth, activation, normalize, self_loops), node_features, **kwargs)
+
+
+__all__ = ["gcn", "GraphConvKernel", "GraphConvNTKKernel", "GraphNNGPKernel", "GraphNTKKernel"]
