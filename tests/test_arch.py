@@ -26,9 +26,11 @@ def test_activation_first_is_rejected_naming_the_layer():
         A.Serial(A.ReLU(), A.Dense()).validate()
 
 
-def test_two_activations_in_a_row_are_rejected():
-    with pytest.raises(A.ArchitectureError, match=r"Serial\[2\] Erf\(\).*non-Gaussian"):
-        A.Serial(A.Dense(), A.ReLU(), A.Erf(), A.Dense()).validate()
+def test_two_activations_in_a_row_compose():
+    """A chain of activations is one Nonlin of the Gaussian before it (issue 18): accepted."""
+    assert A.Serial(A.Dense(), A.ReLU(), A.Erf(), A.Dense()).validate().kind is A.SignalKind.GAUSSIAN
+    with pytest.raises(A.ArchitectureError, match=r"Serial\[0\] Identity\(\).*raw input"):
+        A.Serial(A.Identity(), A.Erf(), A.Dense()).validate()
 
 
 def test_missing_readout_is_rejected():
@@ -68,8 +70,16 @@ def test_skip_connection_branches_need_fresh_weights():
     for branch in (A.LayerNorm(), A.Serial(A.SelfAttention(residual=False), A.LayerNorm())):
         with pytest.raises(A.ArchitectureError, match="no freshly drawn weights"):
             A.Serial(A.TokenDense(), A.Residual(branch), A.SequenceReadout(), A.Dense()).validate((5, 3))
-    with pytest.raises(A.ArchitectureError, match="at most one branch"):
+    with pytest.raises(A.ArchitectureError, match="not elementwise"):
         A.Serial(A.Dense(), A.Parallel(A.LayerNorm(), A.Serial(A.LayerNorm())), A.Dense()).validate()
+    with pytest.raises(A.ArchitectureError, match="independent non-Gaussian"):
+        A.Serial(A.Dense(), A.Parallel(A.Serial(A.Dense(), A.ReLU()), A.Serial(A.Dense(), A.ReLU())),
+                 A.Dense()).validate()
+    # elementwise branches without weights and skips over post-activation features are accepted
+    for net in (A.Serial(A.Dense(), A.Parallel(A.Identity(), A.Identity()), A.Dense()),
+                A.Serial(A.Dense(), A.ReLU(), A.Residual(A.Dense()), A.Dense()),
+                A.Serial(A.Dense(), A.Residual(A.ReLU()), A.Dense())):
+        assert net.validate().kind is A.SignalKind.GAUSSIAN
     ok = A.Serial(A.TokenDense(), A.Residual(A.Serial(A.SelfAttention(residual=False), A.TokenDense())),
                   A.SequenceReadout(), A.Dense())
     assert ok.validate((5, 3)).kind is A.SignalKind.GAUSSIAN

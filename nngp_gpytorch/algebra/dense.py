@@ -3,16 +3,17 @@
 NNGP and NTK in the NTK parameterization (reference/kernels.md, "NTK"):
 
 * Dense:      ``K' = σw²·K + σb²``,           ``Θ' = K' + σw²·Θ``
-* Activation: ``K' = V_φ(K)``,                ``Θ' = V_φ'(K) ⊙ Θ``
+* Activation: ``K' = V_φ(K)``,                ``Θ' = V_φ'(K) ⊙ Θ`` (a chain ``ψ`` then ``φ`` uses ``φ∘ψ``)
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..arch import Activation, Dense
-from ..duals.fused import affine as fused_affine
+from ..arch import Activation, ArchitectureError, Dense, Identity
+from ..duals.dense_maps import affine as fused_affine
 from . import positional
+from .composite import MeanCarrier, compose
 from .registry import RuleContext, broadcast_param, kernel_rule
 from .state import CovState
 
@@ -54,7 +55,27 @@ def apply_dual(dual, state: CovState) -> CovState:
     return state.replace(**new)
 
 
+def elementwise_source(layer, state: CovState) -> tuple[Activation, CovState]:
+    """``(ψ, Gaussian state)`` such that ``state`` holds the features ``ψ(g)`` (``ψ = Identity`` when ``state`` is
+    itself Gaussian). Raises :class:`ArchitectureError` naming ``layer`` when the features are not an
+    elementwise function of one Gaussian (a pooled or summed non-Gaussian signal)."""
+    if state.gaussian:
+        return Identity(), state
+    pre = state.pre_activation
+    if isinstance(pre, tuple) and not isinstance(pre[0], MeanCarrier):
+        return pre[0], pre[1]
+    raise ArchitectureError(
+        f"{layer.describe()}: its input is non-Gaussian features that are not an elementwise function of one "
+        "Gaussian pre-activation (a sum, pool or normalization of post-activation features); the covariance algebra "
+        "has no rule for a nonlinearity of those. Compile the architecture to a tensor program instead "
+        "(nngp_gpytorch.tensor_programs.compile.compile_architecture), or put an affine layer before it"
+    )
+
+
 @kernel_rule(Activation)
 def activation_rule(layer: Activation, state: CovState, ctx: RuleContext) -> CovState:
+    # φ after ψ: the composite φ∘ψ of the last Gaussian (one Nonlin of one G-var, algebra/composite.py)
+    inner, state = elementwise_source(layer, state)
+    act = layer if isinstance(inner, Identity) else compose(inner, layer)
     # keep the pre-activation state (no copy) so that a layer norm after φ can compute the mean E[φ(u)]
-    return apply_dual(ctx.dual(layer), state).replace(pre_activation=(layer, state.replace(pre_activation=None)))
+    return apply_dual(ctx.dual(act), state).replace(pre_activation=(act, state.replace(pre_activation=None)))

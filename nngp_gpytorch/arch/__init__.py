@@ -9,6 +9,7 @@ from .activations import (
     NAMED_ACTIVATIONS,
     Abs,
     Activation,
+    Composite,
     Erf,
     Identity,
     LeakyReLU,
@@ -17,6 +18,7 @@ from .activations import (
     Sign,
     SiLU,
     Step,
+    SumOf,
     Tanh,
 )
 from .attention import SelfAttention, SequenceReadout, TokenDense
@@ -24,10 +26,11 @@ from .base import ArchitectureError, Capabilities, Layer, Serial, Signal, Signal
 from .batchnorm import BatchNorm, homogeneity_degree
 from .builders import batchnorm_mlp, cnn, gcn, gru, lstm, mlp, resnet, rnn, transformer
 from .dense import Dense
+from .dropout import Dropout
 from .graph import GraphConv, normalized_adjacency
 from .norm import LayerNorm
 from .recurrent import GRU, LSTM, RNN, RecurrentLayer
-from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool
+from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool, MaxPool
 from .structure import Parallel, Residual
 
 __all__ = [
@@ -37,4 +40,5 @@ __all__ = [
     "LeakyReLU", "LSTM", "mlp", "NAMED_ACTIVATIONS", "normalized_adjacency", "Parallel", "RecurrentLayer", "ReLU",
     "require_gaussian", "Residual", "RNN", "SelfAttention", "SequenceReadout", "Serial", "Sigmoid", "Sign",
     "Signal", "SignalKind", "SiLU", "Step", "Tanh", "TokenDense", "transformer",
+    "Composite", "Dropout", "MaxPool", "SumOf",
 ]

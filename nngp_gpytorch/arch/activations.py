@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Layer, Signal, SignalKind, require_gaussian
+from .base import ArchitectureError, Layer, Signal, SignalKind
 
 
 @dataclass(frozen=True, init=False)
@@ -39,7 +39,13 @@ class Activation(Layer):
         return self.fn(x)
 
     def propagate(self, signal: Signal, path: str) -> Signal:
-        require_gaussian(self, signal, path)
+        # Gaussian pre-activations, or post-activation features (a composed nonlinearity φ(ψ(g)): one Nonlin of
+        # the Gaussian g in the tensor-program reading); only the raw input has no Gaussian to act on
+        if signal.kind is SignalKind.INPUT:
+            raise ArchitectureError(
+                f"{path}: {self.describe()} needs Gaussian pre-activations but receives the raw input; "
+                "put an affine layer (e.g. Dense()) before it"
+            )
         return signal.with_kind(SignalKind.FEATURES)
 
     def describe(self) -> str:
@@ -137,6 +143,65 @@ class SiLU(Activation):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)
+
+
+@dataclass(frozen=True, init=False)
+class Composite(Activation):
+    """The composition of a chain of activations, innermost first: ``Composite(ReLU(), Erf())`` is
+    ``x ↦ erf(relu(x))`` (what ``Serial(..., ReLU(), Erf(), ...)`` computes).
+
+    One elementwise function of one Gaussian pre-activation, so its dual ``E[φ(u)φ(v)]`` is a bivariate
+    Gaussian expectation (Gauss–Hermite quadrature, or the closed form of a simplified chain, see
+    :func:`nngp_gpytorch.algebra.composite.simplify_chain`) and its NTK factor uses the chain rule
+    ``φ'(x) = Π_i φ_i'(φ_{i-1}(…))`` (autograd through the chain).
+    """
+
+    chain: tuple[Activation, ...] = field(default=())
+
+    def __init__(self, *chain: Activation):
+        if len(chain) == 1 and isinstance(chain[0], list | tuple):
+            chain = tuple(chain[0])
+        if not chain or any(not isinstance(a, Activation) for a in chain):
+            raise ArchitectureError(f"Composite() needs one or more activations, got {chain!r}")
+        flat: list[Activation] = []
+        for a in chain:
+            flat.extend(a.chain if isinstance(a, Composite) else (a,))
+        object.__setattr__(self, "chain", tuple(flat))
+        object.__setattr__(self, "fn", None)
+        object.__setattr__(self, "name", None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for a in self.chain:
+            x = a(x)
+        return x
+
+    def describe(self) -> str:
+        return f"Composite({', '.join(a.describe() for a in self.chain)})"
+
+
+@dataclass(frozen=True, init=False)
+class SumOf(Activation):
+    """``x ↦ Σ_b φ_b(x)``: branches without fresh weights summed over the same Gaussian pre-activation
+    (``Parallel(Identity(), ReLU())`` reads as ``SumOf(Identity(), ReLU())``). One elementwise function,
+    so its dual is a bivariate Gaussian expectation (quadrature) and its derivative the sum of derivatives."""
+
+    terms: tuple[Activation, ...] = field(default=())
+
+    def __init__(self, *terms: Activation):
+        if not terms or any(not isinstance(a, Activation) for a in terms):
+            raise ArchitectureError(f"SumOf() needs one or more activations, got {terms!r}")
+        object.__setattr__(self, "terms", tuple(terms))
+        object.__setattr__(self, "fn", None)
+        object.__setattr__(self, "name", None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.terms[0](x)
+        for a in self.terms[1:]:
+            out = out + a(x)
+        return out
+
+    def describe(self) -> str:
+        return f"SumOf({', '.join(a.describe() for a in self.terms)})"
 
 
 NAMED_ACTIVATIONS: tuple[type[Activation], ...] = (

@@ -168,3 +168,89 @@ class Flatten(Layer):
         if not signal.spatial and signal.kind is not SignalKind.INPUT:
             return signal
         return Signal(signal.kind, spatial=(), input_shape=signal.input_shape)
+
+
+@dataclass(frozen=True)
+class MaxPool(Layer):
+    """Max pooling over windows of ``window`` positions per channel (``stride`` defaults to ``window``).
+
+    ``padding``: ``"valid"`` (full windows only), ``"same"`` (``ceil(n/stride)`` outputs; positions outside the
+    input are ignored, i.e. padded with −∞ as in torch/TF) or ``"circular"`` (windows wrap around).
+
+    In the limit the channels are i.i.d., so the kernel is a Nonlin of the window's jointly Gaussian
+    pre-activations (Yang 2019): ``K'[o, o'] = E[max_{a∈W_o} φ(u_a) · max_{b∈W_o'} φ(v_b)]`` with ``φ`` the
+    activation before the pool (identity on Gaussian inputs), and the NTK
+    ``Θ'[o, o'] = Σ_{a,b} E[φ'(u_a)·1[a = argmax] · φ'(v_b)·1[b = argmax]]·Θ[a, b]``
+    (:mod:`nngp_gpytorch.algebra.maxpool`). Needs the full spatial covariance.
+    """
+
+    needs_full_positions: ClassVar[bool] = True
+
+    window: IntOrTuple = 2
+    stride: IntOrTuple | None = None
+    padding: str = "valid"
+
+    def __post_init__(self) -> None:
+        for name in ("window",) + (("stride",) if self.stride is not None else ()):
+            value = getattr(self, name)
+            values = (value,) if isinstance(value, int) else tuple(value)
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ArchitectureError(f"{self.describe()}: {name} must be a positive int or a tuple of positive "
+                                        f"ints, got {value!r}")
+        if self.padding not in PADDINGS:
+            raise ArchitectureError(f"{self.describe()}: padding must be one of {PADDINGS}, got {self.padding!r}")
+
+    def geometry(self, spatial: tuple[int, ...], path: str | None = None):
+        """``(window, stride, out_shape)`` per axis for input positions ``spatial``."""
+        nd = len(spatial)
+        if nd > 3:
+            raise ArchitectureError(f"{path or self.describe()}: MaxPool supports 1, 2 or 3 spatial dimensions, "
+                                    f"got {nd}")
+        window = per_axis(self.window, nd, "window", self, path)
+        stride = per_axis(self.stride if self.stride is not None else self.window, nd, "stride", self, path)
+        out = tuple(output_size(n, k, s, 1, self.padding) for n, k, s in zip(spatial, window, stride, strict=True))
+        if any(o < 1 for o in out):
+            raise ArchitectureError(f"{path or self.describe()}: the window {window} is larger than the input "
+                                    f"{spatial} with padding='valid'")
+        return window, stride, out
+
+    def windows(self, spatial: tuple[int, ...]) -> list[list[int]]:
+        """For each output position (row-major), the flat row-major input positions its window covers
+        (positions outside the input dropped for ``"same"``, wrapped for ``"circular"``)."""
+        import itertools
+
+        window, stride, out = self.geometry(spatial)
+        lows = []
+        for n, k, s, o in zip(spatial, window, stride, out, strict=True):
+            total = max((o - 1) * s + k - n, 0) if self.padding != "valid" else 0
+            lows.append(total // 2)
+        result = []
+        for opos in itertools.product(*(range(o) for o in out)):
+            cells = []
+            for beta in itertools.product(*(range(k) for k in window)):
+                coord = []
+                for axis, (o, b) in enumerate(zip(opos, beta, strict=True)):
+                    c = o * stride[axis] + b - lows[axis]
+                    if self.padding == "circular":
+                        c %= spatial[axis]
+                    elif not 0 <= c < spatial[axis]:
+                        coord = None
+                        break
+                    coord.append(c)
+                if coord is None:
+                    continue
+                flat = 0
+                for axis, c in enumerate(coord):
+                    flat = flat * spatial[axis] + c
+                if flat not in cells:
+                    cells.append(flat)
+            result.append(cells)
+        return result
+
+    def propagate(self, signal: Signal, path: str) -> Signal:
+        spatial = incoming_spatial(self, signal, path)
+        if signal.kind is SignalKind.INPUT:
+            raise ArchitectureError(f"{path}: {self.describe()} pools the raw input (not a random variable); put a "
+                                    "Conv before it")
+        *_, out = self.geometry(spatial, path)
+        return Signal(SignalKind.FEATURES, spatial=out, input_shape=signal.input_shape)

@@ -1,23 +1,58 @@
 """Skip connections and parallel branches (summed).
 
-A sum of two branches is Gaussian in the limit only if each summand is the output of an affine layer
-(pre-activations): summing post-activation features is not a Gaussian process, and is rejected.
+A sum of branches is read as in a tensor program (Yang 2019): branches with fresh weights are independent,
+so covariances add; elementwise branches without weights (``Identity()``, ``ReLU()``) are one Nonlin of the
+shared Gaussian; an affine summand (zero mean) may be added to non-Gaussian post-activation features (the
+ResNet skip over ``φ(h)``), since what follows (Dense, pooling, layer norm) needs only second moments.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import ArchitectureError, Layer, Signal, SignalKind, has_fresh_weights
+from .base import ArchitectureError, Layer, Serial, Signal, SignalKind, has_fresh_weights
 
 
-def _require_summable(layer: Layer, signal: Signal, what: str, path: str) -> None:
-    if signal.kind is not SignalKind.GAUSSIAN:
-        kind = "the raw input" if signal.kind is SignalKind.INPUT else "non-Gaussian post-activation features"
+def is_elementwise(layer: Layer) -> bool:
+    """Whether ``layer`` is an elementwise function of its input (activations, possibly chained in a
+    ``Serial``): no fresh weights, so it stays correlated with its input, but the correlation is that of one
+    Nonlin of the same Gaussian (a bivariate expectation), which the kernel computes exactly."""
+    from .activations import Activation
+
+    if isinstance(layer, Activation):
+        return True
+    if isinstance(layer, Serial):
+        return all(is_elementwise(sub) for sub in layer.layers)
+    return False
+
+
+def sum_signal(layer: Layer, summands: list[tuple[str, Signal, bool]], path: str) -> Signal:
+    """The signal of a sum of branch outputs ``(what, signal, independent)``.
+
+    Rules (the tensor-program reading, Yang 2019): a sum of Gaussians with fresh independent weights is Gaussian
+    with additive covariance; elementwise branches of the same input are one Nonlin of it; a summand that is an
+    affine layer's output (zero mean, independent of everything else given its input) adds its covariance to
+    anything. What cannot be read off second moments alone is a sum of two independent *non-Gaussian* summands
+    (their cross term is the product of their means): that is refused here and compiled to a tensor program by
+    :func:`nngp_gpytorch.tensor_programs.compile.compile_architecture`.
+    """
+    for what, signal, _ in summands:
+        if signal.kind is SignalKind.INPUT:
+            raise ArchitectureError(f"{path}: {layer.describe()} sums {what}, which is the raw input; put an affine "
+                                    "layer (Dense/Conv) before it")
+    if len({s.spatial for _, s, _ in summands}) > 1:
+        raise ArchitectureError(f"{path}: {layer.describe()} sums branches of different spatial shapes "
+                                f"{[s.spatial for _, s, _ in summands]}")
+    non_gaussian = [what for what, s, _ in summands if s.kind is not SignalKind.GAUSSIAN]
+    if len(non_gaussian) > 1:
         raise ArchitectureError(
-            f"{path}: {layer.describe()} sums {what}, which is {kind}; a sum is a Gaussian process only when every "
-            "summand is the output of an affine layer (Dense/Conv) — end the branch with one, or put one before"
+            f"{path}: {layer.describe()} sums {' and '.join(non_gaussian)}, independent non-Gaussian post-activation "
+            "features whose cross covariance is the product of their means; the covariance algebra needs at most "
+            "one non-Gaussian summand (end the other branches with an affine layer), or compile the architecture "
+            "to a tensor program (nngp_gpytorch.tensor_programs.compile.compile_architecture)"
         )
+    kind = SignalKind.FEATURES if non_gaussian else SignalKind.GAUSSIAN
+    return summands[-1][1].with_kind(kind)
 
 
 @dataclass(frozen=True, init=False)
@@ -44,20 +79,24 @@ class Residual(Layer):
         return self.branch.variance_slots()
 
     def propagate(self, signal: Signal, path: str) -> Signal:
-        _require_summable(self, signal, "its input (the skip path)", path)
-        if not has_fresh_weights(self.branch):
+        if signal.kind is SignalKind.INPUT:
+            raise ArchitectureError(f"{path}: {self.describe()} sums its input (the skip path), which is the raw "
+                                    "input; put an affine layer (Dense/Conv) before the residual block")
+        fresh = has_fresh_weights(self.branch)
+        if not fresh and not is_elementwise(self.branch):
             raise ArchitectureError(
                 f"{path}: the branch {self.branch.describe()} of {self.describe()} applies no freshly drawn weights "
-                "(no Dense/Conv/TokenDense/GraphConv), so its output stays correlated with the skip path and the "
-                "sum is not a sum of independent Gaussians; put an affine layer in the branch"
+                "(no Dense/Conv/TokenDense/GraphConv) and is not elementwise, so its output stays correlated with "
+                "the skip path in a way the covariance algebra does not track; put an affine layer in the branch"
                 " (for attention use SelfAttention(residual=True))"
             )
         out = self.branch.propagate(signal, f"{path} > branch {self.branch.describe()}")
-        _require_summable(self, out, "the branch output", path)
         if out.spatial != signal.spatial:
             raise ArchitectureError(f"{path}: {self.describe()} adds a branch of spatial shape {out.spatial} to "
                                     f"its input of shape {signal.spatial}")
-        return out
+        if not fresh:  # h + φ(h): one elementwise function of the skip path's Gaussian
+            return out.with_kind(SignalKind.FEATURES)
+        return sum_signal(self, [("its input (the skip path)", signal, True), ("the branch output", out, True)], path)
 
     def describe(self) -> str:
         return f"Residual({self.branch.describe()})"
@@ -91,21 +130,28 @@ class Parallel(Layer):
         return sum(b.variance_slots() for b in self.branches)
 
     def propagate(self, signal: Signal, path: str) -> Signal:
-        without = [i for i, b in enumerate(self.branches) if not has_fresh_weights(b)]
-        if len(without) > 1:
-            raise ArchitectureError(
-                f"{path}: branches {without} of {self.describe()} apply no freshly drawn weights, so they are "
-                "correlated with each other through the shared input; at most one branch may lack an affine layer"
-            )
-        outs = []
+        summands, elementwise = [], []
         for i, b in enumerate(self.branches):
+            fresh = has_fresh_weights(b)
+            if not fresh and not is_elementwise(b):
+                raise ArchitectureError(
+                    f"{path}: branch {i} {b.describe()} of {self.describe()} applies no freshly drawn weights and is "
+                    "not elementwise, so it is correlated with the other branches through the shared input in a way "
+                    "the covariance algebra does not track; put an affine layer in it"
+                )
             out = b.propagate(signal, f"{path} > branch {i} {b.describe()}")
-            _require_summable(self, out, f"branch {i}'s output", path)
-            outs.append(out)
-        if len({o.spatial for o in outs}) > 1:
-            raise ArchitectureError(f"{path}: {self.describe()} sums branches of different spatial shapes "
-                                    f"{[o.spatial for o in outs]}")
-        return outs[0]
+            if fresh:
+                summands.append((f"branch {i}'s output", out, True))
+            else:
+                elementwise.append((i, out))
+        if elementwise:  # Σ φ_b(h) over the branches without weights: one elementwise function of h
+            if signal.kind is SignalKind.INPUT:
+                raise ArchitectureError(f"{path}: branch {elementwise[0][0]} of {self.describe()} is elementwise "
+                                        "on the raw input; put an affine layer before it")
+            names = ", ".join(str(i) for i, _ in elementwise)
+            summands.append((f"the elementwise branches ({names})", elementwise[0][1].with_kind(SignalKind.FEATURES),
+                             False))
+        return sum_signal(self, summands, path)
 
     def describe(self) -> str:
         return f"Parallel({', '.join(b.describe() for b in self.branches)})"
