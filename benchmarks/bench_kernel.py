@@ -13,7 +13,7 @@ import argparse
 import torch
 from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
-from nngp_gpytorch import MLPKernel
+from nngp_gpytorch import NNGPKernel
 from nngp_gpytorch import arch as A
 
 
@@ -34,7 +34,7 @@ def main() -> None:
 
 def measure(dtype: torch.dtype, args) -> None:
     x = torch.randn(args.n, args.d, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    kernel = MLPKernel(args.depth, A.ReLU(), weight_var=2.0, bias_var=0.1).to(dtype)
+    kernel = NNGPKernel(A.mlp(args.depth, A.ReLU()), weight_var=2.0, bias_var=0.1).to(dtype)
     with torch.no_grad():
         full = best_time(lambda: kernel(x).to_dense(), args.repeats)
         diag = best_time(lambda: kernel(x, diag=True), args.repeats)

@@ -23,7 +23,8 @@ import gpytorch
 import torch
 from gpytorch.kernels import RBFKernel, ScaleKernel
 
-from nngp_gpytorch import MLPKernel
+from nngp_gpytorch import NNGPKernel
+from nngp_gpytorch import arch as A
 from nngp_gpytorch.models import NNGPRegressionModel
 
 
@@ -126,9 +127,9 @@ def run(dtype: torch.dtype, sizes: list[int], args) -> None:
             continue
         x, y = make_data(n, args.d, dtype)
         rbf = mll_step_seconds(RBFKernel(), x, y, args.repeats)
-        nngp = mll_step_seconds(MLPKernel(args.depth, bias_var=0.1), x, y, args.repeats, profile=args.profile)
+        nngp = mll_step_seconds(NNGPKernel(A.mlp(args.depth), bias_var=0.1), x, y, args.repeats, profile=args.profile)
         k_rbf = kernel_step_seconds(RBFKernel().to(dtype), x, args.repeats)
-        k_nngp = kernel_step_seconds(MLPKernel(args.depth, bias_var=0.1).to(dtype), x, args.repeats)
+        k_nngp = kernel_step_seconds(NNGPKernel(A.mlp(args.depth), bias_var=0.1).to(dtype), x, args.repeats)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"{n:>7} {nngp:>9.3f} {rbf:>9.3f} {nngp / rbf:>6.2f}x   {k_nngp:>20.3f} {k_rbf:>7.3f} "
               f"{k_nngp / k_rbf:>6.2f}x {peak:>13.2f}", flush=True)

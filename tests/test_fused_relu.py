@@ -15,7 +15,7 @@ from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate, fuse_relu_chains
 from nngp_gpytorch.algebra.fusion import ReLUChain
 from nngp_gpytorch.algebra.state import identical_rows
-from nngp_gpytorch.duals import LeakyReLUDual, closed_form, fused
+from nngp_gpytorch.duals import LeakyReLUDual, closed_form, dense_maps, fused
 from nngp_gpytorch.duals.safe_math import arccos_kernel_j1, correlation
 
 F64, F32 = torch.float64, torch.float32
@@ -267,8 +267,8 @@ def test_affine_gradcheck_and_gradgradcheck(shape):
     x = torch.randn(4, 5, dtype=F64, requires_grad=True)
     w = torch.rand(shape, dtype=F64).add(0.5).requires_grad_(True)
     b = torch.rand(shape, dtype=F64).requires_grad_(True)
-    assert torch.autograd.gradcheck(fused.affine, (x, w, b))
-    assert torch.autograd.gradgradcheck(fused.affine, (x, w, b))
+    assert torch.autograd.gradcheck(dense_maps.affine, (x, w, b))
+    assert torch.autograd.gradgradcheck(dense_maps.affine, (x, w, b))
 
 
 def test_affine_chunked_weight_gradient_equals_the_plain_sum(monkeypatch):
@@ -277,7 +277,7 @@ def test_affine_chunked_weight_gradient_equals_the_plain_sum(monkeypatch):
     w = torch.tensor([[1.7]], dtype=F64, requires_grad=True)
     b = torch.tensor([[0.1]], dtype=F64, requires_grad=True)
     g = torch.randn(7, 9, dtype=F64)
-    got = torch.autograd.grad(fused.affine(x, w, b), (x, w, b), g)
+    got = torch.autograd.grad(dense_maps.affine(x, w, b), (x, w, b), g)
     want = torch.autograd.grad(w * x + b, (x, w, b), g)
     for a, r in zip(got, want, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-13)
@@ -287,7 +287,7 @@ def test_affine_chunked_weight_gradient_equals_the_plain_sum(monkeypatch):
 @pytest.mark.parametrize("shape", [(5, 5), (2, 130, 130), (257, 257)], ids=["small", "batched", "blocks"])
 def test_symmetrize_equals_the_plain_average_bit_for_bit(shape):
     k = torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    got, want = fused.symmetrize(k), (k + k.mT) / 2
+    got, want = dense_maps.symmetrize(k), (k + k.mT) / 2
     assert torch.equal(got, want) and torch.equal(got, got.mT)
     g = torch.randn(*shape, dtype=F64)
     torch.testing.assert_close(torch.autograd.grad(got, k, g)[0], torch.autograd.grad(want, k, g)[0], rtol=0,
@@ -296,12 +296,12 @@ def test_symmetrize_equals_the_plain_average_bit_for_bit(shape):
 
 def test_symmetrize_gradcheck_and_passthrough_of_symmetric_input():
     k = torch.randn(6, 6, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(fused.symmetrize, (k,)) and torch.autograd.gradgradcheck(fused.symmetrize, (k,))
+    assert torch.autograd.gradcheck(dense_maps.symmetrize, (k,)) and torch.autograd.gradgradcheck(dense_maps.symmetrize, (k,))
     sym = torch.randn(300, 300, dtype=F64)
     sym = sym + sym.mT
-    assert fused.is_exactly_symmetric(sym) and fused.symmetrize(sym) is sym
+    assert dense_maps.is_exactly_symmetric(sym) and dense_maps.symmetrize(sym) is sym
     sym[299, 0] += 1.0  # a single asymmetric pair, in the last block
-    assert not fused.is_exactly_symmetric(sym)
+    assert not dense_maps.is_exactly_symmetric(sym)
 
 
 # --- the ReLU fusion pass (algebra/fusion.py): Dense → ReLU → ... → Dense as one rule ------------------------------

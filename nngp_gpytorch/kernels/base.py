@@ -12,7 +12,7 @@ from gpytorch.priors import Prior
 from ..algebra import Hyperparameters, evaluate
 from ..algebra.recurrent import per_step_kernel
 from ..arch import Layer, RecurrentLayer
-from ..duals.fused import symmetrize
+from ..duals.dense_maps import symmetrize
 from .validation import check_kernel_inputs
 
 #: A bias variance of 0 that must stay learnable (one with a prior) is stored as this value (softplus⁻¹(0) = −∞);
@@ -296,7 +296,7 @@ class InfiniteWidthKernel(Kernel):
 
         Quadrature/QMC rules and blocked reductions may round ``K[i, j]`` and ``K[j, i]`` differently;
         GPyTorch's solvers expect an exactly symmetric ``K(X, X)``, so the two triangles are averaged
-        (:func:`~nngp_gpytorch.duals.fused.symmetrize`: a no-op when they are already equal).
+        (:func:`~nngp_gpytorch.duals.dense_maps.symmetrize`: a no-op when they are already equal).
         """
         k, t = self._evaluate(x1, x2, diag=diag, with_ntk=with_ntk)
         if not diag and x1 is x2 and k.shape[-1] == k.shape[-2]:
