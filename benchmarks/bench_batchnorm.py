@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
-from nngp_gpytorch import MLPKernel
+from nngp_gpytorch import NNGPKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters
 from nngp_gpytorch.algebra.batchnorm import batchnorm_dual, propagate_batches
@@ -47,7 +47,7 @@ def main() -> None:
             sizes = (b,) * batches
             with torch.no_grad():
                 t_bn = best_time(lambda x=x, sizes=sizes: propagate_batches(arch, x, sizes, hyper), args.repeats)
-                mlp = MLPKernel(depth=2, weight_var=2.0, bias_var=0.1).double()
+                mlp = NNGPKernel(A.mlp(2), weight_var=2.0, bias_var=0.1, dtype=torch.float64)
                 t_mlp = best_time(lambda x=x, mlp=mlp: mlp(x).to_dense(), max(args.repeats, 5))
             print(f"{b:5d}  {batches}x{b:<6d} {t_bn:9.3f}   {t_mlp:14.5f}   {t_bn / t_mlp:8.0f}")
 

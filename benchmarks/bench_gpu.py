@@ -7,7 +7,7 @@ Sections (times are medians of ``--repeats`` after a warm-up, with ``torch.cuda.
 call; peak memory from ``torch.cuda.max_memory_allocated``):
 
 * ``mll``: one exact marginal-likelihood step (forward + backward, CG + Lanczos path forced) of an ExactGP
-  with ``ScaleKernel(MLPKernel(2))`` vs the same model with GPyTorch's ``RBFKernel``; ratio NNGP / RBF.
+  with ``ScaleKernel(NNGPKernel(A.mlp(2)))`` vs the same model with GPyTorch's ``RBFKernel``; ratio NNGP / RBF.
 * ``kernel``: depth-10 ReLU MLP Gram, NNGP alone vs NNGP + NTK in one pass, float32 and float64, and the
   same on this machine's CPU (all its threads) for the GPU speed-up.
 * ``conv``: 3-layer CNN with global average pooling on 8×8 inputs (the peers' memory blow-up case): time and
@@ -26,7 +26,7 @@ import torch
 from gpytorch.kernels import RBFKernel, ScaleKernel
 from timing import median_time  # benchmarks/timing.py (scripts run from this folder)
 
-from nngp_gpytorch import CNNKernel, GRUKernel, LSTMKernel, MLPKernel, NNGPKernel
+from nngp_gpytorch import CNNKernel, NNGPKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.models import NNGPRegressionModel
 
@@ -54,12 +54,12 @@ def mll_step(kernel, x, y, repeats: int, device: torch.device) -> float:
 
 
 def section_mll(args, dev):
-    print("\n[mll] one marginal-likelihood step (CG path), depth-2 ReLU MLPKernel vs RBFKernel, d = 8")
+    print("\n[mll] one marginal-likelihood step (CG path), depth-2 ReLU MLP NNGP vs RBFKernel, d = 8")
     print(f"{'N':>7} {'dtype':>8} {'NNGP s':>9} {'RBF s':>9} {'ratio':>6}")
     for dtype in (torch.float32, torch.float64):
         for n in args.mll_sizes:
             x, y = data(n, 8, dtype, dev)
-            t_nngp = mll_step(MLPKernel(2), x, y, args.repeats, dev)
+            t_nngp = mll_step(NNGPKernel(A.mlp(2)), x, y, args.repeats, dev)
             t_rbf = mll_step(RBFKernel(), x, y, args.repeats, dev)
             print(f"{n:>7} {str(dtype)[6:]:>8} {t_nngp:>9.4f} {t_rbf:>9.4f} {t_nngp / t_rbf:>6.2f}", flush=True)
 
@@ -107,9 +107,9 @@ def section_recurrent(args, dev):
     print("\n[recurrent] 64×64 Gram of length-8 sequences (d = 4), default QMC samples")
     print(f"{'kernel':>7} {'device':>6} {'seconds':>9}")
     x, _ = data(64, 32, torch.float64, torch.device("cpu"))
-    for name, cls in (("GRU", GRUKernel), ("LSTM", LSTMKernel)):
+    for name, build in (("GRU", A.gru), ("LSTM", A.lstm)):
         for device in (dev, torch.device("cpu")):
-            k = cls((8, 4)).double().to(device)
+            k = NNGPKernel(build(), input_shape=(8, 4), per_layer=True, dtype=torch.float64).to(device)
             xd = x.to(device)
             with torch.no_grad():
                 t = median_time(lambda: k(xd).to_dense(), 1)  # noqa: B023

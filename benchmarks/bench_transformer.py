@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
-from nngp_gpytorch import MLPKernel, TransformerKernel, TransformerNTKKernel
+from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from nngp_gpytorch.sequences import pack_sequences
@@ -34,9 +34,11 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = pack_sequences([torch.randn(7, 16, generator=g, dtype=torch.float64),
                         torch.randn(9, 16, generator=g, dtype=torch.float64)])
-    nngp = TransformerKernel(2, input_shape=(9, 17), masked=True, weight_var=1.5, bias_var=0.1).double()
-    ntk = TransformerNTKKernel(2, input_shape=(9, 17), masked=True, weight_var=1.5, bias_var=0.1).double()
-    mlp = MLPKernel(2, weight_var=1.5, bias_var=0.1).double()
+    nngp = NNGPKernel(A.transformer(2, masked=True), input_shape=(9, 17), weight_var=1.5, bias_var=0.1,
+                      dtype=torch.float64)
+    ntk = NTKKernel(A.transformer(2, masked=True), input_shape=(9, 17), weight_var=1.5, bias_var=0.1,
+                    dtype=torch.float64)
+    mlp = NNGPKernel(A.mlp(2), weight_var=1.5, bias_var=0.1, dtype=torch.float64)
     with torch.no_grad():
         t_k = best_time(lambda: nngp(x).to_dense(), args.repeats)
         t_both = best_time(lambda: ntk.nngp_and_ntk(x), args.repeats)
@@ -46,7 +48,7 @@ def main() -> None:
         k, theta = ntk.nngp_and_ntk(x)
         print(f"  K = {k.tolist()}\n  Θ = {theta.tolist()}")
         x64 = torch.randn(64, 9 * 16, dtype=torch.float64)
-        big = TransformerKernel(2, input_shape=(9, 16)).double()
+        big = NNGPKernel(A.transformer(2), input_shape=(9, 16), dtype=torch.float64)
         t_big = best_time(lambda: big(x64).to_dense(), 2)
         print(f"64 sequences of 9 tokens (64×64 kernel): {t_big:.3f} s")
 

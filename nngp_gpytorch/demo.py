@@ -13,8 +13,8 @@ import time
 import gpytorch
 import torch
 
-from .arch import ReLU
-from .kernels import MLPKernel
+from .arch import ReLU, mlp
+from .kernels import NNGPKernel
 
 
 class NNGPRegression(gpytorch.models.ExactGP):
@@ -50,7 +50,7 @@ def run(depth: int = 3, iterations: int = 100, lr: float = 0.05, seed: int = 0, 
     """Train the model and return a summary dict (losses, learned hyperparameters, RMSEs)."""
     torch.manual_seed(seed)
     train_x, train_y, test_x, test_y = load_diabetes(seed)
-    kernel = MLPKernel(depth, ReLU(), weight_var=1.0, bias_var=0.1).double()
+    kernel = NNGPKernel(mlp(depth, ReLU()), weight_var=1.0, bias_var=0.1, dtype=torch.float64)
     likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
     model = NNGPRegression(train_x, train_y, likelihood, kernel).double()
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)

@@ -4,10 +4,10 @@ GPyTorch leaves the training loop to the user; :func:`fit` is that loop (Adam or
 marginal likelihood, priors included when registered), so that
 
 >>> import torch
->>> from nngp_gpytorch import MLPKernel
+>>> from nngp_gpytorch import NNGPKernel, arch as A
 >>> from nngp_gpytorch.models import NNGPRegressionModel, fit
 >>> x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
->>> model = NNGPRegressionModel(x, y, MLPKernel(depth=2))
+>>> model = NNGPRegressionModel(x, y, NNGPKernel(A.mlp(2)))
 >>> result = fit(model, optimizer="lbfgs", steps=20)
 >>> mean, variance = model.predict(x[:5])
 
@@ -25,13 +25,14 @@ from gpytorch.kernels import Kernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.means import ConstantMean, Mean
 
-from .kernels import MLPKernel
+from .arch import mlp
+from .kernels import NNGPKernel
 
 
 class NNGPRegressionModel(gpytorch.models.ExactGP):
     r"""Exact GP regression ``y = f(x) + ε``, ``f ~ GP(m, k)``, ``ε ~ N(0, σ²_noise)``.
 
-    ``k`` is any kernel (by default ``MLPKernel(depth=2)``, a ReLU MLP NNGP); ``m`` a constant mean by
+    ``k`` is any kernel (by default ``NNGPKernel(arch.mlp(2))``, a ReLU MLP NNGP); ``m`` a constant mean by
     default. Inputs ``train_x`` ``(n, d)``, targets ``train_y`` ``(n,)``. The model's dtype follows
     ``train_x`` (the kernel, mean and likelihood are converted).
 
@@ -57,7 +58,7 @@ class NNGPRegressionModel(gpytorch.models.ExactGP):
         likelihood = likelihood if likelihood is not None else GaussianLikelihood()
         super().__init__(train_x, train_y, likelihood)
         self.mean_module = mean if mean is not None else ConstantMean()
-        self.covar_module = kernel if kernel is not None else MLPKernel(depth=2)
+        self.covar_module = kernel if kernel is not None else NNGPKernel(mlp(2))
         self.to(train_x.dtype)
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
