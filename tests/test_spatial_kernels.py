@@ -230,10 +230,16 @@ def test_filter_larger_than_input_with_valid_padding():
 
 
 def test_structural_errors_name_the_layer():
-    with pytest.raises(A.ArchitectureError, match=r"Residual.*non-Gaussian post-activation"):
-        A.Serial(A.Dense(), A.ReLU(), A.Residual(A.Dense()), A.Dense()).validate()
-    with pytest.raises(A.ArchitectureError, match=r"branch 1's output.*non-Gaussian"):
-        A.Serial(A.Dense(), A.Parallel(A.Dense(), A.Serial(A.Dense(), A.ReLU())), A.Dense()).validate()
+    # a skip over post-activation features is defined (h + W h: the affine summand adds its covariance), but a
+    # skip over the raw input, or around a weight-free mixing branch, is not
+    A.Serial(A.Dense(), A.ReLU(), A.Residual(A.Dense()), A.Dense()).validate()
+    with pytest.raises(A.ArchitectureError, match=r"Residual.*raw input"):
+        A.Serial(A.Residual(A.Dense()), A.Dense()).validate()
+    with pytest.raises(A.ArchitectureError, match=r"GlobalAvgPool\(\) of Residual.*no freshly drawn weights"):
+        A.Serial(A.Conv(3), A.Residual(A.GlobalAvgPool()), A.Dense()).validate((1, 4, 4))
+    with pytest.raises(A.ArchitectureError, match=r"branch 0's output and branch 1's output, independent non-Gaussian"):
+        relu_branch = A.Serial(A.Dense(), A.ReLU())
+        A.Serial(A.Dense(), A.Parallel(relu_branch, relu_branch), A.Dense()).validate()
     with pytest.raises(A.ArchitectureError, match=r"needs structured inputs"):
         A.Serial(A.Conv(3), A.ReLU(), A.Flatten(), A.Dense()).validate()
     with pytest.raises(A.ArchitectureError, match=r"needs spatial features"):

@@ -46,6 +46,12 @@ class Activation(Layer):
                 f"{path}: {self.describe()} needs Gaussian pre-activations but receives the raw input; "
                 "put an affine layer (e.g. Dense()) before it"
             )
+        if signal.batch_coupled:
+            raise ArchitectureError(
+                f"{path}: {self.describe()} after batch norm acts on batch-normalised features, which are not "
+                "Gaussian (they lie on a sphere); put the activation inside the layer, BatchNorm(ReLU()), or an "
+                "affine layer (e.g. Dense()) before it"
+            )
         return signal.with_kind(SignalKind.FEATURES)
 
     def describe(self) -> str:

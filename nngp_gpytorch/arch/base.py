@@ -39,9 +39,12 @@ class Signal:
     kind: SignalKind
     spatial: tuple[int, ...] = ()
     input_shape: tuple[int, ...] | None = None
+    #: the features depend on the other inputs of the batch (batch norm): no longer a pointwise function of
+    #: one Gaussian coordinate, so no Gaussian dual applies to them
+    batch_coupled: bool = False
 
     def with_kind(self, kind: SignalKind) -> Signal:
-        return replace(self, kind=kind)
+        return replace(self, kind=kind, batch_coupled=False if kind is SignalKind.GAUSSIAN else self.batch_coupled)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ normalization"), not of pairs: see :mod:`nngp_gpytorch.algebra.batchnorm` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from .activations import Abs, Activation, Identity, LeakyReLU, ReLU, Sign, Step
@@ -74,7 +74,7 @@ class BatchNorm(Layer):
             raise ArchitectureError(
                 f"{path}: BatchNorm needs flat features but receives spatial shape {signal.spatial}"
             )
-        return signal.with_kind(SignalKind.FEATURES)
+        return replace(signal.with_kind(SignalKind.FEATURES), batch_coupled=True)
 
     def describe(self) -> str:
         return f"BatchNorm({self.activation.describe()})"

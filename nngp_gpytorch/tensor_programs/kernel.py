@@ -111,16 +111,55 @@ class TensorProgramKernel(Kernel):
         return self.names.index(name)
 
     def set_variances(self, **values) -> None:
-        """Set variances by name (floats or tensors broadcastable to ``batch_shape``)."""
-        raw = self.raw_variances.detach().clone()
-        current = self.raw_variances_constraint.transform(raw)
+        """Set variances by name (floats or tensors broadcastable to ``batch_shape``).
+
+        As for :class:`~nngp_gpytorch.kernels.base.InfiniteWidthKernel`, the values given are kept in float64
+        and a later dtype change (``.double()``) re-derives the raw parameters from them, as long as training
+        has not moved them."""
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in values.values()):
+            self._set_traced(values)  # e.g. a Pyro sample: keep the graph, nothing exact to keep
+            return
+        raw = self.raw_variances.detach()
+        given = getattr(self, "_given", None)
+        if given is not None and torch.equal(given[1].to(raw.device, raw.dtype), raw):
+            current = given[0].clone()
+        else:
+            current = self.raw_variances_constraint.transform(raw.double()).cpu()
         for name, value in values.items():
             i = self._index(name)
-            value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device)
+            value = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value,
+                                    dtype=torch.float64)
             if not torch.isfinite(value).all() or (value < 0).any():
                 raise ValueError(f"variance '{name}' must be finite and >= 0, got {value}")
             current[..., i] = value.clamp_min(ZERO_BIAS_FLOOR).expand(current[..., i].shape)
+        self._derive_raw(current)
+
+    def _set_traced(self, values) -> None:
+        current = self.raw_variances_constraint.transform(self.raw_variances)
+        for name, value in values.items():
+            i = self._index(name)
+            value = torch.as_tensor(value, dtype=current.dtype, device=current.device)
+            current = current.clone()
+            current[..., i] = value.clamp_min(ZERO_BIAS_FLOOR).expand(current[..., i].shape)
         self.initialize(raw_variances=self.raw_variances_constraint.inverse_transform(current))
+        self._given = None
+
+    def _derive_raw(self, exact: torch.Tensor) -> None:
+        raw = self.raw_variances
+        derived = self.raw_variances_constraint.inverse_transform(exact.to(raw.device)).to(raw.dtype)
+        self.initialize(raw_variances=derived)
+        self._given = (exact, self.raw_variances.detach().clone())
+
+    def _apply(self, fn, *args, **kwargs):
+        """Module conversions re-derive untouched raw variances from the float64 values given."""
+        given, raw = getattr(self, "_given", None), getattr(self, "raw_variances", None)
+        untouched = (given is not None and raw is not None and given[1].shape == raw.shape
+                     and given[1].dtype == raw.dtype and torch.equal(given[1].to(raw.device), raw.detach()))
+        out = super()._apply(fn, *args, **kwargs)
+        if untouched:
+            with torch.no_grad():
+                self._derive_raw(given[0])
+        return out
 
     # --------------------------------------------------------------------- evaluation
     def __call__(self, x1, x2=None, diag=False, last_dim_is_batch=False, **params):
