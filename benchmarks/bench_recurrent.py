@@ -94,7 +94,7 @@ def _gru_interleaved(n, seed):
     """The 7×9 pair's output kernel with the older interleaved-Cholesky GRU rule (for the comparison)."""
     import functools
 
-    from nngp_gpytorch.algebra import recurrent as R
+    from nngp_gpytorch.algebra import gru as R
 
     x7, x9, shape = pair_inputs()
     xx = torch.cat([x7, x9])

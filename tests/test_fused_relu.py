@@ -296,7 +296,8 @@ def test_symmetrize_equals_the_plain_average_bit_for_bit(shape):
 
 def test_symmetrize_gradcheck_and_passthrough_of_symmetric_input():
     k = torch.randn(6, 6, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(dense_maps.symmetrize, (k,)) and torch.autograd.gradgradcheck(dense_maps.symmetrize, (k,))
+    assert torch.autograd.gradcheck(dense_maps.symmetrize, (k,))
+    assert torch.autograd.gradgradcheck(dense_maps.symmetrize, (k,))
     sym = torch.randn(300, 300, dtype=F64)
     sym = sym + sym.mT
     assert dense_maps.is_exactly_symmetric(sym) and dense_maps.symmetrize(sym) is sym

@@ -11,7 +11,7 @@ from sklearn.datasets import load_diabetes
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
 from nngp_gpytorch.dynamics import GradientDescentDynamics
-from verification.ntk import train_mlp_ensemble
+from verification.training import train_mlp_ensemble
 
 
 def diabetes(n_train=32, n_test=16):

@@ -17,7 +17,7 @@ import torch
 
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, RuleContext, evaluate, input_state, propagate
-from nngp_gpytorch.algebra.positional import normalize
+from nngp_gpytorch.algebra.layernorm import normalize
 from verification.ntk import verify_ntk
 from verification.verify import verify
 

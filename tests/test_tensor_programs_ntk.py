@@ -37,7 +37,7 @@ from nngp_gpytorch.tensor_programs.examples import (
     tied_mlp_program,
     transformer_program,
 )
-from nngp_gpytorch.tensor_programs.master import _Evaluator
+from nngp_gpytorch.tensor_programs.master import Evaluator
 from nngp_gpytorch.tensor_programs.ntk import _backward_for, _NTKContext
 from verification import default_inputs
 from verification.statistics import mean_test
@@ -292,7 +292,7 @@ def ntk_without_cross_use_terms(program: Program, x: torch.Tensor) -> torch.Tens
     x1 = x.unsqueeze(0)
     v = _variances(program)
     params = {n: v[..., i].reshape(1) for i, n in enumerate(program.parameter_names)}
-    ev = _Evaluator(program, params, Accuracy())
+    ev = Evaluator(program, params, Accuracy())
     bw = _backward_for(program)
     c11 = _NTKContext(ev, x1, x1, diag=True, backward=bw)
     ctx = _NTKContext(ev, x1, x1, False, side_a=c11, side_b=c11, backward=bw)

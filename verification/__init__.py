@@ -3,7 +3,7 @@ kernels, tested statistically against them."""
 
 from .ensembles import EnsembleSample, default_inputs, sample_ensemble, split_readout
 from .mutants import MUTANTS, Mutant
-from .ntk import NTKSample, empirical_ntk, train_mlp_ensemble, verify_ntk
+from .ntk import NTKSample, empirical_ntk, verify_ntk
 from .registry_archs import ARCHITECTURES, CatalogueEntry, register_architecture
 from .statistics import (
     ConvergenceResult,
@@ -13,6 +13,7 @@ from .statistics import (
     mean_test,
     width_convergence,
 )
+from .training import TrainedEnsemble, train_mlp_ensemble
 from .twins import NoFiniteTwinError, TwinContext, finite_twin
 from .verify import analytic_kernel, verify
 
@@ -20,5 +21,6 @@ __all__ = [
     "analytic_kernel", "ARCHITECTURES", "CatalogueEntry", "ConvergenceResult", "default_inputs", "empirical_ntk",
     "EnsembleSample", "extrapolation_test", "finite_twin", "hotelling_p_value", "mean_test", "MeanTestResult",
     "Mutant", "MUTANTS", "NoFiniteTwinError", "NTKSample", "register_architecture", "sample_ensemble",
-    "split_readout", "train_mlp_ensemble", "TwinContext", "verify", "verify_ntk", "width_convergence",
+    "split_readout", "train_mlp_ensemble", "TrainedEnsemble", "TwinContext", "verify", "verify_ntk",
+    "width_convergence",
 ]

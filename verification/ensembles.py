@@ -66,7 +66,7 @@ def split_readout(architecture: Layer) -> tuple[Layer | None, Dense | None]:
     return architecture, None
 
 
-def _with_readout_units(architecture: Layer, units: int) -> Layer:
+def with_readout_units(architecture: Layer, units: int) -> Layer:
     """The architecture with its final open-width ``Dense`` set to ``units`` output units."""
     if units < 1:
         raise ValueError(f"readout_units must be >= 1, got {units}")
@@ -134,7 +134,7 @@ def sample_ensemble(
     if analytic_readout:
         body, readout = split_readout(architecture)
     else:
-        body, readout = _with_readout_units(architecture, readout_units), None
+        body, readout = with_readout_units(architecture, readout_units), None
     # Duplicate inputs are run once and their covariances copied, so that duplicates agree exactly (as
     # in the analytic kernel) whatever the sampler's rounding.
     unique, inverse = torch.unique(inputs, dim=0, return_inverse=True)

@@ -19,7 +19,7 @@ step ``ℓ`` needs ``K`` at ``ℓ − 1``) from the principal components of the 
 (:func:`~.orthant.principal_factor`). The result is deterministic; its error is that of the QMC rule
 (measured in docs/recurrent.md: ~1.6e-4 at the default 2¹³ points, 2e-5 at 2¹⁷ on a 7×9-token pair with
 |K| ≈ 0.067); ``LSTM(samples=…)`` is the knob. Cost ``O(P·N·T³)`` for ``P`` pairs of length ``T``.
-Grams ``K(X, X)`` are made PSD by :func:`~.orthant.project_psd` (see :func:`~.recurrent.gated_output`).
+Grams ``K(X, X)`` are made PSD by :func:`~.orthant.project_psd` (see :func:`~.gated.gated_output`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch
 
 from ..arch import Sigmoid
 from ..arch.recurrent import LSTM
+from .gated import gated_output, gated_tables, pair_block, same_inputs
 from .orthant import InterleavedGaussian, principal_factor
-from .recurrent import SequencePair, _gated_tables, gated_output, pair_block, recurrent_variances, same_inputs
+from .recurrent import SequencePair, recurrent_variances
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -39,7 +40,7 @@ from .state import CovState
 def lstm_tables(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual=None, method: str = "principal"
                 ) -> torch.Tensor:
     """Hidden-state kernel ``K(t, s)`` ``(P, T, T)`` of the LSTM for ``P`` pairs (self or cross mode,
-    same arguments as :func:`~.recurrent.gru_tables`; ``normals`` ``(N, 3·T)`` or ``(N, 6·T)``).
+    same arguments as :func:`~.gru.gru_tables`; ``normals`` ``(N, 3·T)`` or ``(N, 6·T)``).
 
     ``method``: ``"principal"`` (default) redraws all steps ``≤ ℓ`` at every step from the
     principal-component factor of their covariance (:func:`~.orthant.principal_factor`; Sobol coordinate
@@ -155,12 +156,12 @@ def lstm_rule(layer: LSTM, state: CovState, ctx: RuleContext) -> CovState:
                                   "the LSTM NTK is LSTMNTKKernel (its tensor program's NTK, equal-length sequences)")
     seq = SequencePair.from_state(layer, state)
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
-    fn = functools.partial(_lstm_flat, sig_dual=ctx.dual(Sigmoid()))
+    fn = functools.partial(lstm_flat, sig_dual=ctx.dual(Sigmoid()))
     fn.qmc_dims = lambda T, self_mode: 3 * (T if self_mode else 2 * T)
     symmetric = same_inputs(state)
-    k12, k11, k22 = _gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), symmetric)
+    k12, k11, k22 = gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), symmetric)
     return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)
 
 
-def _lstm_flat(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual, method: str = "principal"):
+def lstm_flat(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual, method: str = "principal"):
     return lstm_tables(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual, method)

@@ -119,7 +119,7 @@ def checked_elementwise(fn: Elementwise, label: str) -> Elementwise:
     return wrapped
 
 
-class _Recomputed(torch.autograd.Function):
+class Recomputed(torch.autograd.Function):
     """``rule(*inputs)`` storing only its inputs; the backward pass recomputes ``rule`` under autograd.
 
     Like ``torch.utils.checkpoint``, but compatible with both ``torch.autograd.grad`` (which the reentrant
@@ -243,5 +243,5 @@ class QuadratureDual(Dual):
         parts = []
         for start in range(0, c.numel(), chunk):
             args = tuple(t[start:start + chunk] for t in (su, sv, c, sc))
-            parts.append(_Recomputed.apply(product_rule, *args) if recompute else product_rule(*args))
+            parts.append(Recomputed.apply(product_rule, *args) if recompute else product_rule(*args))
         return (torch.cat(parts) if parts else c.new_zeros(0)).reshape(shape) / math.pi

@@ -10,7 +10,7 @@ from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 
 from ..algebra import Hyperparameters, evaluate
-from ..algebra.recurrent import per_step_kernel
+from ..algebra.per_step import per_step_kernel
 from ..arch import Layer, RecurrentLayer
 from ..duals.dense_maps import symmetrize
 from .validation import check_kernel_inputs

@@ -106,7 +106,7 @@ class PairTiling:
         return torch.cat(rows_k, dim=-2), (torch.cat(rows_t, dim=-2) if with_ntk else None)
 
 
-def _validate_memory(max_memory) -> int | str | None:
+def validate_memory(max_memory) -> int | str | None:
     if isinstance(max_memory, str) and max_memory != "auto":
         raise ValueError(f"max_memory must be a number of bytes, 'auto' or None, got {max_memory!r}")
     if max_memory is None or max_memory == "auto":
@@ -125,7 +125,7 @@ class _CNNArchitecture:
         super().__init__(cnn(depth, activation, kernel_size, padding, stride, readout), input_shape=input_shape,
                          **kwargs)
         self.depth, self.readout = depth, readout
-        self.max_memory = _validate_memory(max_memory)
+        self.max_memory = validate_memory(max_memory)
 
 
 class CNNKernel(_CNNArchitecture, PairTiling, NNGPKernel):

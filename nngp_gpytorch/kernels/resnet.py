@@ -8,7 +8,7 @@ from ..arch import Activation, Dense, ReLU, Serial
 from ..arch.norm import LayerNorm
 from ..arch.spatial import Conv, GlobalAvgPool
 from ..arch.structure import Residual
-from .cnn import DEFAULT_MAX_MEMORY, PairTiling, _validate_memory
+from .cnn import DEFAULT_MAX_MEMORY, PairTiling, validate_memory
 from .nngp import NNGPKernel, NTKKernel
 
 
@@ -47,7 +47,7 @@ class _ResNetArchitecture:
         conv = input_shape is not None and len(tuple(input_shape)) >= 2
         super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
         self.depth, self.layer_norm = depth, layer_norm
-        self.max_memory = _validate_memory(max_memory)
+        self.max_memory = validate_memory(max_memory)
 
 
 class ResNetKernel(_ResNetArchitecture, PairTiling, NNGPKernel):

@@ -193,7 +193,7 @@ def _maybe_checkpoint(chunk_fn, factor: torch.Tensor, nested_autograd: bool = Fa
     function value (memory stays bounded by one chunk, ``max_chunk_elements``, instead of all of them)."""
     if torch.is_grad_enabled() and factor.requires_grad:
         if nested_autograd:
-            from ..duals.quadrature import _Recomputed  # compatible with torch.autograd.grad inside chunk_fn
-            return _Recomputed.apply(chunk_fn, factor)
+            from ..duals.quadrature import Recomputed  # compatible with torch.autograd.grad inside chunk_fn
+            return Recomputed.apply(chunk_fn, factor)
         return torch.utils.checkpoint.checkpoint(chunk_fn, factor, use_reentrant=False)
     return chunk_fn(factor)

@@ -10,7 +10,7 @@ with covariances defined instruction by instruction:
 
 and the readout kernel is ``K(x, x') = σ_v²·E[Z^{h(x)} Z^{h(x')}] + σ_b²``.
 
-Every ``E[φ(Z…)·ψ(Z…)]`` is dispatched (:meth:`_PairContext.expect`): a plain covariance when both sides
+Every ``E[φ(Z…)·ψ(Z…)]`` is dispatched (:meth:`PairContext.expect`): a plain covariance when both sides
 are G-vars; a closed-form dual (:func:`nngp_gpytorch.duals.dual_for`) when both sides are the same named
 univariate activation of one G-var; otherwise a Gaussian expectation over the joint vector of the G-vars
 involved (:func:`~nngp_gpytorch.tensor_programs.expectations.gaussian_expectation`: Gauss–Hermite product
@@ -56,7 +56,7 @@ class ProgramKernelResult:
     methods: dict[str, int] = field(default_factory=dict)
 
 
-class _Evaluator:
+class Evaluator:
     def __init__(self, program: Program, params: dict[str, torch.Tensor], accuracy: Accuracy):
         self.program = program
         self.params = params
@@ -69,11 +69,11 @@ class _Evaluator:
         return zlib.crc32(text.encode()) % (2**31 - 1)
 
 
-class _PairContext:
+class PairContext:
     """Covariances ``Cov(a(x_i), b(x'_j))`` of G-vars ``a`` at the inputs ``xa`` and ``b`` at ``xb``."""
 
-    def __init__(self, ev: _Evaluator, xa: torch.Tensor, xb: torch.Tensor, diag: bool,
-                 side_a: _PairContext | None = None, side_b: _PairContext | None = None):
+    def __init__(self, ev: Evaluator, xa: torch.Tensor, xb: torch.Tensor, diag: bool,
+                 side_a: PairContext | None = None, side_b: PairContext | None = None):
         self.ev = ev
         self.xa, self.xb, self.diag = xa, xb, diag
         self.same = side_a is None
@@ -314,13 +314,13 @@ def evaluate_program(
     """
     accuracy = accuracy or Accuracy()
     x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
-    ev = _Evaluator(program, params, accuracy)
-    c11 = _PairContext(ev, x1, x1, diag=True)
+    ev = Evaluator(program, params, accuracy)
+    c11 = PairContext(ev, x1, x1, diag=True)
     if diag and same_inputs:
         target = c11
     else:
-        c22 = c11 if same_inputs else _PairContext(ev, x2, x2, diag=True)
-        target = _PairContext(ev, x1, x2, diag, side_a=c11, side_b=c22)
+        c22 = c11 if same_inputs else PairContext(ev, x2, x2, diag=True)
+        target = PairContext(ev, x1, x2, diag, side_a=c11, side_b=c22)
     k = target.readout()
     shape = (*batch, *((x1.shape[-2],) if diag else (x1.shape[-2], x2.shape[-2])))
     k = k.expand(k.shape[0], *shape)

@@ -58,7 +58,7 @@ import torch
 
 from ..duals import IdentityDual, QuadratureDual, dual_for
 from .expectations import Accuracy, gaussian_expectation
-from .master import _Evaluator, _PairContext, prepare_inputs
+from .master import Evaluator, PairContext, prepare_inputs
 from .program import Program, ProgramError, Scalar, Var
 
 
@@ -172,8 +172,8 @@ class _Backward:
                     self.contributions.setdefault(g, []).append((u, i, monomials))
 
 
-class _NTKContext(_PairContext):
-    """:class:`_PairContext` with the expectations of gradients of used vectors (closed-form derivative duals,
+class _NTKContext(PairContext):
+    """:class:`PairContext` with the expectations of gradients of used vectors (closed-form derivative duals,
     vector-valued Gauss–Hermite / QMC) and the backward covariances ``E[dg dg']``, ``Cov(du, du')``."""
 
     def __init__(self, *args, backward: _Backward, **kwargs):
@@ -323,7 +323,7 @@ def evaluate_program_ntk(
     accuracy = accuracy or Accuracy()
     x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
     backward = _backward_for(program)
-    ev = _Evaluator(program, params, accuracy)
+    ev = Evaluator(program, params, accuracy)
     c11 = _NTKContext(ev, x1, x1, diag=True, backward=backward)
     if diag and same_inputs:
         target = c11

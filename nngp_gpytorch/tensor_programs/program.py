@@ -34,16 +34,13 @@ callable that fails, returns the wrong shape or non-finite values on probe input
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..arch import Activation
-
-
-class ProgramError(ValueError):
-    """An ill-formed tensor program; the message names the offending instruction."""
+from .elementwise import ProgramError, compose, identity, probe_elementwise, product
 
 
 @dataclass(eq=False)
@@ -121,10 +118,6 @@ class Readout:
     terms: tuple[tuple[float, Var], ...]
     var: str
     bias: str | None
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 class Program:
@@ -205,7 +198,7 @@ class Program:
     def _add_var(self, **kwargs) -> Var:
         v = Var(program=self, index=len(self.vars), **kwargs)
         if v.is_g:
-            v.base, v.flat_fn = (v,), _identity
+            v.base, v.flat_fn = (v,), identity
         self.vars.append(v)
         self._names[v.name] = v
         return v
@@ -333,8 +326,8 @@ class Program:
             if not isinstance(a, Var):
                 raise ProgramError(f"{where}: argument '{a.name}' is not a vector variable (inputs enter through "
                                    "input_matrix())")
-        base, flat_fn = _compose(fn, args)
-        _probe(flat_fn, len(base), where)
+        base, flat_fn = compose(fn, args)
+        probe_elementwise(flat_fn, len(base), where)
         activation = fn if isinstance(fn, Activation) and len(args) == 1 and args[0].is_g else None
         return self._add_var(name=name, op="nonlin", is_g=False, instruction=where, base=base, flat_fn=flat_fn,
                              fn=fn, args=args, activation=activation)
@@ -351,11 +344,11 @@ class Program:
         if fn is None:
             if len(args) != 2:
                 raise ProgramError(f"{where}: fn=None is the inner product of exactly two vectors")
-            fn = _product
+            fn = product
         if not callable(fn):
             raise ProgramError(f"{where}: fn must be a torch callable, got {fn!r}")
-        base, flat_fn = _compose(fn, args)
-        _probe(flat_fn, len(base), where)
+        base, flat_fn = compose(fn, args)
+        probe_elementwise(flat_fn, len(base), where)
         s = Scalar(self, len(self.scalars), name, "moment", where, fn=fn, args=args, base=base, flat_fn=flat_fn)
         self.scalars.append(s)
         self._names[name] = s
@@ -371,7 +364,7 @@ class Program:
             raise ProgramError(f"{where}: scalar() takes Scalar arguments (moments or other scalars)")
         if not callable(fn):
             raise ProgramError(f"{where}: fn must be a torch callable, got {fn!r}")
-        _probe(fn, len(args), where, positive=True)
+        probe_elementwise(fn, len(args), where, positive=True)
         s = Scalar(self, len(self.scalars), name, "scalar", where, fn=fn, args=args)
         self.scalars.append(s)
         self._names[name] = s
@@ -415,53 +408,3 @@ class Program:
 
     def __repr__(self) -> str:
         return self.describe()
-
-
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a * b
-
-
-class _Composed:
-    """``fn(*(arg.flat_fn(base values of arg) for arg in args))`` — a picklable closure."""
-
-    def __init__(self, fn, args: Sequence[Var], base: Sequence[Var]):
-        self.fn = fn
-        self.inner = [a.flat_fn for a in args]
-        self.where = [tuple(base.index(g) for g in a.base) for a in args]
-
-    def __call__(self, *values: torch.Tensor) -> torch.Tensor:
-        return self.fn(*(f(*(values[i] for i in idx)) for f, idx in zip(self.inner, self.where, strict=True)))
-
-
-def _compose(fn, args: Sequence[Var]) -> tuple[tuple[Var, ...], Callable[..., torch.Tensor]]:
-    """Flatten ``fn(args)`` with H-var arguments into one function of the union of their base G-vars."""
-    base: list[Var] = []
-    for a in args:
-        for g in a.base:
-            if g not in base:
-                base.append(g)
-    return tuple(base), _Composed(fn, args, base)
-
-
-def _probe(fn, arity: int, where: str, positive: bool = False) -> None:
-    """Call ``fn`` on small float64 probes (a grid over ``[−10, 10]`` and random normals at scales 0.3 … 3)
-    and check the output's shape and finiteness."""
-    gen = torch.Generator().manual_seed(0)
-    shape = (4, 10)
-    grid = torch.linspace(-10.0, 10.0, 21, dtype=torch.float64)
-    probes = []
-    for i in range(arity):
-        rand = torch.randn(19, generator=gen, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0]).repeat(7)[:19]
-        probes.append(torch.cat([grid.roll(3 * i), rand]).reshape(shape))
-    if positive:  # scalars such as moments of squares: probe on positive values
-        probes = [p.abs() + 0.01 for p in probes]
-    try:
-        out = fn(*probes)
-    except Exception as err:  # noqa: BLE001 - re-raised with the instruction named
-        raise ProgramError(f"{where}: fn failed on probe inputs of shape {shape} with {arity} argument(s) "
-                           f"({type(err).__name__}: {err})") from err
-    if not isinstance(out, torch.Tensor) or out.shape != probes[0].shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ProgramError(f"{where}: fn must be elementwise: {arity} input(s) of shape {shape} gave output {got}")
-    if not torch.isfinite(out).all():
-        raise ProgramError(f"{where}: fn returned non-finite values on finite probe inputs (|x| ≤ 10)")

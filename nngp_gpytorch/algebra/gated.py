@@ -1,0 +1,99 @@
+"""What the gated recurrent layers (GRU, LSTM) share: the pair/self QMC table driver, its chunking, and the
+readout of the hidden-state kernel with the PSD projection of a Gram."""
+
+from __future__ import annotations
+
+import torch
+
+from ..arch.recurrent import RecurrentLayer
+from .orthant import project_psd, qmc_entry_error_bound, qmc_normals
+from .recurrent import SequencePair, bp
+from .state import CovState
+
+
+def _flat(x: torch.Tensor, batch: torch.Size, lead: int) -> torch.Tensor:
+    """Expand ``x`` to ``(*batch, *x.shape[-lead:])``'s broadcast and flatten the batch into one axis P."""
+    x = x.expand(*batch, *x.shape[x.dim() - lead:])
+    return x.reshape(-1, *x.shape[len(batch):])
+
+
+def gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int, symmetric: bool = False):
+    """Run a gated recursion (GRU or LSTM) on the self pairs and the cross pairs, flattened to ``P``.
+
+    ``table_fn(c, c11, c22, k11, k22, wu, b, ww, normals)``. Pairs whose sequences are identical take
+    the self result; ``symmetric`` (the two input sets are equal) computes only the pairs ``i < j``.
+    Returns the pair table and both self tables in their natural layouts.
+    """
+    dims_self = table_fn.qmc_dims(seq.T, True)
+    dims_cross = table_fn.qmc_dims(seq.T, False)
+    dtype, device = seq.c12.dtype, seq.c12.device
+    n_self = qmc_normals(dims_self, layer.samples, layer.qmc_seed, dtype, device)
+    n_cross = qmc_normals(dims_cross, layer.samples, layer.qmc_seed + 1, dtype, device)
+
+    def run_self(cc):
+        batch = torch.broadcast_shapes(cc.shape[:-2], wu.shape + (1,))
+        cf = _flat(cc, batch, 2)
+        pf = [_flat(p.reshape(*p.shape, 1), batch, 0) for p in (wu, b, ww)]
+        out = torch.cat([table_fn(cf[i:i + block], None, None, None, None, *(p[i:i + block] for p in pf), n_self)
+                         for i in range(0, cf.shape[0], block)])
+        return out.reshape(*batch, seq.T, seq.T)
+
+    k11, k22 = run_self(seq.c11), run_self(seq.c22)
+    if seq.diag and bool(seq.identical.all()):
+        return k11, k11, k22
+    if symmetric and not seq.diag and seq.c12.dim() == 4 and wu.dim() == 0:
+        # one Gram K(X, X): compute the pairs i < j only and mirror them (K12[j, i] = K12[i, j]ᵀ)
+        n = seq.c12.shape[0]
+        iu = torch.triu_indices(n, n, 1, device=seq.c12.device)
+        k12 = k11.unsqueeze(1).expand(n, n, seq.T, seq.T)
+        if iu.shape[1]:
+            parts = [table_fn(seq.c12[iu[0, i:i + block], iu[1, i:i + block]], seq.c11[iu[0, i:i + block]],
+                              seq.c11[iu[1, i:i + block]], k11[iu[0, i:i + block]], k11[iu[1, i:i + block]],
+                              *(p.expand(min(block, iu.shape[1] - i)) for p in (wu, b, ww)), n_cross)
+                     for i in range(0, iu.shape[1], block)]
+            upper = torch.cat(parts)
+            k12 = k12.index_put((iu[0], iu[1]), upper).index_put((iu[1], iu[0]), upper.transpose(-1, -2))
+        return k12, k11, k22
+    s1, s2 = seq.side(k11, 1), seq.side(k22, 2)
+    c1, c2 = seq.side(seq.c11, 1), seq.side(seq.c22, 2)
+    nd = 2 if seq.diag else 3
+    batch = torch.broadcast_shapes(seq.c12.shape[:-2], s1.shape[:-2], s2.shape[:-2], bp(wu, nd - 1).shape)
+    cf, c1f, c2f, k1f, k2f = (_flat(x, batch, 2) for x in (seq.c12, c1, c2, s1, s2))
+    pf = [_flat(bp(p, nd - 1), batch, 0) for p in (wu, b, ww)]
+    parts = [table_fn(cf[i:i + block], c1f[i:i + block], c2f[i:i + block], k1f[i:i + block], k2f[i:i + block],
+                      *(p[i:i + block] for p in pf), n_cross) for i in range(0, cf.shape[0], block)]
+    k12 = torch.cat(parts).reshape(*batch, seq.T, seq.T)
+    same = seq.identical
+    if same is not None and bool(same.any()):
+        selfk = seq.side(k11, 1).expand_as(k12)
+        k12 = torch.where(same.reshape(*same.shape, 1, 1), selfk, k12)
+    return k12, k11, k22
+
+
+def same_inputs(state: CovState) -> bool:
+    """Whether both input sets of the state are the same points (a Gram ``K(X, X)``)."""
+    x1, x2 = state.inputs
+    return x1.shape == x2.shape and bool(torch.equal(x1, x2))
+
+
+def pair_block(samples: int, T: int, budget: int = 2**24) -> int:
+    """Pairs per chunk so that the per-point tensors in flight (``~8T`` rows of ``samples`` floats per pair:
+    gates, weights and recursions of both sequences) fit ``budget`` floats."""
+    return max(1, budget // max(1, 8 * T * samples))
+
+
+def gated_output(layer: RecurrentLayer, state: CovState, seq: SequencePair, k12, k11, k22, wv, bv,
+                 symmetric: bool) -> CovState:
+    """Readout ``σv²·read(K) + σvb²`` of a gated (GRU/LSTM) hidden kernel. For a Gram ``K(X, X)``
+    (``symmetric``, full layout) the output is made positive semi-definite with
+    :func:`~.orthant.project_psd`: each pair is a separate QMC estimate, so the raw Gram is PSD only up
+    to the estimation error; the projection keeps the diagonal and warns if the negative part exceeds
+    ``n·`` :func:`~.orthant.qmc_entry_error_bound`."""
+    nd = 1 if seq.diag else 2
+    out12 = bp(wv, nd) * seq.read(k12) + bp(bv, nd)
+    out11 = bp(wv, 1) * seq.read_self(k11, seq.w1) + bp(bv, 1)
+    out22 = bp(wv, 1) * seq.read_self(k22, seq.w2) + bp(bv, 1)
+    if symmetric and not seq.diag:
+        scale = out12.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+        out12 = project_psd(out12, qmc_entry_error_bound(layer.samples, scale), f"{layer.describe()} Gram")
+    return seq.output_state(state, out12, out11, out22)
