@@ -67,8 +67,8 @@ def elementwise_source(layer, state: CovState) -> tuple[Activation, CovState]:
     raise ArchitectureError(
         f"{layer.describe()}: its input is non-Gaussian features that are not an elementwise function of one "
         "Gaussian pre-activation (a sum, pool or normalization of post-activation features); the covariance algebra "
-        "has no rule for a nonlinearity of those. Compile the architecture to a tensor program instead "
-        "(nngp_gpytorch.tensor_programs.compile.compile_architecture), or put an affine layer before it"
+        "has no rule for a nonlinearity of those. Write the network as a tensor program instead "
+        "(nngp_gpytorch.tensor_programs.Program; docs/tensor_programs.md), or put an affine layer before it"
     )
 
 

@@ -33,8 +33,8 @@ def sum_signal(layer: Layer, summands: list[tuple[str, Signal, bool]], path: str
     with additive covariance; elementwise branches of the same input are one Nonlin of it; a summand that is an
     affine layer's output (zero mean, independent of everything else given its input) adds its covariance to
     anything. What cannot be read off second moments alone is a sum of two independent *non-Gaussian* summands
-    (their cross term is the product of their means): that is refused here and compiled to a tensor program by
-    :func:`nngp_gpytorch.tensor_programs.compile.compile_architecture`.
+    (their cross term is the product of their means): that is refused here; written as a tensor program
+    (:class:`nngp_gpytorch.tensor_programs.Program`, whose kernel tracks the means) it has a kernel.
     """
     for what, signal, _ in summands:
         if signal.kind is SignalKind.INPUT:
@@ -48,8 +48,8 @@ def sum_signal(layer: Layer, summands: list[tuple[str, Signal, bool]], path: str
         raise ArchitectureError(
             f"{path}: {layer.describe()} sums {' and '.join(non_gaussian)}, independent non-Gaussian post-activation "
             "features whose cross covariance is the product of their means; the covariance algebra needs at most "
-            "one non-Gaussian summand (end the other branches with an affine layer), or compile the architecture "
-            "to a tensor program (nngp_gpytorch.tensor_programs.compile.compile_architecture)"
+            "one non-Gaussian summand (end the other branches with an affine layer), or write the network as a "
+            "tensor program (nngp_gpytorch.tensor_programs.Program; docs/tensor_programs.md)"
         )
     kind = SignalKind.FEATURES if non_gaussian else SignalKind.GAUSSIAN
     return summands[-1][1].with_kind(kind)
