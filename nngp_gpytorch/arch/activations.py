@@ -46,11 +46,12 @@ class Activation(Layer):
                 f"{path}: {self.describe()} needs Gaussian pre-activations but receives the raw input; "
                 "put an affine layer (e.g. Dense()) before it"
             )
-        if signal.batch_coupled:
+        if signal.not_pointwise:
+            hint = (" (they lie on a sphere); put the activation inside the layer, BatchNorm(ReLU()), or"
+                    if signal.not_pointwise.startswith("BatchNorm") else "; put")
             raise ArchitectureError(
-                f"{path}: {self.describe()} after batch norm acts on batch-normalised features, which are not "
-                "Gaussian (they lie on a sphere); put the activation inside the layer, BatchNorm(ReLU()), or an "
-                "affine layer (e.g. Dense()) before it"
+                f"{path}: {self.describe()} after {signal.not_pointwise} acts on features that are not a pointwise "
+                f"function of one Gaussian coordinate{hint} an affine layer (e.g. Dense()) before it"
             )
         return signal.with_kind(SignalKind.FEATURES)
 

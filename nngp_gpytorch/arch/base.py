@@ -39,12 +39,13 @@ class Signal:
     kind: SignalKind
     spatial: tuple[int, ...] = ()
     input_shape: tuple[int, ...] | None = None
-    #: the features depend on the other inputs of the batch (batch norm): no longer a pointwise function of
-    #: one Gaussian coordinate, so no Gaussian dual applies to them
-    batch_coupled: bool = False
+    #: the layer (its ``describe()``) after which the features are no longer a pointwise function of one
+    #: Gaussian coordinate — batch norm couples the batch, dropout multiplies by a random mask — so no dual
+    #: activation applies to them until an affine layer makes them Gaussian again; ``None`` otherwise
+    not_pointwise: str | None = None
 
     def with_kind(self, kind: SignalKind) -> Signal:
-        return replace(self, kind=kind, batch_coupled=False if kind is SignalKind.GAUSSIAN else self.batch_coupled)
+        return replace(self, kind=kind, not_pointwise=None if kind is SignalKind.GAUSSIAN else self.not_pointwise)
 
 
 @dataclass(frozen=True)

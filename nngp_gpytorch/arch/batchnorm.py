@@ -74,7 +74,7 @@ class BatchNorm(Layer):
             raise ArchitectureError(
                 f"{path}: BatchNorm needs flat features but receives spatial shape {signal.spatial}"
             )
-        return replace(signal.with_kind(SignalKind.FEATURES), batch_coupled=True)
+        return replace(signal.with_kind(SignalKind.FEATURES), not_pointwise=self.describe())
 
     def describe(self) -> str:
         return f"BatchNorm({self.activation.describe()})"

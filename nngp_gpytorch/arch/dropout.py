@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .base import ArchitectureError, Layer, Signal, SignalKind
 
@@ -15,7 +15,8 @@ class Dropout(Layer):
     different inputs (or positions) are unchanged and only the same-input, same-position entries grow:
     ``K'(x, x) = K(x, x)/(1 − p)``, ``K'(x, x') = K(x, x')`` for ``x ≠ x'``; the NTK alike (as the
     neural-tangents ``Dropout(mode="train")`` kernel). The output is not Gaussian (a scale mixture): an affine
-    layer (or a linear pool) must follow before any activation.
+    layer (or a linear pool) must follow before any activation. Kernel rule:
+    :mod:`nngp_gpytorch.algebra.dropout`; finite twin: :mod:`verification.twins.dropout`.
     """
 
     rate: float = 0.5
@@ -34,4 +35,4 @@ class Dropout(Layer):
         if signal.kind is SignalKind.INPUT:
             raise ArchitectureError(f"{path}: {self.describe()} on the raw input is not supported; put it after a "
                                     "layer (e.g. after the first activation)")
-        return signal.with_kind(SignalKind.FEATURES)
+        return replace(signal.with_kind(SignalKind.FEATURES), not_pointwise=self.describe())
