@@ -124,6 +124,7 @@ def solve(store: GramStore, rhs: torch.Tensor, noise: float, *, method: str = "a
     with (gpytorch.settings.eval_cg_tolerance(tolerance),
           linear_operator.settings.cg_tolerance(gpytorch.settings.eval_cg_tolerance.value()),
           linear_operator.settings.max_cholesky_size(0),
+          linear_operator.settings.fast_computations(solves=True),  # a caller's Cholesky default must not win
           linear_operator.settings.max_cg_iterations(max_iterations),
           linear_operator.settings.max_preconditioner_size(preconditioner_rank),
           linear_operator.settings.min_preconditioning_size(0),
