@@ -7,7 +7,8 @@ import torch
 
 from ..arch.recurrent import RecurrentLayer
 from .orthant import project_psd, qmc_entry_error_bound, qmc_normals
-from .recurrent import SequencePair, bp
+from .recurrent import SequencePair, bp, recurrent_variances
+from .registry import RuleContext
 from .state import CovState
 
 
@@ -97,3 +98,18 @@ def gated_output(layer: RecurrentLayer, state: CovState, seq: SequencePair, k12,
         scale = out12.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1)
         out12 = project_psd(out12, qmc_entry_error_bound(layer.samples, scale), f"{layer.describe()} Gram")
     return seq.output_state(state, out12, out11, out22)
+
+
+def gated_rule(layer: RecurrentLayer, state: CovState, ctx: RuleContext, table_fn) -> CovState:
+    """The NNGP rule of a gated layer: its hidden-state tables by ``table_fn`` (:func:`gated_tables`), then
+    the readout (:func:`gated_output`). The NTK of gated layers is their tensor program's, not this algebra's."""
+    if state.has_ntk:
+        kind = type(layer).__name__
+        raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the {kind} NNGP only; "
+                                  f"the {kind} NTK is {kind}NTKKernel (its tensor program's NTK, equal-length "
+                                  "sequences)")
+    seq = SequencePair.from_state(layer, state)
+    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
+    symmetric = same_inputs(state)
+    k12, k11, k22 = gated_tables(layer, seq, wu, b, ww, table_fn, pair_block(layer.samples, seq.T), symmetric)
+    return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)

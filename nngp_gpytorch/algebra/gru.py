@@ -6,9 +6,8 @@ import torch
 
 from ..arch.recurrent import GRU
 from ..duals import ErfDual
-from .gated import gated_output, gated_tables, pair_block, same_inputs
+from .gated import gated_rule
 from .orthant import InterleavedGaussian, gate, gate_dual, principal_factor
-from .recurrent import SequencePair, recurrent_variances
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -312,11 +311,4 @@ gru_tables.qmc_dims = lambda T, self_mode: T if self_mode else 2 * T
 
 @kernel_rule(GRU)
 def gru_rule(layer: GRU, state: CovState, ctx: RuleContext) -> CovState:
-    if state.has_ntk:
-        raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the GRU NNGP only; "
-                                  "the GRU NTK is GRUNTKKernel (its tensor program's NTK, equal-length sequences)")
-    seq = SequencePair.from_state(layer, state)
-    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
-    symmetric = same_inputs(state)
-    k12, k11, k22 = gated_tables(layer, seq, wu, b, ww, gru_tables, pair_block(layer.samples, seq.T), symmetric)
-    return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)
+    return gated_rule(layer, state, ctx, gru_tables)

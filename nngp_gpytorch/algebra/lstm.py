@@ -30,9 +30,8 @@ import torch
 
 from ..arch import Sigmoid
 from ..arch.recurrent import LSTM
-from .gated import gated_output, gated_tables, pair_block, same_inputs
+from .gated import gated_rule
 from .orthant import InterleavedGaussian, principal_factor
-from .recurrent import SequencePair, recurrent_variances
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -149,18 +148,17 @@ def lstm_tables(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual=None, method
     return torch.stack([torch.stack([K[(t, s)] for s in range(T)], -1) for t in range(T)], -2)
 
 
-@kernel_rule(LSTM)
-def lstm_rule(layer: LSTM, state: CovState, ctx: RuleContext) -> CovState:
-    if state.has_ntk:
-        raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the LSTM NNGP only; "
-                                  "the LSTM NTK is LSTMNTKKernel (its tensor program's NTK, equal-length sequences)")
-    seq = SequencePair.from_state(layer, state)
-    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
+def lstm_table_fn(ctx: RuleContext):
+    """:func:`lstm_tables` as the ``table_fn`` of :func:`~.gated.gated_tables` (the sigmoid's dual from ``ctx``,
+    ``3·T`` QMC dimensions per sequence: the three gates of every step)."""
     fn = functools.partial(lstm_flat, sig_dual=ctx.dual(Sigmoid()))
     fn.qmc_dims = lambda T, self_mode: 3 * (T if self_mode else 2 * T)
-    symmetric = same_inputs(state)
-    k12, k11, k22 = gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), symmetric)
-    return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)
+    return fn
+
+
+@kernel_rule(LSTM)
+def lstm_rule(layer: LSTM, state: CovState, ctx: RuleContext) -> CovState:
+    return gated_rule(layer, state, ctx, lstm_table_fn(ctx))
 
 
 def lstm_flat(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual, method: str = "principal"):

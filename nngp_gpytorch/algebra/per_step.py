@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ..arch import Sigmoid
 from ..arch.recurrent import LSTM, RNN, RecurrentLayer
 from .gated import gated_tables, pair_block, same_inputs
 from .gru import gru_tables
-from .lstm import lstm_flat
+from .lstm import lstm_table_fn
 from .recurrent import SequencePair, bp, recurrent_variances, rnn_chain, rnn_table
 from .registry import RuleContext
 from .state import input_state
@@ -36,10 +33,6 @@ def per_step_kernel(layer: RecurrentLayer, x1: torch.Tensor, x2: torch.Tensor, h
         d2, _ = rnn_chain(seq.c22.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
         table, _ = rnn_table(seq.c12, seq.side(d1, 1, 1), seq.side(d2, 2, 1), seq.same12, wu, b, ww, dual, False, 3)
     else:
-        if isinstance(layer, LSTM):
-            fn = functools.partial(lstm_flat, sig_dual=ctx.dual(Sigmoid()))
-            fn.qmc_dims = lambda T, self_mode: 3 * (T if self_mode else 2 * T)
-        else:
-            fn = gru_tables
+        fn = lstm_table_fn(ctx) if isinstance(layer, LSTM) else gru_tables
         table, _, _ = gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), same_inputs(state))
     return bp(wv, 4) * table + bp(bv, 4)
