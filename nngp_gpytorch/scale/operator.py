@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 from linear_operator.operators import LinearOperator
 
@@ -143,11 +142,7 @@ class StoredGram(LinearOperator):
 
     def _diagonal(self) -> torch.Tensor:
         if self._diag is None:
-            diag = torch.empty(self.store.shape[0], dtype=self._dtype)
-            for i in range(self.store.grid[0]):
-                r0, r1, _, _ = self.store.bounds(i, i)
-                diag[r0:r1] = torch.from_numpy(np.ascontiguousarray(np.diagonal(self.store.read_tile(i, i))))
-            self._diag = diag
+            self._diag = torch.from_numpy(self.store.diagonal()).to(self._dtype)
         return self._diag
 
     def _approx_diagonal(self) -> torch.Tensor:

@@ -142,7 +142,7 @@ def solve(store: GramStore, rhs: torch.Tensor, noise: float, *, method: str = "a
 
 def noise_candidates(store: GramStore, count: int = 13, low: float = 1e-6, high: float = 1.0) -> list[float]:
     """``count`` noises log-spaced from ``low`` to ``high`` times the mean diagonal of the stored Gram."""
-    scale = float(np.mean([np.diagonal(store.read_tile(i, i)).mean() for i in range(store.grid[0])]))
+    scale = float(store.diagonal().astype(np.float64).mean())
     return [scale * float(r) for r in np.logspace(np.log10(low), np.log10(high), count)]
 
 

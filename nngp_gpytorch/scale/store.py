@@ -209,6 +209,14 @@ class GramStore:
             out[mask] = np.concatenate([self.block(int(ti), j)[local] for j in range(self.grid[1])], axis=1)
         return out
 
+    def diagonal(self) -> np.ndarray:
+        """The diagonal ``G[i, i]`` ``(min(n1, n2),)``, read from the diagonal tiles only."""
+        out = np.empty(min(self.shape), dtype=self.dtype)
+        for i in range(min(self.grid)):
+            r0, r1, c0, c1 = self.bounds(i, i)
+            out[r0:min(r1, c1)] = np.diagonal(self.read_tile(i, i))
+        return out
+
     def leading_block(self, m: int) -> np.ndarray:
         """The ``(m, m)`` leading principal block ``G[:m, :m]`` (or ``G[:m, :m]`` of a cross-Gram)."""
         out = np.empty((m, m), dtype=self.dtype)
