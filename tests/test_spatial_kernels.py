@@ -167,16 +167,24 @@ def test_positional_layer_norm_matches_per_position_correlation():
 
 
 def test_pair_tiling_gives_identical_values():
+    # a pooled CNN outside the fast conv-stack engine (AvgPool between convolutions): tiles of P² entries per pair
+    net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(1), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
     x1, x2 = _x(7, 2 * 6 * 6, seed=3), _x(5, 2 * 6 * 6, seed=4)
-    plain = CNNKernel((2, 6, 6), depth=2, weight_var=1.7, bias_var=0.1, max_memory=None).double()
-    tiled = CNNKernel((2, 6, 6), depth=2, weight_var=1.7, bias_var=0.1, max_memory=16 * 8 * 1296 * 6).double()
-    assert tiled.tile_sizes(7, 5, torch.float64) == (2, 3)
+    plain = NNGPKernel(net, input_shape=(2, 6, 6), weight_var=1.7, bias_var=0.1, max_memory=None, dtype=torch.float64)
+    tiled = NTKKernel(net, input_shape=(2, 6, 6), weight_var=1.7, bias_var=0.1, max_memory=16 * 8 * 1296 * 6,
+                      dtype=torch.float64)
+    assert tiled.entries_per_pair() == 1296 and tiled.tile_sizes(7, 5, torch.float64) == (2, 3)
     with torch.no_grad():
-        torch.testing.assert_close(tiled(x1, x2).to_dense(), plain(x1, x2).to_dense(), rtol=0, atol=0)
-        torch.testing.assert_close(tiled(x1, x1, diag=True), plain(x1, x1, diag=True), rtol=0, atol=0)
         k_t, t_t = tiled.nngp_and_ntk(x1, x2)
         k_p, t_p = plain.nngp_and_ntk(x1, x2)
-    torch.testing.assert_close(t_t, t_p, rtol=0, atol=0)
+        torch.testing.assert_close(k_t, k_p, rtol=0, atol=0)
+        torch.testing.assert_close(t_t, t_p, rtol=0, atol=0)
+        torch.testing.assert_close(tiled.nngp_and_ntk(x1, x1, diag=True)[0], plain(x1, x1, diag=True), rtol=0, atol=0)
+        # K(X, X): tiles below the diagonal are the transposes of those above (exactly symmetric); the untiled
+        # block averages its two triangles, so the two agree to rounding
+        k_sym = tiled.nngp_and_ntk(x1, x1)[0]
+        assert torch.equal(k_sym, k_sym.mT)
+        torch.testing.assert_close(k_sym, plain(x1, x1).to_dense(), rtol=1e-14, atol=0)
 
 
 def test_cnn_kernel_trains_with_gpytorch_gradients():

@@ -13,6 +13,7 @@ import pkgutil
 import torch
 
 from ..arch import Layer
+from .conv_stack import fuse_conv_stacks
 from .fusion import fuse_relu_chains
 from .registry import Hyperparameters, RuleContext, VarianceCursor, broadcast_param, kernel_rule, propagate, rule_for
 from .state import CovState, identical_rows, input_state
@@ -41,8 +42,9 @@ def evaluate(
         diag: return only the pairs ``(x1[i], x2[i])`` (requires ``n1 == n2``), shape ``(..., n)``.
         input_shape: per-example shape of structured inputs (``(C, H, W)``, ``(T, d)``); ``d`` must equal
             its product.
-        optimize: run the optimization passes over the description first (:func:`fuse_relu_chains`: the
-            same values, computed with fewer N×N passes); ``False`` evaluates the layers one by one.
+        optimize: run the optimization passes over the description first (:func:`fuse_conv_stacks`,
+            :func:`fuse_relu_chains`: the same values, computed faster and in bounded memory); ``False``
+            evaluates the layers one by one.
 
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
@@ -51,7 +53,7 @@ def evaluate(
         hyper = Hyperparameters(hyper.weight_var.to(x1.device), hyper.bias_var.to(x1.device))
     description = architecture
     if optimize:
-        architecture = fuse_relu_chains(architecture)
+        architecture = fuse_relu_chains(fuse_conv_stacks(architecture))
     ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
     if quadrature_degree is not None:  # an explicit degree is used as given (smooth in the hyperparameters)
         ctx.quadrature_degree = int(quadrature_degree)

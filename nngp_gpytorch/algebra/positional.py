@@ -62,6 +62,7 @@ from collections.abc import Sequence
 import torch
 
 from .state import CovState
+from .taps import conv_output_size, tap_axes
 
 # --------------------------------------------------------------------------------------------------
 # Layout helpers
@@ -235,57 +236,6 @@ def apply_dual(dual, state: CovState) -> CovState:
 # Convolution taps
 
 
-def conv_output_size(n: int, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
-    """``(out, pad_low, pad_high)`` along one axis, neural-tangents conventions.
-
-    SAME / CIRCULAR: ``out = ceil(n/stride)``, total pad ``max((out−1)·stride + d·(k−1) + 1 − n, 0)``, low
-    side ``total//2``. VALID: ``out = floor((n − d·(k−1) − 1)/stride) + 1`` (``≤ 0``: the filter does not fit).
-    """
-    span = dilation * (kernel - 1) + 1
-    if padding == "valid":
-        return (n - span) // stride + 1 if n >= span else 0, 0, 0
-    out = -(-n // stride)
-    total = max((out - 1) * stride + span - n, 0)
-    return out, total // 2, total - total // 2
-
-
-def _pad_axis(x: torch.Tensor, axis: int, lo: int, hi: int, circular: bool) -> torch.Tensor:
-    if lo == 0 and hi == 0:
-        return x
-    n = x.shape[axis]
-    if circular:
-        if lo <= n and hi <= n:
-            return torch.cat([x.narrow(axis, n - lo, lo), x, x.narrow(axis, 0, hi)], dim=axis)
-        idx = torch.arange(-lo, n + hi, device=x.device)
-        return x.index_select(axis, idx % n)
-    shape = list(x.shape)
-    shape[axis] = n + lo + hi
-    out = x.new_zeros(shape)
-    out.narrow(axis, lo, n).copy_(x)
-    return out
-
-
-def _strided(axis: int, start: int, count: int, stride: int, ndim: int) -> tuple:
-    index = [slice(None)] * ndim
-    index[axis] = slice(start, start + stride * (count - 1) + 1, stride)
-    return tuple(index)
-
-
-def _tap_sum_tensor(x: torch.Tensor, axes: Sequence[int], n: int, kernel: int, stride: int, dilation: int,
-                    padding: str) -> torch.Tensor:
-    """``(1/k)·Σ_β x[s·o + d·β − lo]`` simultaneously along ``axes`` (one or two axes of length n)."""
-    out, lo, hi = conv_output_size(n, kernel, stride, dilation, padding)
-    for axis in axes:
-        x = _pad_axis(x, axis, lo, hi, padding == "circular")
-    total = None
-    for beta in range(kernel):
-        piece = x
-        for axis in axes:
-            piece = piece[_strided(axis, dilation * beta, out, stride, x.dim())]
-        total = piece if total is None else total + piece
-    return total / kernel
-
-
 def tap_sum(state: CovState, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
             padding: str) -> CovState:
     """The position map of a convolution (Novak et al. 2019, eq. 8), on K and Θ, without σw², σb².
@@ -295,24 +245,11 @@ def tap_sum(state: CovState, kernel: Sequence[int], stride: Sequence[int], dilat
     applied axis by axis. Same-position layout: ``K'[p] = (1/k)·Σ_β K[s·p + d·β − lo]``.
     """
     spatial = state.positions
-    nd = len(spatial)
     out_shape = tuple(conv_output_size(n, k, s, d, padding)[0]
                       for n, k, s, d in zip(spatial, kernel, stride, dilation, strict=True))
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        if state.full_positions:
-            x = x.reshape(*x.shape[:-2], *spatial, *spatial)
-            base = x.dim() - 2 * nd
-            for i in range(nd):
-                x = _tap_sum_tensor(x, (base + i, base + nd + i), spatial[i], kernel[i], stride[i], dilation[i],
-                                    padding)
-            p = int(math.prod(out_shape))
-            return x.reshape(*x.shape[:base], p, p)
-        x = x.reshape(*x.shape[:-1], *spatial)
-        base = x.dim() - nd
-        for i in range(nd):
-            x = _tap_sum_tensor(x, (base + i,), spatial[i], kernel[i], stride[i], dilation[i], padding)
-        return x.reshape(*x.shape[:base], -1)
+        return tap_axes(x, spatial, kernel, stride, dilation, padding, state.full_positions)
 
     return _map_k_and_t(state, f, f, f, positions=out_shape)
 
@@ -422,5 +359,5 @@ def reduce_positions(state: CovState, how: str) -> CovState:
 __all__ = [
     "apply_dual", "average_matrix", "conv_output_size", "ensure_positional", "from_inputs", "identical_positions",
     "is_positional", "mix_axes", "mix_positions", "num_positions", "pair_ndim", "position_ndim",
-    "reduce_positions", "self_variances", "tap_sum", "wants_full_positions",
+    "reduce_positions", "self_variances", "tap_axes", "tap_sum", "wants_full_positions",
 ]

@@ -4,7 +4,7 @@ one release: use ``NNGPKernel(arch.mlp(...))``, ``NNGPKernel(arch.cnn(...), inpu
 
 from .base import InfiniteWidthKernel
 from .batchnorm import BatchNormKernel, BatchNormMLPKernel
-from .cnn import CNNKernel, CNNNTKKernel, PairTiling, cnn
+from .cnn import CNNKernel, CNNNTKKernel, cnn
 from .graph import GraphConvKernel, GraphConvNTKKernel, GraphNNGPKernel, GraphNTKKernel, gcn
 from .mlp import MLPKernel, MLPNTKKernel
 from .nngp import NNGPKernel, NTKKernel, register_description, register_ntk_builder
@@ -15,7 +15,7 @@ from .transformer import TransformerKernel, TransformerNTKKernel
 __all__ = [
     "BatchNormKernel", "BatchNormMLPKernel", "cnn", "CNNKernel", "CNNNTKKernel", "gcn", "GraphConvKernel",
     "GraphConvNTKKernel", "GraphNNGPKernel", "GraphNTKKernel", "GRUKernel", "InfiniteWidthKernel", "LSTMKernel",
-    "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "PairTiling", "register_description",
+    "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "register_description",
     "register_ntk_builder", "resnet", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
     "TransformerKernel", "TransformerNTKKernel",
 ]

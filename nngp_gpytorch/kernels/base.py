@@ -13,6 +13,15 @@ from ..algebra import Hyperparameters, evaluate
 from ..algebra.per_step import per_step_kernel
 from ..arch import Layer, RecurrentLayer
 from ..duals.dense_maps import symmetrize
+from .tiling import (
+    DEFAULT_MAX_MEMORY,
+    budget_bytes,
+    entries_per_pair,
+    evaluate_in_tiles,
+    self_bounded,
+    tile_sizes,
+    validate_memory,
+)
 from .validation import check_kernel_inputs
 
 #: A bias variance of 0 that must stay learnable (one with a prior) is stored as this value (softplus⁻¹(0) = −∞);
@@ -72,6 +81,9 @@ class InfiniteWidthKernel(Kernel):
             images (channels first), ``(T, d)`` for sequences. Inputs must have ``prod(input_shape)``
             features.
         dtype: dtype of the hyperparameters (default: torch's default dtype); the kernel computes in it.
+        max_memory: bytes of intermediates per tile of input pairs (:mod:`~nngp_gpytorch.kernels.tiling`):
+            ``"auto"`` (default) 64 MiB on a CPU, 2 GiB on an accelerator; None: one tile. The values do not
+            depend on it (see the module for quadrature duals).
         **kwargs: ``batch_shape``, ``active_dims``, ... as for any GPyTorch kernel.
 
     Precision: the values given (constructor or setter) are kept in float64, and a dtype or device change
@@ -99,6 +111,7 @@ class InfiniteWidthKernel(Kernel):
         input_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
         dtype: torch.dtype | None = None,
+        max_memory: int | str | None = DEFAULT_MAX_MEMORY,
         **kwargs,
     ):
         if kwargs.get("ard_num_dims") is not None:
@@ -123,6 +136,7 @@ class InfiniteWidthKernel(Kernel):
         if block_size is not None and int(block_size) < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size}")
         self.block_size = block_size
+        self.max_memory = validate_memory(max_memory)
         self.input_dim = input_dim
 
         shape = (*self.batch_shape, self.slots)
@@ -304,6 +318,25 @@ class InfiniteWidthKernel(Kernel):
             t = None if t is None else symmetrize(t)
         return k, t
 
+    def entries_per_pair(self) -> int:
+        """Covariance entries per input pair at the widest layer (:func:`~.tiling.entries_per_pair`)."""
+        return entries_per_pair(self.architecture, self.input_shape)
+
+    def tile_budget(self) -> int:
+        """Bytes per tile: ``max_memory``, or for ``"auto"`` 64 MiB on a CPU and 2 GiB on an accelerator (by the
+        device of the kernel's parameters)."""
+        param = next(self.parameters(), None)
+        return budget_bytes(self.max_memory, param.device if param is not None else torch.device("cpu"))
+
+    def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int]:
+        """``(b1, b2)``: rows and columns per tile under ``max_memory`` (at least one pair; ``block_size`` caps
+        the rows)."""
+        if self.max_memory is None:
+            b1, b2 = n1, n2
+        else:
+            b1, b2 = tile_sizes(n1, n2, self.tile_budget(), self.entries_per_pair(), dtype)
+        return (min(b1, self.block_size) if self.block_size else b1), b2
+
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
         if diag and x1.shape[-2] != x2.shape[-2]:
             raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
@@ -313,12 +346,13 @@ class InfiniteWidthKernel(Kernel):
             return evaluate(self.architecture, a, b, hyper, diag=diag_, with_ntk=with_ntk,
                             quadrature_degree=self.quadrature_degree, input_shape=self.input_shape)
 
-        if diag or self.block_size is None or x1.shape[-2] <= self.block_size:
-            return run(x1, x2, diag)
-        blocks = [run(x1[..., i:i + self.block_size, :], x2, False) for i in range(0, x1.shape[-2], self.block_size)]
-        k = torch.cat([b[0] for b in blocks], dim=-2)
-        t = torch.cat([b[1] for b in blocks], dim=-2) if with_ntk else None
-        return k, t
+        if self_bounded(self.architecture):
+            b1, b2 = x1.shape[-2], x2.shape[-2]
+            if self.block_size:
+                b1 = min(b1, self.block_size)
+        else:
+            b1, b2 = self.tile_sizes(x1.shape[-2], x2.shape[-2], x1.dtype)
+        return evaluate_in_tiles(run, x1, x2, diag, with_ntk, b1, b2)
 
     def _output(self, x1, x2, diag, with_ntk):
         k, t = self._evaluate_symmetrized(x1, x2, diag=diag, with_ntk=with_ntk)

@@ -8,8 +8,8 @@ from ..arch import Activation, Dense, ReLU, Serial
 from ..arch.norm import LayerNorm
 from ..arch.spatial import Conv, GlobalAvgPool
 from ..arch.structure import Residual
-from .cnn import DEFAULT_MAX_MEMORY, PairTiling, validate_memory
 from .nngp import NNGPKernel, NTKKernel
+from .tiling import DEFAULT_MAX_MEMORY
 
 
 def resnet(depth: int = 2, activation: Activation | None = None, layer_norm: bool = False, conv: bool = False,
@@ -45,21 +45,21 @@ class _ResNetArchitecture:
                  input_shape: Sequence[int] | None = None, kernel_size: int | Sequence[int] = 3,
                  max_memory: int | str | None = DEFAULT_MAX_MEMORY, **kwargs):
         conv = input_shape is not None and len(tuple(input_shape)) >= 2
-        super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape, **kwargs)
+        super().__init__(resnet(depth, activation, layer_norm, conv, kernel_size), input_shape=input_shape,
+                         max_memory=max_memory, **kwargs)
         self.depth, self.layer_norm = depth, layer_norm
-        self.max_memory = validate_memory(max_memory)
 
 
-class ResNetKernel(_ResNetArchitecture, PairTiling, NNGPKernel):
+class ResNetKernel(_ResNetArchitecture, NNGPKernel):
     """NNGP of a residual network (see :func:`resnet`); with ``input_shape=(C, H, W)`` a convolutional
     ResNet with a global-average-pooling readout, else a fully connected one.
 
     Args:
         depth: number of residual blocks; activation: φ (ReLU); layer_norm: LayerNorm after each block;
         kernel_size: of the convolutions (images only); max_memory: see
-        :class:`~nngp_gpytorch.kernels.cnn.PairTiling`; **kwargs: as :class:`NNGPKernel`.
+        :mod:`nngp_gpytorch.kernels.tiling`; **kwargs: as :class:`NNGPKernel`.
     """
 
 
-class ResNetNTKKernel(_ResNetArchitecture, PairTiling, NTKKernel):
+class ResNetNTKKernel(_ResNetArchitecture, NTKKernel):
     """NTK of the same network as :class:`ResNetKernel` (same arguments)."""

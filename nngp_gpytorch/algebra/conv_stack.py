@@ -1,0 +1,340 @@
+r"""The fast positional engine: a run ``Conv, φ, ..., Conv, φ`` ending in a global average pool or a Flatten.
+
+Such a run (Novak et al. 2019's CNN-GP; Arora et al. 2019's CNTK with GAP) is most of the cost of every
+conv kernel. Its rule here computes exactly what the layer-by-layer rules compute (:mod:`.conv`,
+:mod:`.dense`, :mod:`.pool`), in a different order:
+
+* **Per input, once:** the per-position pre-activation variances ``v_l[p] = K_l(x, x)[p, p]`` of every layer
+  (the same-position chain of ``x`` with itself: ``O(P)`` per input). The dual of a pair at positions
+  ``(p, q)`` needs only ``v_l[p]`` of one input and ``v_l[q]`` of the other, so no input's own ``P×P``
+  covariance is ever formed for the pairs.
+* **Per pair of inputs, in chunks of pairs:** the cross covariance ``K_l(x, x')[p, q]`` (GAP readout: all
+  ``P²`` position pairs; Flatten: the ``P`` same-position entries) through the layers, reduced to the flat
+  readout at the end of the chunk. Peak memory is ``chunk_bytes`` plus the ``(n1, n2)`` result, whatever
+  ``n1·n2·P²`` is.
+* **Symmetric blocks** ``K(X, X)`` compute the pairs ``i ≤ j`` only (``K(x, x')[p, q] = K(x', x)[q, p]``).
+* The output's own variances ``K(x, x)`` (the flat state's ``k11``, ``k22``, which later layers need) are the
+  pairs ``(x, x)`` of the same engine (GAP) or the mean of the same-position chain (Flatten).
+
+Recurrences (per conv with taps ``β``, ``k = prod(kernel)``; Novak et al. 2019, eq. 8; Arora et al. 2019):
+``S_l[p, q] = σw²·(1/k)·Σ_β K_{l−1}[s·p + d·β − lo, s·q + d·β − lo] + σb²``,
+``K_l = V_φ(v_l[p], v_l'[q], S_l)``, ``Θ_l = S_l + σw²·(1/k)·Σ_β Θ̇_{l−1}[...]`` with ``Θ̇_l = V_φ'(S_l)⊙Θ_l``;
+readout ``(1/P²)·Σ_{p,q}`` (GAP) or ``(1/P)·Σ_p [p, p]`` (Flatten).
+
+The rule applies when the run starts from the raw inputs of a kernel without batch dimensions; elsewhere
+(batch shapes, a run after another positional layer) it runs the layers one by one with their own rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..arch import Activation, ArchitectureError, Layer, ReLU, Serial, Signal
+from ..arch.spatial import Conv, Flatten, GlobalAvgPool
+from ..duals import dual_for
+from ..duals.dense_maps import affine as fused_affine
+from .registry import RuleContext, kernel_rule, propagate
+from .state import CovState
+from .taps import conv_output_size, tap_axes
+
+#: bytes of one chunk's live tensors on a CPU (cache-sized: 8 MiB was the fastest of 2–64 MiB at 16×16)
+CPU_CHUNK_BYTES = 8 << 20
+#: on an accelerator: large chunks (each chunk is a few dozen kernel launches)
+GPU_CHUNK_BYTES = 1 << 30
+#: tensors of one chunk's size alive at once (K, Θ, the pre-activation, the dual's temporaries)
+LIVE_TENSORS = 10
+
+
+@dataclass(frozen=True, init=False)
+class ConvStack(Layer):
+    """``Conv, [φ], ..., Conv, [φ], GlobalAvgPool() | Flatten()`` fused by :func:`fuse_conv_stacks` (not part of
+    the architecture vocabulary: a description never needs to name it)."""
+
+    layers: tuple[Layer, ...] = field(default=())
+
+    def __init__(self, *layers: Layer):
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def children(self) -> tuple[Layer, ...]:
+        return self.layers
+
+    def propagate(self, signal: Signal, path: str) -> Signal:
+        return Serial(*self.layers).propagate(signal, path)
+
+    def variance_slots(self) -> int:
+        return sum(layer.variance_slots() for layer in self.layers)
+
+    def describe(self) -> str:
+        return ", ".join(layer.describe() for layer in self.layers)
+
+    @property
+    def readout(self) -> str:
+        return "gap" if isinstance(self.layers[-1], GlobalAvgPool) else "flatten"
+
+
+def _is_activation(layer: Layer) -> bool:
+    return isinstance(layer, Activation) and not getattr(type(layer), "not_pointwise", None)
+
+
+def _stack_length(layers: tuple[Layer, ...], start: int) -> int:
+    """Length of the ``Conv [φ] ... GlobalAvgPool|Flatten`` run at ``start`` (0 if none)."""
+    i = start
+    while i < len(layers) and type(layers[i]) is Conv:
+        i += 1
+        if i < len(layers) and _is_activation(layers[i]):
+            i += 1
+    if i > start and i < len(layers) and type(layers[i]) in (GlobalAvgPool, Flatten):
+        return i + 1 - start
+    return 0
+
+
+def fuse_conv_stacks(layer: Layer) -> Layer:
+    """``layer`` with every ``Conv [φ] ... Conv [φ] GlobalAvgPool|Flatten`` run of a top-level or nested
+    :class:`~nngp_gpytorch.arch.Serial` replaced by a :class:`ConvStack` (other layers: the same objects)."""
+    if type(layer) is not Serial:
+        return layer
+    layers, out, i, changed = layer.layers, [], 0, False
+    while i < len(layers):
+        n = _stack_length(layers, i)
+        if n:
+            out.append(ConvStack(*layers[i:i + n]))
+            i, changed = i + n, True
+        else:
+            sub = fuse_conv_stacks(layers[i])
+            changed |= sub is not layers[i]
+            out.append(sub)
+            i += 1
+    if not changed:
+        return layer
+    return out[0] if len(out) == 1 else Serial(*out)
+
+
+@dataclass
+class _Group:
+    """One ``Conv [φ]``: its tap geometry, variances, dual, and the positions before and after it."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: str
+    positions_in: tuple[int, ...]
+    positions_out: tuple[int, ...]
+    weight_var: torch.Tensor
+    bias_var: torch.Tensor
+    dual: object | None
+    activation: Activation | None = None
+
+
+def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext) -> list[_Group]:
+    groups, layers = [], stack.layers[:-1]
+    for i, layer in enumerate(layers):
+        if type(layer) is not Conv:
+            continue
+        try:
+            kernel, stride, dilation, _ = layer.geometry(positions)
+        except ArchitectureError as err:
+            raise ArchitectureError(f"{err} (positions {positions})") from None
+        out = tuple(conv_output_size(n, k, s, d, layer.padding)[0]
+                    for n, k, s, d in zip(positions, kernel, stride, dilation, strict=True))
+        w, b = ctx.variances(layer, layer.weight_var, layer.bias_var)
+        act = layers[i + 1] if i + 1 < len(layers) and _is_activation(layers[i + 1]) else None
+        groups.append(_Group(kernel, stride, dilation, layer.padding, positions, out, w, b,
+                             None if act is None else ctx.dual(act), act))
+        positions = out
+    return groups
+
+
+def _applicable(state: CovState, ctx: RuleContext) -> bool:
+    if state.positions is not None or state.inputs is None or state.gaussian or state.pre_activation is not None:
+        return False
+    x1, x2 = state.inputs
+    nd = len(state.input_shape)
+    return (ctx.hyper.weight_var.dim() == 1 and x1.dim() == nd + 1 and x2.dim() == nd + 1 and nd >= 2
+            and state.k12.dim() == state.entry_ndim)
+
+
+def _tap(x: torch.Tensor, g: _Group, full: bool) -> torch.Tensor:
+    """The conv's position map on a chunk ``(c, P, P)`` (full) or ``(c, P)`` (same-position)."""
+    return tap_axes(x, g.positions_in, g.kernel, g.stride, g.dilation, g.padding, full)
+
+
+def _self_chain(x: torch.Tensor, groups: list[_Group], with_ntk: bool):
+    """Same-position chain of each input with itself: ``x`` ``(n, P, C)`` → the pre-activation variances of every
+    group ``[(n, P_l)]`` and the final same-position ``(K, Θ)`` ``(n, P_L)`` (Θ None without the NTK)."""
+    k = (x * x).sum(-1) / x.shape[-1]
+    t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
+    pre = []
+    for g in groups:
+        k = fused_affine(_tap(k, g, False), g.weight_var, g.bias_var)
+        if with_ntk:
+            t = torch.addcmul(k, g.weight_var, t if t.dim() == 0 else _tap(t, g, False))
+        pre.append(k)
+        if g.dual is not None:
+            if with_ntk:
+                t = g.dual.ntk_diag(k) * t
+            k = g.dual.nngp_diag(k)
+    return pre, k, t
+
+
+def _pin_degrees(groups: list[_Group], pre1: list, pre2: list) -> None:
+    """Fix each adaptive quadrature dual's degree from the largest variance of its layer over both sides, so that
+    every chunk of pairs uses the degree the whole block would (values independent of the chunking)."""
+    for g, a, b in zip(groups, pre1, pre2, strict=True):
+        if g.dual is not None and getattr(g.dual, "adaptive", False) and hasattr(g.dual, "effective_degree"):
+            vmax = max(float(a.detach().max()), float(b.detach().max()))
+            g.dual = dual_for(g.activation, g.dual.effective_degree(vmax), adaptive=False)
+
+
+def _eye(p: int, device) -> torch.Tensor:
+    return torch.eye(p, dtype=torch.bool, device=device)
+
+
+_RELU_SCALE = 1.0 / (2.0 * math.pi)  # E[relu(u) relu(v)] = (1/2π)·s·J1(c)
+
+
+def _relu_in_place(k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, t: torch.Tensor | None,
+                   ident: torch.Tensor | None):
+    """The ReLU dual (arc-cosine kernel, Cho & Saul 2009) of a chunk without autograd, in place on ``k`` and ``t``:
+    ``K' = (1/2π)·s·(sin θ + (π − θ)·c)``, ``Θ' = (1/2π)·(π − θ)·Θ`` with ``s = √v1·√v2``, ``c = clamp(k/s)``,
+    ``θ = arccos c``. The conventions of :mod:`nngp_gpytorch.duals.fused` (identical inputs ``c = 1``; with Θ,
+    ``|c| ≥ 1 − 8·eps`` snapped to ``±1``), with ``sin θ = √(1 − c²)``: a few cheap passes instead of a ``sin``."""
+    finfo = torch.finfo(k.dtype)
+    q1, q2 = v1.clamp_min(0.0).sqrt(), v2.clamp_min(0.0).sqrt()
+    s = q1 * q2
+    c = k.div_(s.clamp_min(finfo.tiny) if bool(q1.min() * q2.min() < finfo.tiny) else s).clamp_(-1.0, 1.0)
+    if t is not None:
+        snap = 1.0 - 8 * finfo.eps
+        if bool(c.amax() >= snap) or bool(c.amin() <= -snap):
+            c.copy_(torch.where(c >= snap, 1.0, torch.where(c <= -snap, -1.0, c)))
+    if ident is not None:
+        c.masked_fill_(ident, 1.0)
+    pmt = torch.arccos(c).neg_().add_(math.pi)  # π − θ
+    if t is not None:
+        t = t.mul_(pmt).mul_(_RELU_SCALE)
+    j1 = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).clamp_min_(0.0).sqrt_()
+    j1.addcmul_(pmt, c)  # J1(c) = sin θ + (π − θ)·c
+    return j1.mul_(s).mul_(_RELU_SCALE), t
+
+
+def _cross_chunk(a: torch.Tensor, b: torch.Tensor, pre_a: list, pre_b: list, same: torch.Tensor | None,
+                 groups: list[_Group], full: bool, with_ntk: bool):
+    """Flat ``(K, Θ)`` ``(c,)`` of ``c`` pairs ``(a[m], b[m])`` (inputs ``(c, P, C)``); ``pre_a``/``pre_b``: their
+    per-group pre-activation variances ``(c, P_l)``; ``same``: ``(c,)`` bool, identical inputs (or None)."""
+    channels = a.shape[-1]
+    k = (a @ b.transpose(-1, -2) if full else (a * b).sum(-1)) / channels
+    t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
+    for g, va, vb in zip(groups, pre_a, pre_b, strict=True):
+        k = fused_affine(_tap(k, g, full), g.weight_var, g.bias_var)
+        if with_ntk:
+            t = torch.addcmul(k, g.weight_var, t if t.dim() == 0 else _tap(t, g, full))
+        if g.dual is None:
+            continue
+        if full:
+            v1, v2 = va.unsqueeze(-1), vb.unsqueeze(-2)
+            ident = None if same is None else same[:, None, None] & _eye(va.shape[-1], k.device)
+        else:
+            v1, v2 = va, vb
+            ident = None if same is None else same[:, None]
+        if type(g.activation) is ReLU and not (k.requires_grad or (with_ntk and t.requires_grad)):
+            k, t = _relu_in_place(k, v1, v2, t, ident)
+            continue
+        if with_ntk:
+            t = g.dual.ntk(v1, v2, k, ident) * t
+        k = g.dual.nngp(v1, v2, k, ident)
+    dims = (-2, -1) if full else (-1,)
+    return k.mean(dims), (t.mean(dims) if with_ntk else None)
+
+
+def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device) -> int:
+    """Pairs per chunk: :data:`LIVE_TENSORS` tensors of ``P²`` (full) or ``P`` entries each within the chunk
+    budget (:data:`CPU_CHUNK_BYTES` on a CPU, :data:`GPU_CHUNK_BYTES` on an accelerator); at least one."""
+    p = math.prod(positions)
+    entries = p * p if full else p
+    budget = CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else GPU_CHUNK_BYTES
+    live = LIVE_TENSORS + (4 if with_ntk else 0)
+    return max(1, budget // (live * entries * torch.finfo(dtype).bits // 8))
+
+
+def _run_pairs(xa, xb, pre_a, pre_b, ia, ib, same, groups, full, with_ntk):
+    """The engine over the pair list ``(xa[ia[m]], xb[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
+    step = chunk_pairs(groups[0].positions_in, full, with_ntk, xa.dtype, xa.device)
+    ks, ts = [], []
+    for s in range(0, ia.shape[0], step):
+        i, j = ia[s:s + step], ib[s:s + step]
+        sm = None if same is None else same[s:s + step]
+        if sm is not None and not bool(sm.any()):
+            sm = None
+        k, t = _cross_chunk(xa[i], xb[j], [v[i] for v in pre_a], [v[j] for v in pre_b], sm, groups, full, with_ntk)
+        ks.append(k)
+        ts.append(t)
+    k = torch.cat(ks)
+    return k, (torch.cat(ts) if with_ntk else None)
+
+
+def _flatten_inputs(x: torch.Tensor) -> torch.Tensor:
+    """``(n, C, *spatial)`` → ``(n, P, C)``."""
+    return torch.movedim(x, 1, -1).reshape(x.shape[0], -1, x.shape[1])
+
+
+@kernel_rule(ConvStack)
+def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovState:
+    """The run's flat output state, computed by the engine of the module docstring."""
+    if not _applicable(state, ctx):
+        for layer in stack.layers:
+            state = propagate(layer, state, ctx)
+        return state
+    r1, r2 = state.inputs
+    groups = _groups(stack, tuple(r1.shape[2:]), ctx)
+    full, ntk = stack.readout == "gap", ctx.with_ntk
+    x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
+    symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
+    pre1, k1, t1 = _self_chain(x1, groups, ntk)
+    pre2, k2, t2 = (pre1, k1, t1) if symmetric else _self_chain(x2, groups, ntk)
+    _pin_degrees(groups, pre1, pre2)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    dev = x1.device
+
+    def own(x, pre, k, t):  # K(x, x), Θ(x, x) after the readout, (n,)
+        if not full:
+            return k.mean(-1), (t.mean(-1) if ntk else None)
+        idx = torch.arange(x.shape[0], device=dev)
+        return _run_pairs(x, x, pre, pre, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk)
+
+    diag = state.entry_ndim == 1
+    s11, s11t = own(x1, pre1, k1, t1)
+    s22, s22t = (s11, s11t) if symmetric else own(x2, pre2, k2, t2)
+    if diag:
+        if symmetric:
+            k12, t12 = s11, s11t
+        else:
+            idx = torch.arange(n1, device=dev)
+            k12, t12 = _run_pairs(x1, x2, pre1, pre2, idx, idx, state.identical, groups, full, ntk)
+        new = dict(k12=k12, k11=s11, k22=s22)
+        if ntk:
+            new.update(t12=t12, t11=s11t, t22=s22t)
+    else:
+        if symmetric:
+            ia, ib = torch.triu_indices(n1, n1, device=dev)
+        else:
+            ia = torch.arange(n1, device=dev).repeat_interleave(n2)
+            ib = torch.arange(n2, device=dev).repeat(n1)
+        same = None if state.identical is None else state.identical[ia, ib]
+        k, t = _run_pairs(x1, x2, pre1, pre2, ia, ib, same, groups, full, ntk)
+
+        def block(v):
+            if not symmetric:
+                return v.reshape(n1, n2)
+            out = v.new_zeros(n1, n1).index_put((ia, ib), v)
+            return out.index_put((ib, ia), v)
+
+        new = dict(k12=block(k), k11=s11.unsqueeze(-1), k22=s22.unsqueeze(-2))
+        if ntk:
+            new.update(t12=block(t), t11=s11t.unsqueeze(-1), t22=s22t.unsqueeze(-2))
+    return state.replace(**new, gaussian=groups[-1].dual is None, positions=None, full_positions=False,
+                         pre_activation=None)
+
+
+__all__ = ["ConvStack", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks"]

@@ -1,0 +1,124 @@
+"""Memory-bounded evaluation of any kernel: the ``n1 × n2`` matrix in tiles of input pairs sized from ``max_memory``.
+
+A kernel's intermediates grow with the number of input pairs times the entries each pair carries at its widest
+layer (:func:`entries_per_pair`: 1 for flat networks and for conv stacks evaluated by the fast positional engine,
+``P`` for same-position conv states, ``P²`` for full spatial covariances). The tiles are ``b1 × b2`` pairs with
+``LIVE_TENSORS · b1 · b2 · entries · itemsize ≤ max_memory``; each entry depends only on its own pair, so the
+values are those of one untiled evaluation (quadrature duals with the default *adaptive* degree choose it per
+tile from the tile's largest variance: differences at the quadrature's error level; an explicit
+``quadrature_degree`` makes them tile-independent). For ``K(X, X)`` only the tiles on and above the diagonal
+are computed; the others are their transposes. Peak memory of an evaluation without gradients is then about
+``max_memory`` plus the result; under autograd each tile's graph is kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..algebra.conv_stack import ConvStack, fuse_conv_stacks
+from ..algebra.positional import wants_full_positions
+from ..arch import Layer, RecurrentLayer, Serial
+
+#: float tensors of one tile's size alive at the peak of a layer (K, Θ, correlation, duals, temporaries)
+LIVE_TENSORS = 16
+#: default tile budget ("auto"): on a CPU 64 MiB, which bounds memory and is 2–4× faster than one big tile
+#: (cache-friendly; bench_conv.py); on an accelerator 2 GiB (small tiles are many small kernel launches: on an
+#: H100, 64 MiB tiles took 4.2 s for a 256×256 GAP Gram, 1 GiB 0.86 s, 2 GiB 0.18 s; bench_gpu.py conv).
+DEFAULT_MAX_MEMORY = "auto"
+CPU_MAX_MEMORY = 64 * 2**20
+GPU_MAX_MEMORY = 2 * 2**30
+
+Block = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def validate_memory(max_memory) -> int | str | None:
+    """``max_memory`` as stored: a positive number of bytes, ``"auto"`` or None (one tile)."""
+    if isinstance(max_memory, str) and max_memory != "auto":
+        raise ValueError(f"max_memory must be a number of bytes, 'auto' or None, got {max_memory!r}")
+    if max_memory is None or max_memory == "auto":
+        return max_memory
+    if isinstance(max_memory, bool) or not max_memory > 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory}")
+    return int(max_memory)
+
+
+def budget_bytes(max_memory: int | str, device: torch.device) -> int:
+    """Bytes per tile: ``max_memory``, or for ``"auto"`` :data:`CPU_MAX_MEMORY` / :data:`GPU_MAX_MEMORY`."""
+    if max_memory != "auto":
+        return int(max_memory)
+    return CPU_MAX_MEMORY if torch.device(device).type == "cpu" else GPU_MAX_MEMORY
+
+
+def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> int:
+    """Covariance entries one input pair carries at the widest layer.
+
+    1 for flat inputs and when every positional layer is inside a conv stack that starts at the input (the
+    engine of :mod:`nngp_gpytorch.algebra.conv_stack` bounds its own chunks); else ``P²`` (full spatial
+    covariance) or ``P`` (same-position), with ``P`` the larger of the two readings of ``input_shape``
+    (channels first ``(C, H, W)`` or last ``(T, d)``), an upper bound either way.
+    """
+    if not input_shape or len(input_shape) < 2:
+        return 1
+    fused = fuse_conv_stacks(architecture)
+    first = fused.layers[0] if type(fused) is Serial else fused
+    if isinstance(first, ConvStack):
+        return 1
+    p = max(math.prod(input_shape[1:]), math.prod(input_shape[:-1]))
+    return p * p if wants_full_positions(architecture) else p
+
+
+def self_bounded(architecture: Layer) -> bool:
+    """Descriptions whose rules chunk their own work (recurrent cells): evaluated in one call."""
+    return any(isinstance(layer, RecurrentLayer) for layer in architecture.walk())
+
+
+def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(b1, b2)``: rows and columns per tile within ``budget`` bytes (at least one pair)."""
+    itemsize = torch.finfo(dtype).bits // 8
+    pairs = max(1, int(budget // (LIVE_TENSORS * itemsize * entries)))
+    b1 = max(1, min(n1, math.isqrt(pairs)))
+    b2 = max(1, min(n2, pairs // b1))
+    return b1, b2
+
+
+def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], x1: torch.Tensor, x2: torch.Tensor,
+                      diag: bool, with_ntk: bool, b1: int, b2: int) -> Block:
+    """``run(a, b, diag)`` over tiles of ``b1`` rows × ``b2`` columns (``diag``: chunks of ``b1·b2`` pairs),
+    concatenated. ``x1 is x2``: tiles above the diagonal are computed, those below are their transposes (diagonal
+    tiles get the same tensor on both sides, so their own symmetric handling applies)."""
+    n1, n2 = x1.shape[-2], x2.shape[-2]
+    if diag:
+        b = max(1, b1 * b2)
+        if b >= n1:
+            return run(x1, x2, True)
+        parts = [run(x1[..., i:i + b, :], x2[..., i:i + b, :], True) for i in range(0, n1, b)]
+        return torch.cat([p[0] for p in parts], -1), (torch.cat([p[1] for p in parts], -1) if with_ntk else None)
+    if b1 >= n1 and b2 >= n2:
+        return run(x1, x2, False)
+    symmetric = x1 is x2
+    if symmetric:
+        b1 = b2 = max(1, math.isqrt(b1 * b2))
+    rows = [(i, min(n1, i + b1)) for i in range(0, n1, b1)]
+    cols = rows if symmetric else [(j, min(n2, j + b2)) for j in range(0, n2, b2)]
+    tiles: dict[tuple[int, int], Block] = {}
+    for a, (i0, i1) in enumerate(rows):
+        for c, (j0, j1) in enumerate(cols):
+            if symmetric and c < a:
+                k, t = tiles[(c, a)]
+                tiles[(a, c)] = (k.mT, None if t is None else t.mT)
+                continue
+            xa = x1[..., i0:i1, :]
+            xb = xa if symmetric and a == c else x2[..., j0:j1, :]
+            tiles[(a, c)] = run(xa, xb, False)
+    k = torch.cat([torch.cat([tiles[(a, c)][0] for c in range(len(cols))], -1) for a in range(len(rows))], -2)
+    if not with_ntk:
+        return k, None
+    t = torch.cat([torch.cat([tiles[(a, c)][1] for c in range(len(cols))], -1) for a in range(len(rows))], -2)
+    return k, t
+
+
+__all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "budget_bytes",
+           "entries_per_pair", "evaluate_in_tiles", "self_bounded", "tile_sizes", "validate_memory"]
