@@ -1,87 +1,194 @@
-"""Throughput and peak memory of CNNKernel: 3-layer conv ReLU nets (3×3, SAME) on 8×8 and 16×16 images.
+"""Conv kernels against today's code, the arithmetic limit and memory: 3 × (Conv 3×3 SAME, ReLU) + {GAP, Flatten}.
 
-Prints kernel entries per second with a Flatten readout (same-position layout, O(P) per pair) and a
-global-average-pooling readout (full spatial covariance, O(P²) per pair), the ratio to a 3-layer ReLU
-MLP kernel on the same flattened inputs (baseline), and the peak resident memory of one N×N evaluation
-with tiling off and on (each measured in a fresh subprocess).
+For 3-channel 8×8, 16×16 and 32×32 images, float64 and float32, one thread, each configuration in a fresh
+process: ms per Gram entry of ``K(X, X)`` for the NNGP and for NNGP+NTK (``nngp_and_ntk``), the peak resident
+memory, and the same for the code of a pinned commit (``--baseline``, default the last commit before the fast
+positional engine; it is checked out with ``git worktree`` next to the repository and imported from there).
 
-    python benchmarks/bench_conv.py [--n 24] [--channels 1] [--repeats 2] [--memory-n 64]
+The arithmetic limit printed is the time the irreducible work of one entry takes at this machine's measured
+rates: per layer and position pair, ``k`` tap additions and one ReLU dual (an ``arccos``, a ``sqrt`` and ~8
+multiply/adds), at the per-element rates of torch's vectorized ops on a cache-resident block; for ``K(X, X)``
+only the pairs ``i ≤ j`` count. Last, a 21-layer 3×3 CNN + GAP NTK on 32×32×3 in float32 (the figure published
+for neural-tangents: 112.9 ms/entry on a CPU, 2.70 on a V100).
 
-Throughput runs use the default 64 MiB tiles (the full 16×16 covariance is 65,536 entries per pair of inputs).
+    python benchmarks/bench_conv.py [--sizes 8 16 32] [--baseline COMMIT | --no-baseline] [--deep-n 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
-from timing import best_time  # benchmarks/timing.py (scripts run from this folder)
 
-from nngp_gpytorch import CNNKernel, MLPKernel
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "9a60fd7"  # the last commit before algebra/conv_stack.py and the slice-add tap sums
+POINTS = {8: 24, 16: 8, 32: 4}  # N per image size: K(X, X) has N² entries
+BASELINE_POINTS = {8: 8, 16: 4, 32: 2}
 
 
-def peak_memory_child(size: int, n: int, readout: str, max_memory: int | None) -> None:
+def child(which: str, size: int, readout: str, dtype_name: str, n: int, depth: int, ntk_only: bool) -> None:
     torch.set_num_threads(1)
-    x = torch.randn(n, size * size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    kernel = CNNKernel((1, size, size), depth=3, readout=readout, weight_var=2.0, bias_var=0.01,
-                       max_memory=max_memory).double()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dtype = getattr(torch, dtype_name)
+    x = torch.randn(n, 3 * size * size, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    if which == "base":  # the pinned commit's API: the CNNKernel classes with their default tiles
+        from nngp_gpytorch import CNNKernel, CNNNTKKernel
+
+        nngp = CNNKernel((3, size, size), depth=depth, readout=readout, weight_var=2.0, bias_var=0.01).to(dtype)
+        ntk = CNNNTKKernel((3, size, size), depth=depth, readout=readout, weight_var=2.0, bias_var=0.01).to(dtype)
+    else:
+        from nngp_gpytorch import NNGPKernel, NTKKernel
+        from nngp_gpytorch import arch as A
+
+        net = A.cnn(depth=depth, readout=readout)
+        nngp = NNGPKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
+        ntk = NTKKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
+    out = {}
+    with torch.no_grad():
+        warm = x[:2]
+        if not ntk_only:
+            nngp(warm, warm).to_dense()  # first-call costs (lazy imports, allocator, op dispatch) are not timed
+        ntk.nngp_and_ntk(warm, warm)
+        if not ntk_only:
+            start = time.perf_counter()
+            k = nngp(x, x).to_dense()
+            out["nngp_ms"] = (time.perf_counter() - start) * 1e3 / n**2
+            out["checksum"] = float(k.double().sum())
+        start = time.perf_counter()
+        ntk.nngp_and_ntk(x, x)
+        out["both_ms"] = (time.perf_counter() - start) * 1e3 / n**2
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def sequence_child(n: int) -> None:
+    """The 1-D conv kernel of issue #14 on ``n`` length-40 sequences: seconds and peak RSS of one Gram."""
+    torch.set_num_threads(1)
+    from nngp_gpytorch import NNGPKernel
+    from nngp_gpytorch import arch as A
+
+    layers = []
+    for _ in range(3):
+        layers += [A.Conv(5, padding="same"), A.ReLU()]
+    kernel = NNGPKernel(A.Serial(*layers, A.Flatten(), A.Dense()), input_shape=(1, 40), weight_var=2.0, bias_var=0.1)
+    x = torch.randn(n, 40, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with torch.no_grad():
-        k = kernel(x, x).to_dense()
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": peak / 1024, "baseline_mib": before / 1024, "seconds": seconds,
-                      "checksum": float(k.sum())}))
+        kernel(x, x).to_dense()
+    print(json.dumps({"seconds": time.perf_counter() - start,
+                      "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(which: str, size: int, readout: str, dtype: str, n: int, depth: int = 3, ntk_only: bool = False,
+              pythonpath: Path | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    cmd = [sys.executable, __file__, "--child", which, str(size), readout, dtype, str(n), str(depth),
+           str(int(ntk_only))]
+    if which.startswith("seq"):
+        cmd = [sys.executable, __file__, "--sequences", str(n)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=pythonpath or ROOT)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def baseline_tree(commit: str) -> Path:
+    """A checkout of ``commit`` (``git worktree``) beside the repository, created once."""
+    path = ROOT.parent / f".bench_baseline_{commit}"
+    if not path.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
+                       capture_output=True)
+    return path
+
+
+def per_element_ns(fn, x: torch.Tensor, repeats: int = 20) -> float:
+    fn(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - start)
+    return best / x.numel() * 1e9
+
+
+def arithmetic_limit_ms(size: int, readout: str, dtype: torch.dtype, n: int, depth: int = 3, taps: int = 9) -> float:
+    """Irreducible work per entry of K(X, X) at this machine's measured op rates (module docstring)."""
+    torch.set_num_threads(1)
+    x = torch.rand(1 << 18, dtype=dtype) * 1.8 - 0.9  # 2 MiB (float64): cache-resident
+    out = torch.empty_like(x)
+    t_add = per_element_ns(lambda v: torch.add(v, v, out=out), x)
+    t_acos = per_element_ns(lambda v: torch.arccos(v, out=out), x)
+    t_sqrt = per_element_ns(lambda v: torch.sqrt(v.abs(), out=out), x)
+    p = size * size
+    entries = p * p if readout == "gap" else p
+    per_pair_ns = depth * entries * ((taps + 8) * t_add + t_acos + t_sqrt)
+    pairs_per_entry = (n * (n + 1) / 2) / n**2
+    return per_pair_ns * pairs_per_entry * 1e-6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=24, help="points for the throughput runs")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--memory-n", type=int, default=64, help="points for the peak-memory runs (8×8, GAP)")
-    parser.add_argument("--max-memory", type=int, default=32 * 2**20, help="tile budget of the memory runs (bytes)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    parser.add_argument("--baseline", default=BASELINE, help="commit of 'today's code' to compare against")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--deep-n", type=int, default=3, help="points for the 21-layer NTK (0: skip it)")
+    parser.add_argument("--memory-n", type=int, nargs="*", default=[1000, 4000],
+                        help="sequence counts for the 1-D conv memory case (baseline: the first only)")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--sequences", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        size, n, readout, budget = args.child
-        peak_memory_child(int(size), int(n), readout, None if budget == "none" else int(budget))
+    if args.sequences:
+        sequence_child(args.sequences)
         return
-    torch.set_num_threads(1)
-    print(f"CNNKernel: 3 × (Conv 3×3 SAME, ReLU), readout, Dense; N = {args.n}, C = {args.channels}, float64, "
-          "1 thread")
-    print(f"{'image':>6s} {'readout':>8s} {'full (s)':>9s} {'entries/s':>11s} {'vs MLP':>9s}")
-    for size in (8, 16):
-        d = args.channels * size * size
-        x = torch.randn(args.n, d, dtype=torch.float64)
-        mlp = MLPKernel(depth=3, weight_var=2.0, bias_var=0.01).double()
-        with torch.no_grad():
-            t_mlp = best_time(lambda mlp=mlp, x=x: mlp(x, x).to_dense(), args.repeats)
-        for readout in ("flatten", "gap"):
-            kernel = CNNKernel((args.channels, size, size), depth=3, readout=readout, weight_var=2.0,
-                               bias_var=0.01).double()  # default tiles of 64 MiB
-            with torch.no_grad():
-                t = best_time(lambda kernel=kernel, x=x: kernel(x, x).to_dense(), args.repeats)
-            rate = args.n * args.n / t
-            print(f"{size:>4d}² {readout:>8s} {t:9.3f} {rate:11.3g} {t / t_mlp:8.1f}×")
-    print(f"\nPeak resident memory, 8×8 GAP, N = {args.memory_n} (full N×N, no gradients; fresh process each)")
-    print(f"{'tiling':>22s} {'peak MiB':>9s} {'after import':>13s} {'kernel':>8s} {'seconds':>8s}")
-    results = {}
-    for label, budget in (("off", "none"), (f"max_memory={args.max_memory >> 20} MiB", str(args.max_memory))):
-        out = subprocess.run([sys.executable, __file__, "--child", "8", str(args.memory_n), "gap", budget],
-                             capture_output=True, text=True, check=True).stdout
-        res = json.loads(out.strip().splitlines()[-1])
-        results[label] = res
-        print(f"{label:>22s} {res['peak_mib']:9.0f} {res['baseline_mib']:13.0f} "
-              f"{res['peak_mib'] - res['baseline_mib']:8.0f} {res['seconds']:8.1f}")
-    sums = [r["checksum"] for r in results.values()]
-    print(f"same values: {abs(sums[0] - sums[1]) <= 1e-9 * abs(sums[0])} (checksums {sums[0]:.12g}, {sums[1]:.12g})")
+    if args.child:
+        which, size, readout, dtype, n, depth, ntk_only = args.child
+        child(which, int(size), readout, dtype, int(n), int(depth), bool(int(ntk_only)))
+        return
+    base_path = None if args.no_baseline else baseline_tree(args.baseline)
+    print(f"3 × (Conv 3×3 SAME, ReLU) + readout + Dense on 3-channel images; K(X, X), one thread, fresh process each;"
+          f" baseline: commit {args.baseline}")
+    head = (f"{'image':>6s} {'readout':>8s} {'dtype':>8s} {'N':>3s} {'NNGP ms':>9s} {'+NTK ms':>9s} {'peak MiB':>9s} "
+            f"{'limit ms':>9s} {'÷limit':>7s} | {'base NNGP':>10s} {'base +NTK':>10s} {'base MiB':>9s} "
+            f"{'speed-up':>9s} {'NTK':>5s}")
+    print(head)
+    for size in args.sizes:
+        for readout in ("gap", "flatten"):
+            for dtype in args.dtypes:
+                n = POINTS.get(size, 4) * (8 if readout == "flatten" else 1)
+                new = run_child("new", size, readout, dtype, n)
+                limit = arithmetic_limit_ms(size, readout, getattr(torch, dtype), n)
+                line = (f"{size:>4d}² {readout:>8s} {dtype:>8s} {n:>3d} {new['nngp_ms']:9.4f} {new['both_ms']:9.4f} "
+                        f"{new['peak_mib']:9.0f} {limit:9.4f} {new['nngp_ms'] / limit:6.1f}×")
+                if base_path is not None:
+                    nb = BASELINE_POINTS.get(size, 2) * (8 if readout == "flatten" else 1)
+                    base = run_child("base", size, readout, dtype, nb, pythonpath=base_path)
+                    line += (f" | {base['nngp_ms']:10.4f} {base['both_ms']:10.4f} {base['peak_mib']:9.0f} "
+                             f"{base['nngp_ms'] / new['nngp_ms']:8.1f}× {base['both_ms'] / base['nngp_ms']:4.1f}×")
+                line += f"  (new NTK/NNGP {new['both_ms'] / new['nngp_ms']:.2f}×)"
+                print(line, flush=True)
+    if args.memory_n:
+        print("\n3 × (Conv 5 SAME, ReLU) + Flatten + Dense on length-40 sequences (float32, no gradients), one Gram:")
+        for i, n in enumerate(args.memory_n):
+            new = run_child("seq", 0, "", "", n)
+            line = f"  N = {n:5d}: {new['seconds']:7.2f} s, peak RSS {new['peak_mib']:7.0f} MiB"
+            if base_path is not None and i == 0:
+                base = run_child("seq", 0, "", "", n, pythonpath=base_path)
+                line += f"   (baseline: {base['seconds']:7.2f} s, peak RSS {base['peak_mib']:7.0f} MiB)"
+            print(line, flush=True)
+    if args.deep_n:
+        deep = run_child("new", 32, "gap", "float32", args.deep_n, depth=21, ntk_only=True)
+        print(f"\n21-layer 3×3 CNN + GAP, NNGP+NTK on 32×32×3, float32, N = {args.deep_n}: "
+              f"{deep['both_ms']:.1f} ms/entry (peak {deep['peak_mib']:.0f} MiB; neural-tangents' published CPU "
+              "figure: 112.9 ms/entry)")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,11 @@ class _Group:
     dual: object | None
     activation: Activation | None = None
 
+    @property
+    def tap_weight(self) -> torch.Tensor:
+        """``σw²/k``: the conv's ``1/k`` folded into its weight variance."""
+        return self.weight_var / math.prod(self.kernel)
+
 
 def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext) -> list[_Group]:
     groups, layers = [], stack.layers[:-1]
@@ -157,8 +162,9 @@ def _applicable(state: CovState, ctx: RuleContext) -> bool:
 
 
 def _tap(x: torch.Tensor, g: _Group, full: bool) -> torch.Tensor:
-    """The conv's position map on a chunk ``(c, P, P)`` (full) or ``(c, P)`` (same-position)."""
-    return tap_axes(x, g.positions_in, g.kernel, g.stride, g.dilation, g.padding, full)
+    """The conv's tap *sum* on a chunk ``(c, P, P)`` (full) or ``(c, P)`` (same-position); ``1/k`` is in
+    ``g.tap_weight = σw²/k``."""
+    return tap_axes(x, g.positions_in, g.kernel, g.stride, g.dilation, g.padding, full, mean=False)
 
 
 def _self_chain(x: torch.Tensor, groups: list[_Group], with_ntk: bool):
@@ -168,9 +174,9 @@ def _self_chain(x: torch.Tensor, groups: list[_Group], with_ntk: bool):
     t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
     pre = []
     for g in groups:
-        k = fused_affine(_tap(k, g, False), g.weight_var, g.bias_var)
+        k = fused_affine(_tap(k, g, False), g.tap_weight, g.bias_var)
         if with_ntk:
-            t = torch.addcmul(k, g.weight_var, t if t.dim() == 0 else _tap(t, g, False))
+            t = k if t.dim() == 0 else torch.addcmul(k, g.tap_weight, _tap(t, g, False))
         pre.append(k)
         if g.dual is not None:
             if with_ntk:
@@ -200,23 +206,27 @@ def _relu_in_place(k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, t: torch
     """The ReLU dual (arc-cosine kernel, Cho & Saul 2009) of a chunk without autograd, in place on ``k`` and ``t``:
     ``K' = (1/2π)·s·(sin θ + (π − θ)·c)``, ``Θ' = (1/2π)·(π − θ)·Θ`` with ``s = √v1·√v2``, ``c = clamp(k/s)``,
     ``θ = arccos c``. The conventions of :mod:`nngp_gpytorch.duals.fused` (identical inputs ``c = 1``; with Θ,
-    ``|c| ≥ 1 − 8·eps`` snapped to ``±1``), with ``sin θ = √(1 − c²)``: a few cheap passes instead of a ``sin``."""
+    ``|c| ≥ 1 − 8·eps`` snapped to ``±1``), with ``sin θ = √(1 − c²)`` (one ``sqrt`` instead of a ``sin``) and
+    ``π − θ = arccos(−c)``: nine passes over the chunk, two of them transcendental."""
     finfo = torch.finfo(k.dtype)
     q1, q2 = v1.clamp_min(0.0).sqrt(), v2.clamp_min(0.0).sqrt()
-    s = q1 * q2
-    c = k.div_(s.clamp_min(finfo.tiny) if bool(q1.min() * q2.min() < finfo.tiny) else s).clamp_(-1.0, 1.0)
+    if bool(q1.min() * q2.min() < finfo.tiny):  # a zero-norm input: c = k/max(s, tiny), as the fused dual
+        s = q1 * q2
+        c = k.div_(s.clamp_min(finfo.tiny)).clamp_(-1.0, 1.0).neg_()
+    else:
+        c = k.mul_(-1.0 / q1).mul_(1.0 / q2).clamp_(-1.0, 1.0)  # holds −c: arccos(−c) = π − θ
     if t is not None:
         snap = 1.0 - 8 * finfo.eps
         if bool(c.amax() >= snap) or bool(c.amin() <= -snap):
             c.copy_(torch.where(c >= snap, 1.0, torch.where(c <= -snap, -1.0, c)))
     if ident is not None:
-        c.masked_fill_(ident, 1.0)
-    pmt = torch.arccos(c).neg_().add_(math.pi)  # π − θ
+        c.masked_fill_(ident, -1.0)
+    pmt = torch.arccos(c)  # π − θ
     if t is not None:
         t = t.mul_(pmt).mul_(_RELU_SCALE)
-    j1 = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).clamp_min_(0.0).sqrt_()
-    j1.addcmul_(pmt, c)  # J1(c) = sin θ + (π − θ)·c
-    return j1.mul_(s).mul_(_RELU_SCALE), t
+    j1 = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).sqrt_()  # sin θ
+    j1.addcmul_(pmt, c, value=-1.0)  # J1 = sin θ + (π − θ)·c
+    return j1.mul_(q1 * _RELU_SCALE).mul_(q2), t
 
 
 def _cross_chunk(a: torch.Tensor, b: torch.Tensor, pre_a: list, pre_b: list, same: torch.Tensor | None,
@@ -227,9 +237,9 @@ def _cross_chunk(a: torch.Tensor, b: torch.Tensor, pre_a: list, pre_b: list, sam
     k = (a @ b.transpose(-1, -2) if full else (a * b).sum(-1)) / channels
     t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
     for g, va, vb in zip(groups, pre_a, pre_b, strict=True):
-        k = fused_affine(_tap(k, g, full), g.weight_var, g.bias_var)
+        k = fused_affine(_tap(k, g, full), g.tap_weight, g.bias_var)
         if with_ntk:
-            t = torch.addcmul(k, g.weight_var, t if t.dim() == 0 else _tap(t, g, full))
+            t = k.clone() if t.dim() == 0 else torch.addcmul(k, g.tap_weight, _tap(t, g, full))
         if g.dual is None:
             continue
         if full:

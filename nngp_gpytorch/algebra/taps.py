@@ -51,7 +51,7 @@ def _strided(axis: int, start: int, count: int, stride: int, ndim: int) -> tuple
 
 
 def _tap_sum_padded(x: torch.Tensor, axes: Sequence[int], n: int, kernel: int, stride: int, dilation: int,
-                    padding: str) -> torch.Tensor:
+                    padding: str, mean: bool = True) -> torch.Tensor:
     """:func:`_tap_sum_tensor` by padding a copy first (circular padding wraps, so it needs the copy)."""
     out, lo, hi = conv_output_size(n, kernel, stride, dilation, padding)
     for axis in axes:
@@ -62,7 +62,7 @@ def _tap_sum_padded(x: torch.Tensor, axes: Sequence[int], n: int, kernel: int, s
         for axis in axes:
             piece = piece[_strided(axis, dilation * beta, out, stride, x.dim())]
         total = piece if total is None else total + piece
-    return total / kernel
+    return total / kernel if mean else total
 
 
 def _tap_range(n: int, out: int, offset: int, stride: int) -> tuple[int, int]:
@@ -73,7 +73,7 @@ def _tap_range(n: int, out: int, offset: int, stride: int) -> tuple[int, int]:
 
 
 def _tap_sum_tensor(x: torch.Tensor, axes: Sequence[int], n: int, kernel: int, stride: int, dilation: int,
-                    padding: str) -> torch.Tensor:
+                    padding: str, mean: bool = True) -> torch.Tensor:
     """``(1/k)·Σ_β x[s·o + d·β − lo]`` simultaneously along ``axes`` (one or two axes of length n).
 
     Zero padding: each tap adds its in-range slice into the output (no padded copy: taps outside the input
@@ -81,37 +81,40 @@ def _tap_sum_tensor(x: torch.Tensor, axes: Sequence[int], n: int, kernel: int, s
     bits as :func:`_tap_sum_padded`). Circular padding pads a wrapped copy.
     """
     if padding == "circular":
-        return _tap_sum_padded(x, axes, n, kernel, stride, dilation, padding)
+        return _tap_sum_padded(x, axes, n, kernel, stride, dilation, padding, mean)
     out, lo, _ = conv_output_size(n, kernel, stride, dilation, padding)
     shape = list(x.shape)
     for axis in axes:
         shape[axis] = out
-    total = None
+    taps = []
     for beta in range(kernel):
         offset = dilation * beta - lo
         o0, o1 = _tap_range(n, out, offset, stride)
-        if o1 <= o0:
-            continue
+        if o1 > o0:
+            taps.append((o0 == 0 and o1 == out, offset, o0, o1))
+    taps.sort(key=lambda tap: not tap[0])  # a tap covering the whole output (if any) starts the sum as a copy
+    total = None
+    for covers, offset, o0, o1 in taps:
         src, dst = [slice(None)] * x.dim(), [slice(None)] * x.dim()
         for axis in axes:
             src[axis] = slice(stride * o0 + offset, stride * (o1 - 1) + offset + 1, stride)
             dst[axis] = slice(o0, o1)
         piece = x[tuple(src)]
-        if total is None and o0 == 0 and o1 == out:
-            total = piece.clone()  # a tap that covers the whole output starts the sum
-            continue
         if total is None:
-            total = x.new_zeros(shape)
+            total = piece.clone() if covers else x.new_zeros(shape)
+            if covers:
+                continue
         total[tuple(dst)] += piece  # in place on a fresh tensor: fine under autograd too
     if total is None:
         total = x.new_zeros(shape)
-    return total / kernel
+    return total / kernel if mean else total
 
 
 def tap_axes(x: torch.Tensor, spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-             dilation: Sequence[int], padding: str, full: bool) -> torch.Tensor:
+             dilation: Sequence[int], padding: str, full: bool, mean: bool = True) -> torch.Tensor:
     """The convolution's position map on a tensor whose trailing axes are flattened positions: ``(..., P, P)``
-    (``full``) or ``(..., P)``, for input positions ``spatial``; see :func:`tap_sum`."""
+    (``full``) or ``(..., P)``, for input positions ``spatial``; see :func:`tap_sum`. ``mean=False``: the sum
+    over taps, without the ``1/k`` (callers that fold it into ``σw²``)."""
     nd = len(spatial)
     out_shape = tuple(conv_output_size(n, k, s, d, padding)[0]
                       for n, k, s, d in zip(spatial, kernel, stride, dilation, strict=True))
@@ -119,13 +122,14 @@ def tap_axes(x: torch.Tensor, spatial: Sequence[int], kernel: Sequence[int], str
         x = x.reshape(*x.shape[:-2], *spatial, *spatial)
         base = x.dim() - 2 * nd
         for i in range(nd):
-            x = _tap_sum_tensor(x, (base + i, base + nd + i), spatial[i], kernel[i], stride[i], dilation[i], padding)
+            x = _tap_sum_tensor(x, (base + i, base + nd + i), spatial[i], kernel[i], stride[i], dilation[i], padding,
+                                mean)
         p = int(math.prod(out_shape))
         return x.reshape(*x.shape[:base], p, p)
     x = x.reshape(*x.shape[:-1], *spatial)
     base = x.dim() - nd
     for i in range(nd):
-        x = _tap_sum_tensor(x, (base + i,), spatial[i], kernel[i], stride[i], dilation[i], padding)
+        x = _tap_sum_tensor(x, (base + i,), spatial[i], kernel[i], stride[i], dilation[i], padding, mean)
     return x.reshape(*x.shape[:base], -1)
 
 

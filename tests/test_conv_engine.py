@@ -1,0 +1,127 @@
+"""The fast positional engine (algebra/conv_stack) and memory tiling for every kernel (kernels/tiling).
+
+The engine computes the layer-by-layer algebra's values in another order, so it is tested against that algebra
+(``evaluate(..., optimize=False)``) on its whole domain: 1-, 2- and 3-D convolutions with strides, dilation, valid,
+same and circular padding, closed-form and quadrature activations, GAP and Flatten readouts followed by more
+layers, NNGP and NTK, full blocks, ``K(X, X)`` (pairs i ≤ j) and diagonals, duplicated inputs (``c = 1``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nngp_gpytorch.algebra.conv_stack as conv_stack
+from nngp_gpytorch import NNGPKernel, NTKKernel
+from nngp_gpytorch import arch as A
+from nngp_gpytorch.algebra import Hyperparameters, evaluate, fuse_conv_stacks
+from nngp_gpytorch.algebra.conv_stack import ConvStack
+from nngp_gpytorch.kernels.tiling import entries_per_pair, tile_sizes
+
+H = Hyperparameters.constant(1.7, 0.2)
+
+CLOSED_FORM = [
+    (A.cnn(depth=3, readout="gap"), (3, 6, 5)),
+    (A.cnn(depth=2, readout="flatten"), (2, 7, 6)),
+    (A.Serial(A.Conv(3, stride=2), A.Erf(), A.Conv((2, 3), dilation=2, padding="valid"), A.LeakyReLU(0.2),
+              A.Conv(3, padding="circular"), A.GlobalAvgPool(), A.Dense(), A.ReLU(), A.Dense()), (2, 11, 13)),
+    (A.Serial(A.Conv(5), A.ReLU(), A.Conv(5, stride=2), A.ReLU(), A.Flatten(), A.Dense()), (2, 17)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.GlobalAvgPool(), A.ReLU(), A.Dense()), (1, 4, 5, 3)),
+]
+
+
+def _inputs(d: int):
+    g = torch.Generator().manual_seed(d)
+    x1 = torch.randn(6, d, dtype=torch.float64, generator=g)
+    x2 = torch.randn(4, d, dtype=torch.float64, generator=g)
+    x2[1] = x1[2]  # a duplicated input: correlation exactly 1 at equal positions
+    return x1, x2
+
+
+def test_fusion_pass_rewrites_only_conv_runs_ending_in_gap_or_flatten():
+    net = A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense(), A.ReLU(), A.Dense())
+    fused = fuse_conv_stacks(net)
+    assert isinstance(fused.layers[0], ConvStack) and len(fused.layers[0].layers) == 5
+    assert fused.layers[1:] == net.layers[5:]
+    pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    assert not isinstance(fuse_conv_stacks(pooled).layers[0], ConvStack)  # the first run does not reach a readout
+    assert fuse_conv_stacks(A.mlp(depth=2)) == A.mlp(depth=2)
+
+
+@pytest.mark.parametrize("net,shape", CLOSED_FORM, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
+@pytest.mark.parametrize("ntk", [False, True])
+def test_engine_equals_the_layer_by_layer_algebra(net, shape, ntk):
+    d = int(torch.Size(shape).numel())
+    x1, x2 = _inputs(d)
+    for a, b, diag in ((x1, x1, False), (x1, x2, False), (x1, x1, True), (x1[:4], x2, True)):
+        k0, t0 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape, optimize=False)
+        k1, t1 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape)
+        torch.testing.assert_close(k1, k0, rtol=1e-12, atol=1e-14)
+        if ntk:
+            torch.testing.assert_close(t1, t0, rtol=1e-12, atol=1e-14)
+    k = evaluate(net, x1, x1, H, input_shape=shape)[0]
+    assert torch.equal(k, k.mT)  # pairs i ≤ j mirrored: exactly symmetric
+
+
+def test_engine_values_do_not_depend_on_the_chunking(monkeypatch):
+    # a quadrature dual (tanh): its adaptive degree is fixed per layer from both sides' largest variance
+    net, shape = A.Serial(A.Conv(3), A.Tanh(), A.Conv(3), A.Tanh(), A.GlobalAvgPool(), A.Dense()), (2, 5, 5)
+    x1, x2 = _inputs(50)
+    big = evaluate(net, x1, x2, H, with_ntk=True, input_shape=shape)
+    monkeypatch.setattr(conv_stack, "CPU_CHUNK_BYTES", 1)  # one pair per chunk
+    small = evaluate(net, x1, x2, H, with_ntk=True, input_shape=shape)
+    assert torch.equal(big[0], small[0]) and torch.equal(big[1], small[1])
+    generic = evaluate(net, x1, x2, H, with_ntk=True, input_shape=shape, optimize=False)
+    torch.testing.assert_close(big[0], generic[0], rtol=1e-6, atol=0)  # the generic path's degree is per block
+
+
+def test_engine_gradients_match_the_layer_by_layer_algebra():
+    net, shape = A.cnn(depth=2, readout="gap"), (2, 5, 4)
+    x1, x2 = _inputs(40)
+
+    def grads(optimize):
+        w = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
+        b = torch.tensor([0.2], dtype=torch.float64, requires_grad=True)
+        k, t = evaluate(net, x1, x2, Hyperparameters(w, b), with_ntk=True, input_shape=shape, optimize=optimize)
+        return torch.autograd.grad((k.sum() + t.sum()), (w, b))
+
+    for g_fast, g_slow in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-11, atol=0)
+
+
+def test_chunks_hold_a_bounded_number_of_pairs():
+    assert conv_stack.chunk_pairs((16, 16), True, False, torch.float64, "cpu") == 1
+    per_pair = conv_stack.LIVE_TENSORS * 8 * 256  # Flatten: P entries per pair
+    flat = conv_stack.chunk_pairs((16, 16), False, False, torch.float64, "cpu")
+    assert flat == conv_stack.CPU_CHUNK_BYTES // per_pair
+
+
+def test_every_kernel_tiles_within_max_memory_with_identical_values():
+    mlp = A.mlp(depth=3, activation=A.Erf())
+    x1, x2 = _inputs(7)
+    plain = NTKKernel(mlp, weight_var=1.5, bias_var=0.1, max_memory=None, dtype=torch.float64)
+    tiled = NTKKernel(mlp, weight_var=1.5, bias_var=0.1, max_memory=16 * 8 * 6, dtype=torch.float64)
+    assert tiled.entries_per_pair() == 1 and tiled.tile_sizes(6, 4, torch.float64) == (2, 3)
+    with torch.no_grad():
+        for a, b in ((x1, x2), (x1, x1)):
+            k_t, t_t = tiled.nngp_and_ntk(a, b)
+            k_p, t_p = plain.nngp_and_ntk(a, b)
+            torch.testing.assert_close(k_t, k_p, rtol=1e-15, atol=0)
+            torch.testing.assert_close(t_t, t_p, rtol=1e-15, atol=0)
+        torch.testing.assert_close(tiled(x1, x1, diag=True), plain(x1, x1, diag=True), rtol=0, atol=0)
+
+
+def test_generic_conv_kernel_memory_estimate_follows_the_layout():
+    flat_seq = A.Serial(A.Conv(5), A.ReLU(), A.Conv(5), A.ReLU(), A.Flatten(), A.Dense())
+    assert entries_per_pair(flat_seq, (1, 40)) == 1  # the engine chunks its own pairs
+    pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    assert entries_per_pair(pooled, (3, 8, 8)) == 64 * 64
+    assert tile_sizes(1000, 1000, 64 << 20, 64 * 64, torch.float64) == (11, 11)
+    kernel = NNGPKernel(flat_seq, input_shape=(1, 40), weight_var=2.0, bias_var=0.1, max_memory="auto")
+    assert kernel.tile_budget() == 64 << 20
+
+
+@pytest.mark.parametrize("bad", ["big", -1, 0, True])
+def test_bad_max_memory_is_refused(bad):
+    with pytest.raises(ValueError, match="max_memory"):
+        NNGPKernel(A.mlp(depth=1), max_memory=bad)
