@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch.utils.checkpoint
 from torch.quasirandom import SobolEngine
 
 from ..duals.safe_math import fix_eigenvector_signs, safe_sqrt
+from .kinks import kinked_coordinates, split_product_nodes
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class Accuracy:
         max_chunk_elements: memory bound (number of function evaluations held at once).
         qmc_pca: map Sobol coordinates to principal components of ``Σ`` (largest first), which lowers the
             effective dimension and the RQMC error (Acworth, Broadie & Glasserman 1998).
+        split_kinks: split product rules at the kinks of coordinates found non-smooth at 0 (:mod:`.kinks`:
+            ReLU, abs, step, sign, max(·, 0) factors), which restores their geometric convergence.
+        target: relative accuracy asked of the Gauss–Hermite part (:mod:`.error_control`): the kernel is also
+            computed with every product rule at half its degree, ``|K_n − K_{n/2}|`` is reported as the
+            quadrature error, and while it exceeds ``target·max|K|`` the degrees are doubled (at most
+            ``max_escalations`` times, total nodes capped at ``escalation_max_nodes``); a warning says when the
+            target is not met. ``None``: no estimate (the previous behaviour, one evaluation).
+        max_escalations: how many times the degrees may be doubled.
+        escalation_max_nodes: cap on the product nodes per expectation when escalating.
+        degree_divisor: every product rule runs at ``1/degree_divisor`` of its degree (the coarse rule of the
+            error estimate; 1 for the kernel itself).
     """
 
     quadrature_degree: int = 64
@@ -57,17 +69,37 @@ class Accuracy:
     seed: int = 0
     max_chunk_elements: int = 2**22
     qmc_pca: bool = True
+    split_kinks: bool = True
+    target: float | None = 1e-6
+    max_escalations: int = 1
+    escalation_max_nodes: int = 2**18
+    degree_divisor: int = 1
 
     def __post_init__(self):
         for name in ("quadrature_degree", "gh_max_dim", "gh_max_nodes", "qmc_points", "qmc_replicates",
-                     "max_chunk_elements"):
+                     "max_chunk_elements", "escalation_max_nodes", "degree_divisor"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Accuracy.{name} must be a positive integer, got {getattr(self, name)}")
         if self.qmc_replicates < 2:
             raise ValueError("Accuracy.qmc_replicates must be >= 2 to estimate the QMC error")
+        if int(self.max_escalations) < 0:
+            raise ValueError(f"Accuracy.max_escalations must be >= 0, got {self.max_escalations}")
+        if self.target is not None and not float(self.target) > 0:
+            raise ValueError(f"Accuracy.target must be positive or None, got {self.target}")
 
     def gh_degree(self, m: int) -> int:
-        return int(max(2, min(self.quadrature_degree, math.floor(self.gh_max_nodes ** (1.0 / m) + 1e-9))))
+        """Gauss–Hermite degree per dimension of an ``m``-dimensional product rule."""
+        full = max(2, min(self.quadrature_degree, math.floor(self.gh_max_nodes ** (1.0 / m) + 1e-9)))
+        return int(max(2, full // self.degree_divisor))
+
+    def coarse(self) -> Accuracy:
+        """The same knobs with every product rule at half its degree (the error estimate's coarse rule)."""
+        return replace(self, degree_divisor=2 * self.degree_divisor)
+
+    def refined(self) -> Accuracy:
+        """Degrees doubled (nodes per expectation up to ``escalation_max_nodes``); ``self`` when nothing grows."""
+        nodes = min(max(self.gh_max_nodes, self.escalation_max_nodes), self.gh_max_nodes * 2**self.gh_max_dim)
+        return replace(self, quadrature_degree=2 * self.quadrature_degree, gh_max_nodes=nodes)
 
 
 def psd_cholesky(sigma: torch.Tensor, rel_tol: float = 1e-10) -> torch.Tensor:
@@ -148,6 +180,9 @@ def gaussian_expectation(
     extra = math.prod(value_shape)
     chol = psd_cholesky(sigma)
     if m <= accuracy.gh_max_dim:
+        kinked = kinked_coordinates(fn, sigma.reshape(-1, m, m)[0]) if accuracy.split_kinks else ()
+        if kinked:
+            return _split_expectation(fn, sigma, kinked, accuracy, value_shape, nested_autograd), "gauss-hermite"
         nodes, weights = gauss_hermite_nodes(m, accuracy.gh_degree(m), sigma)
         flat = chol.reshape(-1, m, m)
         per = nodes.shape[0] * max(m, extra)
@@ -186,6 +221,29 @@ def gaussian_expectation(
     for s in range(0, flat.shape[1], chunk):
         parts.append(_maybe_checkpoint(qmc_chunk, flat[:, s:s + chunk], nested_autograd))
     return torch.cat(parts, 1).reshape(reps, *lead[1:], *value_shape), "qmc"
+
+
+def _split_expectation(fn, sigma: torch.Tensor, kinked: tuple[int, ...], accuracy: Accuracy,
+                       value_shape: tuple[int, ...], nested_autograd: bool) -> torch.Tensor:
+    """The product rule split at the kinks of the coordinates ``kinked`` (:mod:`.kinks`), in chunks of entries."""
+    m, lead = sigma.shape[-1], sigma.shape[:-2]
+    order = list(kinked) + [j for j in range(m) if j not in kinked]
+    inverse = [order.index(j) for j in range(m)]
+    perm = torch.tensor(order, device=sigma.device)
+    factor = psd_cholesky(sigma.index_select(-1, perm).index_select(-2, perm)).reshape(-1, m, m)
+    degree = accuracy.gh_degree(m)
+    nodes_per_entry = (2 * -(-degree // 2)) ** m
+    chunk = max(1, accuracy.max_chunk_elements // (nodes_per_entry * max(m, math.prod(value_shape))))
+
+    def chunk_fn(lower: torch.Tensor) -> torch.Tensor:
+        xi, w = split_product_nodes(lower, len(kinked), degree)
+        z = torch.einsum("epj,eij->epi", xi, lower)[..., inverse]
+        values = fn(z)
+        return torch.einsum("ep...,ep->e...", values, w)
+
+    parts = [_maybe_checkpoint(chunk_fn, factor[s:s + chunk], nested_autograd)
+             for s in range(0, factor.shape[0], chunk)]
+    return torch.cat(parts).reshape(*lead, *value_shape)
 
 
 def _maybe_checkpoint(chunk_fn, factor: torch.Tensor, nested_autograd: bool = False) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch
 
 from ..algebra.state import identical_rows
 from ..duals import IdentityDual, QuadratureDual, dual_for
+from .error_control import with_error_estimate
 from .expectations import Accuracy, gaussian_expectation
 from .program import Program, ProgramError, Scalar, Token, Var
 
@@ -45,15 +46,19 @@ class ProgramKernelResult:
     Attributes:
         kernel: ``(*B, n1, n2)`` (or ``(*B, n)`` for ``diag``): the mean over QMC replicates.
         stderr: same shape: end-to-end QMC standard error ``std_r/√R`` over the ``R`` replicate runs of the
-            whole program (zeros when no QMC estimate was needed; quadrature and closed-form errors are
-            not included — see :class:`Accuracy`).
+            whole program (zeros when no QMC estimate was needed).
         methods: how many expectations each rule computed (``closed-form``, ``covariance``,
             ``gauss-hermite``, ``qmc``), and ``max_dim``: the largest Gaussian dimension met.
+        quadrature_error: same shape: the Gauss–Hermite error estimate ``|K_n − K_{n/2}|``
+            (:mod:`.error_control`; zeros without product rules or with ``Accuracy(target=None)``).
+        error: ``quadrature_error + 2·stderr``, the error bar of ``kernel``.
     """
 
     kernel: torch.Tensor
     stderr: torch.Tensor
     methods: dict[str, int] = field(default_factory=dict)
+    quadrature_error: torch.Tensor | None = None
+    error: torch.Tensor | None = None
 
 
 class Evaluator:
@@ -306,12 +311,29 @@ def evaluate_program(
     Args:
         variances: ``(*batch_shape, P)``, one value per ``program.parameter_names``.
         diag: only the pairs ``(x1[i], x2[i])``.
-        accuracy: quadrature / QMC knobs (:class:`Accuracy`).
+        accuracy: quadrature / QMC knobs and the target accuracy (:class:`Accuracy`).
 
     Returns:
-        :class:`ProgramKernelResult` with ``kernel`` and ``stderr`` of shape ``(*B, n1, n2)`` or ``(*B, n)``,
-        ``B`` the broadcast of the input batch shapes and ``batch_shape``.
+        :class:`ProgramKernelResult` with ``kernel``, ``stderr``, ``quadrature_error`` and ``error`` of shape
+        ``(*B, n1, n2)`` or ``(*B, n)``, ``B`` the broadcast of the input batch shapes and ``batch_shape``.
     """
+    accuracy = accuracy or Accuracy()
+    result, (quad,) = with_error_estimate(
+        lambda acc: _evaluate_once(program, x1, x2, variances, diag, acc), accuracy, lambda r: [r.kernel],
+        lambda r: [r.stderr], f"TensorProgramKernel({program.name})")
+    result.quadrature_error, result.error = quad, quad + 2 * result.stderr.detach()
+    return result
+
+
+def _evaluate_once(
+    program: Program,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    variances: torch.Tensor,
+    diag: bool = False,
+    accuracy: Accuracy | None = None,
+) -> ProgramKernelResult:
+    """One evaluation of :func:`evaluate_program` at ``accuracy`` (no error estimate)."""
     accuracy = accuracy or Accuracy()
     x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
     ev = Evaluator(program, params, accuracy)

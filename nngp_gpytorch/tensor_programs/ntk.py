@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..duals import IdentityDual, QuadratureDual, dual_for
+from .error_control import with_error_estimate
 from .expectations import Accuracy, gaussian_expectation
 from .master import Evaluator, PairContext, prepare_inputs
 from .program import Program, ProgramError, Scalar, Var
@@ -70,8 +71,10 @@ class ProgramNTKResult:
         kernel: NNGP ``K``, ``(*B, n1, n2)`` (``(*B, n)`` for ``diag``): mean over QMC replicates.
         ntk: NTK ``Θ``, same shape.
         kernel_stderr, ntk_stderr: end-to-end QMC standard errors ``std_r/√R`` (zeros when no QMC estimate was
-            needed; quadrature and closed-form errors are not included).
+            needed).
         methods: how many expectations each rule computed (as :class:`~.master.ProgramKernelResult`).
+        kernel_quadrature_error, ntk_quadrature_error: Gauss–Hermite error estimates (:mod:`.error_control`).
+        kernel_error, ntk_error: ``quadrature error + 2·stderr``, the error bars of ``kernel`` and ``ntk``.
     """
 
     kernel: torch.Tensor
@@ -79,6 +82,19 @@ class ProgramNTKResult:
     kernel_stderr: torch.Tensor
     ntk_stderr: torch.Tensor
     methods: dict[str, int] = field(default_factory=dict)
+    kernel_quadrature_error: torch.Tensor | None = None
+    ntk_quadrature_error: torch.Tensor | None = None
+    kernel_error: torch.Tensor | None = None
+    ntk_error: torch.Tensor | None = None
+
+    @property
+    def stderr(self) -> torch.Tensor:
+        """The NTK's QMC standard error (the kernel this result's object returns is Θ)."""
+        return self.ntk_stderr
+
+    @property
+    def error(self) -> torch.Tensor | None:
+        return self.ntk_error
 
 
 class _Gradient:
@@ -305,21 +321,41 @@ def evaluate_program_ntk(
     accuracy: Accuracy | None = None,
 ) -> ProgramNTKResult:
     """NNGP ``K`` and NTK ``Θ`` of ``program`` between ``x1`` ``(..., n1, D)`` and ``x2`` ``(..., n2, D)``
-    (Yang 2020, Tensor Programs II; construction in the module docstring).
+    (Yang 2020, Tensor Programs II; construction in the module docstring), with error estimates.
 
     Args:
         variances: ``(*batch_shape, P)``, one value per ``program.parameter_names``.
         diag: only the pairs ``(x1[i], x2[i])``.
-        accuracy: quadrature / QMC knobs (:class:`Accuracy`); the QMC replicates run through forward and
-            backward expectations alike, so ``ntk_stderr`` is the end-to-end standard error of ``Θ``.
+        accuracy: quadrature / QMC knobs and target (:class:`Accuracy`); the QMC replicates run through forward
+            and backward expectations alike, so ``ntk_stderr`` is the end-to-end standard error of ``Θ``.
 
     Returns:
-        :class:`ProgramNTKResult`: ``kernel``, ``ntk`` and their standard errors, each ``(*B, n1, n2)`` or
-        ``(*B, n)``. ``kernel`` equals :func:`~.master.evaluate_program`'s.
+        :class:`ProgramNTKResult`: ``kernel``, ``ntk``, their standard errors and error estimates, each
+        ``(*B, n1, n2)`` or ``(*B, n)``. ``kernel`` equals :func:`~.master.evaluate_program`'s.
 
     Raises:
         ProgramError: a Nonlin that torch autograd cannot differentiate (named).
     """
+    accuracy = accuracy or Accuracy()
+    result, (qk, qt) = with_error_estimate(
+        lambda acc: _evaluate_ntk_once(program, x1, x2, variances, diag, acc), accuracy,
+        lambda r: [r.kernel, r.ntk], lambda r: [r.kernel_stderr, r.ntk_stderr],
+        f"TensorProgramNTKKernel({program.name})")
+    result.kernel_quadrature_error, result.ntk_quadrature_error = qk, qt
+    result.kernel_error = qk + 2 * result.kernel_stderr.detach()
+    result.ntk_error = qt + 2 * result.ntk_stderr.detach()
+    return result
+
+
+def _evaluate_ntk_once(
+    program: Program,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    variances: torch.Tensor,
+    diag: bool = False,
+    accuracy: Accuracy | None = None,
+) -> ProgramNTKResult:
+    """One evaluation of :func:`evaluate_program_ntk` at ``accuracy`` (no error estimate)."""
     accuracy = accuracy or Accuracy()
     x1, x2, params, batch, same_inputs = prepare_inputs(program, x1, x2, variances, diag)
     backward = _backward_for(program)
