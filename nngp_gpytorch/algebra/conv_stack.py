@@ -201,22 +201,17 @@ def _eye(p: int, device) -> torch.Tensor:
 _RELU_SCALE = 1.0 / (2.0 * math.pi)  # E[relu(u) relu(v)] = (1/2π)·s·J1(c)
 
 
-def _relu_in_place(k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, t: torch.Tensor | None,
-                   ident: torch.Tensor | None):
+def _relu_in_place(k: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, neg_inv_q1: torch.Tensor, inv_q2: torch.Tensor,
+                   t: torch.Tensor | None, ident: torch.Tensor | None):
     """The ReLU dual (arc-cosine kernel, Cho & Saul 2009) of a chunk without autograd, in place on ``k`` and ``t``:
-    ``K' = (1/2π)·s·(sin θ + (π − θ)·c)``, ``Θ' = (1/2π)·(π − θ)·Θ`` with ``s = √v1·√v2``, ``c = clamp(k/s)``,
-    ``θ = arccos c``. The conventions of :mod:`nngp_gpytorch.duals.fused` (identical inputs ``c = 1``; with Θ,
-    ``|c| ≥ 1 − 8·eps`` snapped to ``±1``), with ``sin θ = √(1 − c²)`` (one ``sqrt`` instead of a ``sin``) and
-    ``π − θ = arccos(−c)``: nine passes over the chunk, two of them transcendental."""
-    finfo = torch.finfo(k.dtype)
-    q1, q2 = v1.clamp_min(0.0).sqrt(), v2.clamp_min(0.0).sqrt()
-    if bool(q1.min() * q2.min() < finfo.tiny):  # a zero-norm input: c = k/max(s, tiny), as the fused dual
-        s = q1 * q2
-        c = k.div_(s.clamp_min(finfo.tiny)).clamp_(-1.0, 1.0).neg_()
-    else:
-        c = k.mul_(-1.0 / q1).mul_(1.0 / q2).clamp_(-1.0, 1.0)  # holds −c: arccos(−c) = π − θ
+    ``K' = (1/2π)·s·(sin θ + (π − θ)·c)``, ``Θ' = (1/2π)·(π − θ)·Θ`` with ``s = q1·q2`` (``q = √v``, given with
+    ``−1/q1`` and ``1/q2``, computed once per input), ``c = clamp(k/s)``, ``θ = arccos c``. The conventions of
+    :mod:`nngp_gpytorch.duals.fused` (identical inputs ``c = 1``; with Θ, ``|c| ≥ 1 − 8·eps`` snapped to ``±1``),
+    with ``sin θ = √(1 − c²)`` (one ``sqrt`` instead of a ``sin``) and ``π − θ = arccos(−c)``: eight passes over
+    the chunk, two of them transcendental."""
+    c = k.mul_(neg_inv_q1).mul_(inv_q2).clamp_(-1.0, 1.0)  # holds −c: arccos(−c) = π − θ
     if t is not None:
-        snap = 1.0 - 8 * finfo.eps
+        snap = 1.0 - 8 * torch.finfo(k.dtype).eps
         if bool(c.amax() >= snap) or bool(c.amin() <= -snap):
             c.copy_(torch.where(c >= snap, 1.0, torch.where(c <= -snap, -1.0, c)))
     if ident is not None:
@@ -226,17 +221,42 @@ def _relu_in_place(k: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, t: torch
         t = t.mul_(pmt).mul_(_RELU_SCALE)
     j1 = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).sqrt_()  # sin θ
     j1.addcmul_(pmt, c, value=-1.0)  # J1 = sin θ + (π − θ)·c
-    return j1.mul_(q1 * _RELU_SCALE).mul_(q2), t
+    return j1.mul_(q1).mul_(q2 * _RELU_SCALE), t
 
 
-def _cross_chunk(a: torch.Tensor, b: torch.Tensor, pre_a: list, pre_b: list, same: torch.Tensor | None,
-                 groups: list[_Group], full: bool, with_ntk: bool):
-    """Flat ``(K, Θ)`` ``(c,)`` of ``c`` pairs ``(a[m], b[m])`` (inputs ``(c, P, C)``); ``pre_a``/``pre_b``: their
-    per-group pre-activation variances ``(c, P_l)``; ``same``: ``(c,)`` bool, identical inputs (or None)."""
-    channels = a.shape[-1]
-    k = (a @ b.transpose(-1, -2) if full else (a * b).sum(-1)) / channels
+@dataclass
+class _Side:
+    """One input set's per-input data for the engine: inputs ``(n, P, C)`` (GAP) or ``(n, C, P)`` (Flatten), and
+    per group the pre-activation variances ``v`` ``(n, P_l)`` with ``√v``, ``−1/√v``, ``1/√v`` (ReLU groups)."""
+
+    x: torch.Tensor
+    pre: list[torch.Tensor]
+    roots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
+
+    def take(self, index: torch.Tensor) -> _Side:
+        return _Side(self.x[index], [v[index] for v in self.pre],
+                     [None if r is None else tuple(a[index] for a in r) for r in self.roots])
+
+
+def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: bool) -> _Side:
+    roots = []
+    for g, v in zip(groups, pre, strict=True):
+        q = v.clamp_min(0.0).sqrt()
+        # a zero-norm input (√v below √tiny) goes through the dual's own conventions instead
+        fast = type(g.activation) is ReLU and bool(q.min() > math.sqrt(torch.finfo(v.dtype).tiny))
+        roots.append((q, -1.0 / q, 1.0 / q) if fast else None)
+    return _Side(x if full else x.transpose(-1, -2).contiguous(), pre, roots)
+
+
+def _cross_chunk(a: _Side, b: _Side, same: torch.Tensor | None, groups: list[_Group], full: bool, with_ntk: bool):
+    """Flat ``(K, Θ)`` ``(c,)`` of ``c`` pairs ``(a[m], b[m])`` (each side gathered for the chunk); ``same``:
+    ``(c,)`` bool, identical inputs (or None)."""
+    if full:
+        k = a.x @ b.x.transpose(-1, -2) / a.x.shape[-1]
+    else:
+        k = (a.x * b.x).sum(1) / a.x.shape[1]
     t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
-    for g, va, vb in zip(groups, pre_a, pre_b, strict=True):
+    for g, va, vb, ra, rb in zip(groups, a.pre, b.pre, a.roots, b.roots, strict=True):
         k = fused_affine(_tap(k, g, full), g.tap_weight, g.bias_var)
         if with_ntk:
             t = k.clone() if t.dim() == 0 else torch.addcmul(k, g.tap_weight, _tap(t, g, full))
@@ -248,8 +268,10 @@ def _cross_chunk(a: torch.Tensor, b: torch.Tensor, pre_a: list, pre_b: list, sam
         else:
             v1, v2 = va, vb
             ident = None if same is None else same[:, None]
-        if type(g.activation) is ReLU and not (k.requires_grad or (with_ntk and t.requires_grad)):
-            k, t = _relu_in_place(k, v1, v2, t, ident)
+        if ra is not None and rb is not None and not (k.requires_grad or (with_ntk and t.requires_grad)):
+            if full:
+                ra, rb = tuple(r.unsqueeze(-1) for r in ra), tuple(r.unsqueeze(-2) for r in rb)
+            k, t = _relu_in_place(k, ra[0], rb[0], ra[1], rb[2], t, ident)
             continue
         if with_ntk:
             t = g.dual.ntk(v1, v2, k, ident) * t
@@ -268,16 +290,16 @@ def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: t
     return max(1, budget // (live * entries * torch.finfo(dtype).bits // 8))
 
 
-def _run_pairs(xa, xb, pre_a, pre_b, ia, ib, same, groups, full, with_ntk):
-    """The engine over the pair list ``(xa[ia[m]], xb[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
-    step = chunk_pairs(groups[0].positions_in, full, with_ntk, xa.dtype, xa.device)
+def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk):
+    """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
+    step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device)
     ks, ts = [], []
     for s in range(0, ia.shape[0], step):
         i, j = ia[s:s + step], ib[s:s + step]
         sm = None if same is None else same[s:s + step]
         if sm is not None and not bool(sm.any()):
             sm = None
-        k, t = _cross_chunk(xa[i], xb[j], [v[i] for v in pre_a], [v[j] for v in pre_b], sm, groups, full, with_ntk)
+        k, t = _cross_chunk(sa.take(i), sb.take(j), sm, groups, full, with_ntk)
         ks.append(k)
         ts.append(t)
     k = torch.cat(ks)
@@ -306,22 +328,24 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     _pin_degrees(groups, pre1, pre2)
     n1, n2 = x1.shape[0], x2.shape[0]
     dev = x1.device
+    side1 = _side(x1, pre1, groups, full)
+    side2 = side1 if symmetric else _side(x2, pre2, groups, full)
 
-    def own(x, pre, k, t):  # K(x, x), Θ(x, x) after the readout, (n,)
+    def own(side, k, t):  # K(x, x), Θ(x, x) after the readout, (n,)
         if not full:
             return k.mean(-1), (t.mean(-1) if ntk else None)
-        idx = torch.arange(x.shape[0], device=dev)
-        return _run_pairs(x, x, pre, pre, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk)
+        idx = torch.arange(side.x.shape[0], device=dev)
+        return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk)
 
     diag = state.entry_ndim == 1
-    s11, s11t = own(x1, pre1, k1, t1)
-    s22, s22t = (s11, s11t) if symmetric else own(x2, pre2, k2, t2)
+    s11, s11t = own(side1, k1, t1)
+    s22, s22t = (s11, s11t) if symmetric else own(side2, k2, t2)
     if diag:
         if symmetric:
             k12, t12 = s11, s11t
         else:
             idx = torch.arange(n1, device=dev)
-            k12, t12 = _run_pairs(x1, x2, pre1, pre2, idx, idx, state.identical, groups, full, ntk)
+            k12, t12 = _run_pairs(side1, side2, idx, idx, state.identical, groups, full, ntk)
         new = dict(k12=k12, k11=s11, k22=s22)
         if ntk:
             new.update(t12=t12, t11=s11t, t22=s22t)
@@ -332,7 +356,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             ia = torch.arange(n1, device=dev).repeat_interleave(n2)
             ib = torch.arange(n2, device=dev).repeat(n1)
         same = None if state.identical is None else state.identical[ia, ib]
-        k, t = _run_pairs(x1, x2, pre1, pre2, ia, ib, same, groups, full, ntk)
+        k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk)
 
         def block(v):
             if not symmetric:
