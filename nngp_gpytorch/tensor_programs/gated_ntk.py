@@ -34,7 +34,11 @@ class _GatedNTK(TensorProgramNTKKernel):
         length, token_dim = (int(v) for v in input_shape)
         program = type(self)._program_factory(length, token_dim, readout, input_var, hidden_var, bias_var,
                                               readout_var, readout_bias_var)
-        super().__init__(program, accuracy=Accuracy(qmc_points=int(samples), seed=int(qmc_seed)), **kwargs)
+        # target=None: the erf-gated cells' few product rules are smooth 1-2-D integrals (measured quadrature error
+        # 3.4e-7 against a QMC error bar of 2.1e-3, GRU T = 4) and the end-to-end estimate would re-run the ~60 QMC
+        # expectations twice (28 s → 82 s); the QMC standard error is the error bar (`last_result.ntk_error`).
+        accuracy = kwargs.pop("accuracy", None) or Accuracy(qmc_points=int(samples), seed=int(qmc_seed), target=None)
+        super().__init__(program, accuracy=accuracy, **kwargs)
         self.input_shape = (length, token_dim)
 
 
