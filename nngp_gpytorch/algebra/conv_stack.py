@@ -28,14 +28,15 @@ The rule applies when the run starts from the raw inputs of a kernel without bat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..arch import Activation, ArchitectureError, Layer, ReLU, Serial, Signal
+from ..arch import Activation, ArchitectureError, Layer, ReLU
 from ..arch.spatial import Conv, Flatten, GlobalAvgPool
 from ..duals import dual_for
 from ..duals.dense_maps import affine as fused_affine
+from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
 from .state import CovState
 from .taps import conv_output_size, tap_axes
@@ -49,26 +50,8 @@ LIVE_TENSORS = 10
 
 
 @dataclass(frozen=True, init=False)
-class ConvStack(Layer):
-    """``Conv, [φ], ..., Conv, [φ], GlobalAvgPool() | Flatten()`` fused by :func:`fuse_conv_stacks` (not part of
-    the architecture vocabulary: a description never needs to name it)."""
-
-    layers: tuple[Layer, ...] = field(default=())
-
-    def __init__(self, *layers: Layer):
-        object.__setattr__(self, "layers", tuple(layers))
-
-    def children(self) -> tuple[Layer, ...]:
-        return self.layers
-
-    def propagate(self, signal: Signal, path: str) -> Signal:
-        return Serial(*self.layers).propagate(signal, path)
-
-    def variance_slots(self) -> int:
-        return sum(layer.variance_slots() for layer in self.layers)
-
-    def describe(self) -> str:
-        return ", ".join(layer.describe() for layer in self.layers)
+class ConvStack(FusedRun):
+    """``Conv, [φ], ..., Conv, [φ], GlobalAvgPool() | Flatten()`` fused by :func:`fuse_conv_stacks`."""
 
     @property
     def readout(self) -> str:
@@ -94,22 +77,7 @@ def _stack_length(layers: tuple[Layer, ...], start: int) -> int:
 def fuse_conv_stacks(layer: Layer) -> Layer:
     """``layer`` with every ``Conv [φ] ... Conv [φ] GlobalAvgPool|Flatten`` run of a top-level or nested
     :class:`~nngp_gpytorch.arch.Serial` replaced by a :class:`ConvStack` (other layers: the same objects)."""
-    if type(layer) is not Serial:
-        return layer
-    layers, out, i, changed = layer.layers, [], 0, False
-    while i < len(layers):
-        n = _stack_length(layers, i)
-        if n:
-            out.append(ConvStack(*layers[i:i + n]))
-            i, changed = i + n, True
-        else:
-            sub = fuse_conv_stacks(layers[i])
-            changed |= sub is not layers[i]
-            out.append(sub)
-            i += 1
-    if not changed:
-        return layer
-    return out[0] if len(out) == 1 else Serial(*out)
+    return fuse_runs(layer, _stack_length, ConvStack)
 
 
 @dataclass

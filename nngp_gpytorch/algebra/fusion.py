@@ -15,6 +15,7 @@ image) the rule runs the run's layers one by one with their own rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,9 +29,9 @@ _RELU_SCALE = 1.0 / (2.0 * torch.pi)  # E[relu(u) relu(v)] = (1/2π)·s·J1(c)
 
 
 @dataclass(frozen=True, init=False)
-class ReLUChain(Layer):
-    """``Dense(), ReLU(), ..., Dense(), ReLU(), Dense()`` fused by :func:`fuse_relu_chains` (not part of the
-    architecture vocabulary: a description never needs to name it)."""
+class FusedRun(Layer):
+    """A run of layers an optimization pass evaluates with one rule (not part of the architecture vocabulary: a
+    description never needs to name it); it propagates, counts variances and describes itself as its layers."""
 
     layers: tuple[Layer, ...] = field(default=())
 
@@ -50,6 +51,33 @@ class ReLUChain(Layer):
         return ", ".join(layer.describe() for layer in self.layers)
 
 
+@dataclass(frozen=True, init=False)
+class ReLUChain(FusedRun):
+    """``Dense(), ReLU(), ..., Dense(), ReLU(), Dense()`` fused by :func:`fuse_relu_chains`."""
+
+
+def fuse_runs(layer: Layer, run_length: Callable[[tuple[Layer, ...], int], int], make: type[FusedRun]) -> Layer:
+    """``layer`` with every run of a top-level or nested :class:`~nngp_gpytorch.arch.Serial` that ``run_length``
+    accepts (its length at a start index, 0 if none) replaced by ``make(*run)``; any other layer is returned as it
+    is (the same object)."""
+    if type(layer) is not Serial:
+        return layer
+    layers, out, i, changed = layer.layers, [], 0, False
+    while i < len(layers):
+        n = run_length(layers, i)
+        if n:
+            out.append(make(*layers[i:i + n]))
+            i, changed = i + n, True
+        else:
+            sub = fuse_runs(layers[i], run_length, make)
+            changed |= sub is not layers[i]
+            out.append(sub)
+            i += 1
+    if not changed:
+        return layer
+    return out[0] if len(out) == 1 else Serial(*out)
+
+
 def _chain_length(layers: tuple[Layer, ...], start: int) -> int:
     """Length of the longest ``Dense (ReLU Dense)+`` run at ``start`` (0 if none)."""
     n = 0
@@ -62,22 +90,7 @@ def _chain_length(layers: tuple[Layer, ...], start: int) -> int:
 def fuse_relu_chains(layer: Layer) -> Layer:
     """``layer`` with every ``Dense (ReLU Dense)+`` run of each (nested) ``Serial`` replaced by a
     :class:`ReLUChain`; any other layer is returned as it is (the same object)."""
-    if type(layer) is not Serial:
-        return layer
-    layers, out, i, changed = layer.layers, [], 0, False
-    while i < len(layers):
-        n = _chain_length(layers, i)
-        if n:
-            out.append(ReLUChain(*layers[i:i + n]))
-            i, changed = i + n, True
-        else:
-            sub = fuse_relu_chains(layers[i])
-            changed |= sub is not layers[i]
-            out.append(sub)
-            i += 1
-    if not changed:
-        return layer
-    return out[0] if len(out) == 1 else Serial(*out)
+    return fuse_runs(layer, _chain_length, ReLUChain)
 
 
 def _fusable(state: CovState, ctx: RuleContext) -> bool:
