@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("nngp_gpytorch", "verification")
 MAX_LINES = 450
 #: the layers, bottom first: a module may import its own layer or one below it (DESIGN.md "imports point downward")
-LAYERS = ("arch", "duals", "numerics", "algebra", "kernels", "tensor_programs")
+LAYERS = ("arch", "numerics", "duals", "algebra", "kernels", "tensor_programs")
 
 
 def _modules() -> dict[str, Path]:
@@ -164,3 +164,19 @@ def test_the_checks_see_violations():
     tree = ast.parse("from nngp_gpytorch.kernels.mlp import _hidden")
     node = tree.body[0]
     assert [n for n in (a.name for a in node.names) if n.startswith("_")] == ["_hidden"]
+
+
+#: the numerical primitives that have one home, :mod:`nngp_gpytorch.numerics`: the calls that build them
+NUMERIC_PRIMITIVES = ("SobolEngine(", "hermgauss(", "roots_hermite(", "jitter *= ", "def psd_", "class _SafeSqrt",
+                      "(1.0 + torch.erf(x))", "def fix_eigenvector_signs")
+
+
+def test_numerical_primitives_live_in_numerics():
+    """Sobol points, Gauss–Hermite rules, PSD factors, the safe square root and the erf gate are written once
+    (``nngp_gpytorch/numerics.py``); every other module imports them. Verification twins included."""
+    home = ROOT / "nngp_gpytorch" / "numerics.py"
+    problems = [f"{path.relative_to(ROOT)}:{i}: {needle}"
+                for path in MODULES.values() if path != home
+                for i, line in enumerate(path.read_text().splitlines(), 1)
+                for needle in NUMERIC_PRIMITIVES if needle in line and not line.lstrip().startswith("#")]
+    assert not problems, "numerical primitives written outside nngp_gpytorch/numerics.py:\n" + "\n".join(problems)

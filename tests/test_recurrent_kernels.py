@@ -254,7 +254,7 @@ def test_rnn_ntk_matches_empirical_ntk():
 
 def test_gru_control_variate_is_exact_for_one_step_and_consistent():
     from nngp_gpytorch.algebra.gru import gru_tables
-    from nngp_gpytorch.algebra.orthant import qmc_normals
+    from nngp_gpytorch.numerics import sobol_normals as qmc_normals
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 4, 2, generator=g, dtype=DT)
@@ -345,7 +345,7 @@ def test_principal_and_interleaved_gru_rules_agree():
     """The two sampling orders integrate the same expectation: at 2^15 points both are within ~1e-4 of each
     other on a 5-step pair (each has error ≲ 1e-4 there)."""
     from nngp_gpytorch.algebra.gru import gru_tables
-    from nngp_gpytorch.algebra.orthant import qmc_normals
+    from nngp_gpytorch.numerics import sobol_normals as qmc_normals
 
     g = torch.Generator().manual_seed(6)
     a, b = torch.randn(1, 5, 3, generator=g, dtype=DT), torch.randn(1, 5, 3, generator=g, dtype=DT)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..arch.recurrent import RecurrentLayer
-from .orthant import project_psd, qmc_entry_error_bound, qmc_normals
+from ..numerics import sobol_normals
+from .orthant import project_psd, qmc_entry_error_bound
 from .recurrent import SequencePair, bp, recurrent_variances
 from .registry import RuleContext
 from .state import CovState
@@ -28,8 +29,8 @@ def gated_tables(layer, seq: SequencePair, wu, b, ww, table_fn, block: int, symm
     dims_self = table_fn.qmc_dims(seq.T, True)
     dims_cross = table_fn.qmc_dims(seq.T, False)
     dtype, device = seq.c12.dtype, seq.c12.device
-    n_self = qmc_normals(dims_self, layer.samples, layer.qmc_seed, dtype, device)
-    n_cross = qmc_normals(dims_cross, layer.samples, layer.qmc_seed + 1, dtype, device)
+    n_self = sobol_normals(dims_self, layer.samples, layer.qmc_seed, dtype, device)
+    n_cross = sobol_normals(dims_cross, layer.samples, layer.qmc_seed + 1, dtype, device)
 
     def run_self(cc):
         batch = torch.broadcast_shapes(cc.shape[:-2], wu.shape + (1,))

@@ -6,8 +6,9 @@ import torch
 
 from ..arch.recurrent import GRU
 from ..duals import ErfDual
+from ..numerics import erf_gate, principal_factor
 from .gated import gated_rule
-from .orthant import InterleavedGaussian, gate, gate_dual, principal_factor
+from .orthant import InterleavedGaussian, gate_dual
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -32,7 +33,7 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     ``≤ ℓ`` is only known once ``K(ℓ−1, ·)`` is).
 
     * ``"principal"`` (default): at every step the samples of *all* steps ``≤ ℓ`` of both sequences
-      are drawn afresh from the principal-component factor (:func:`~.orthant.principal_factor`) of
+      are drawn afresh from the principal-component factor (:func:`~nngp_gpytorch.numerics.principal_factor`) of
       their joint covariance (dimension ``2(ℓ+1)``; ``ℓ+1`` in self mode), so that the first, best
       distributed Sobol coordinates carry the directions of largest variance; the new row and column
       ``K(ℓ, s ≤ ℓ)``, ``K(t < ℓ, ℓ)`` are ``mean_N Σ_{a,b} ω(a,t) S(a,b) ω'(b,s)`` with the per-point
@@ -124,8 +125,8 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
         if sampler is not None:
             y1, y2 = (sampler.step(cov, None, None) if self_mode else
                       sampler.step(z11[:, : ell + 1, : ell + 1], z22[:, : ell + 1, : ell + 1], cov12))
-            g1.append(gate(y1))
-            g2.append(g1[-1] if self_mode else gate(y2))
+            g1.append(erf_gate(y1))
+            g2.append(g1[-1] if self_mode else erf_gate(y2))
         # new S entries: row ell (s ≤ ell) and column ell (t < ell), in one batched dual evaluation
         pairs = [(ell, s) for s in range(ell + 1)] + ([] if self_mode else [(t, ell) for t in range(ell)])
         block = s_block(pairs)
@@ -214,7 +215,7 @@ def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int) -> to
     """Gates ``ς(y) = (1 + erf y)/2`` of samples ``y ~ N(0, cov)``, ``cov`` ``(P, m, m)`` over ``sides`` (1 or 2)
     sequences of ``m / sides`` steps each (time order per sequence), from the first ``m`` coordinates of
     ``normals`` ``(N, ≥ m)`` mapped to the principal components in decreasing order of variance
-    (:func:`~.orthant.principal_factor`). Returns ``(P, N, m)`` with the steps of each sequence in
+    (:func:`~nngp_gpytorch.numerics.principal_factor`). Returns ``(P, N, m)`` with the steps of each sequence in
     *reverse* time order (newest first), as :func:`_newest_omega` wants them."""
     m = cov.shape[-1]
     k = m // sides

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..arch import activations as act
 from ..arch.base import ArchitectureError
 from ..arch.norm import LayerNorm
+from ..numerics import normal_rule
 from .positional import identical_positions, self_variances
 from .registry import RuleContext, kernel_rule
 from .state import CovState
@@ -80,10 +80,8 @@ def activation_mean(activation: act.Activation, variance: torch.Tensor) -> torch
         return torch.full_like(v, 0.5)
     if kind in (act.Erf, act.Sign, act.Tanh, act.Identity):
         return torch.zeros_like(v)
-    nodes, weights = np.polynomial.hermite.hermgauss(_MEAN_DEGREE)
-    x = torch.as_tensor(nodes, dtype=v.dtype, device=v.device)
-    w = torch.as_tensor(weights, dtype=v.dtype, device=v.device) / math.sqrt(math.pi)
-    return (activation(torch.sqrt(2 * v).unsqueeze(-1) * x) * w).sum(-1)
+    z, w = normal_rule(_MEAN_DEGREE, v)
+    return (activation(torch.sqrt(v).unsqueeze(-1) * z) * w).sum(-1)
 
 
 @kernel_rule(LayerNorm)

@@ -16,7 +16,7 @@ The first factor is the 2-D sigmoid dual (Gauss–Hermite). The second depends o
 dimensional Gaussian of the ``i, f, g`` families on both sequences: it is computed by running the cell
 recursion on a fixed scrambled Sobol sample of that limiting Gaussian, redrawn at every step ``ℓ`` (Σ at
 step ``ℓ`` needs ``K`` at ``ℓ − 1``) from the principal components of the covariance of the steps ``≤ ℓ``
-(:func:`~.orthant.principal_factor`). The result is deterministic; its error is that of the QMC rule
+(:func:`~nngp_gpytorch.numerics.principal_factor`). The result is deterministic; its error is that of the QMC rule
 (measured in docs/recurrent.md: ~1.6e-4 at the default 2¹³ points, 2e-5 at 2¹⁷ on a 7×9-token pair with
 |K| ≈ 0.067); ``LSTM(samples=…)`` is the knob. Cost ``O(P·N·T³)`` for ``P`` pairs of length ``T``.
 Grams ``K(X, X)`` are made PSD by :func:`~.orthant.project_psd` (see :func:`~.gated.gated_output`).
@@ -30,8 +30,9 @@ import torch
 
 from ..arch import Sigmoid
 from ..arch.recurrent import LSTM
+from ..numerics import principal_factor
 from .gated import gated_rule
-from .orthant import InterleavedGaussian, principal_factor
+from .orthant import InterleavedGaussian
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -42,7 +43,7 @@ def lstm_tables(c, c11, c22, k11, k22, wu, b, ww, normals, sig_dual=None, method
     same arguments as :func:`~.gru.gru_tables`; ``normals`` ``(N, 3·T)`` or ``(N, 6·T)``).
 
     ``method``: ``"principal"`` (default) redraws all steps ``≤ ℓ`` at every step from the
-    principal-component factor of their covariance (:func:`~.orthant.principal_factor`; Sobol coordinate
+    principal-component factor of their covariance (:func:`~nngp_gpytorch.numerics.principal_factor`; Sobol coordinate
     ``3j + k`` drives component ``j`` of family ``k``) and reruns the cell recursion: ``O(T)`` more
     transcendental evaluations per point, 2–4× smaller error at equal ``N`` on the 7×9-token pair
     (docs/recurrent.md). ``"interleaved"`` reveals the ``i, f, g`` samples step by step with the growing

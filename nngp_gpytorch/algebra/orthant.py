@@ -15,8 +15,9 @@ with one fixed, scrambled Sobol point set (seeded, hence deterministic). The ``�
 covariance has been integrated exactly (it *is* the Φ), so the integrand is analytic and the cost per
 point is one multiply-add per variable. All orthant problems of a recursion share the same points
 (common random numbers), so that a whole GRU table is a few tensor operations per step. Two ways of
-mapping the points to the Gaussian: :func:`principal_factor` (``B = V√Λ``, largest variances on the first
-Sobol coordinates; the default of the GRU and LSTM rules, which redraw all steps at every step) and
+mapping the points to the Gaussian: :func:`~nngp_gpytorch.numerics.principal_factor` (``B = V√Λ``,
+largest variances on the first Sobol coordinates; the default of the GRU and LSTM rules, which redraw all steps at
+every step) and
 :class:`InterleavedGaussian` (growing interleaved Cholesky factor, samples revealed step by step).
 Measured on the 9–18-dimensional problems of a 7×9-token GRU pair: error ~N^-0.9, 3–4× smaller with the
 principal factor (docs/recurrent.md).
@@ -30,22 +31,15 @@ algorithm at tight tolerance; nested Gauss–Hermite quadrature in dimension ≤
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from ..duals.safe_math import fix_eigenvector_signs
+from ..numerics import erf_gate, jittered_cholesky, sobol_normals
 
 #: Default number of quasi-Monte Carlo points (a power of two). See docs/recurrent.md for accuracy.
 DEFAULT_SAMPLES = 2**13
-_SOBOL_MAX_DIM = 21201
-
-
-def gate(x: torch.Tensor) -> torch.Tensor:
-    """ς(x) = (1 + erf x)/2."""
-    return 0.5 * (1.0 + torch.erf(x))
 
 
 def gate_dual(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> torch.Tensor:
@@ -54,25 +48,6 @@ def gate_dual(k11: torch.Tensor, k22: torch.Tensor, k12: torch.Tensor) -> torch.
 
     c = 2.0 * k12 / torch.sqrt((1.0 + 2.0 * k11) * (1.0 + 2.0 * k22))
     return 0.25 + safe_arcsin(c.clamp(-1.0, 1.0)) / (2.0 * math.pi)
-
-
-def qmc_normals(dim: int, samples: int, seed: int = 0, dtype: torch.dtype = torch.float64,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """``(samples, dim)`` standard normals from a scrambled Sobol net with a fixed seed (deterministic)."""
-    if dim < 1 or dim > _SOBOL_MAX_DIM:
-        raise ValueError(f"QMC dimension must be in [1, {_SOBOL_MAX_DIM}], got {dim}")
-    if samples < 2:
-        raise ValueError(f"need at least 2 QMC samples, got {samples}")
-    return _sobol_normals(int(dim), int(samples), int(seed)).to(dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=16)
-def _sobol_normals(dim: int, samples: int, seed: int) -> torch.Tensor:
-    """Cached float64 CPU points of :func:`qmc_normals` (never modified in place by the callers)."""
-    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
-    u = engine.draw(samples, dtype=torch.float64)
-    u = u.clamp(1e-12, 1 - 1e-12)
-    return torch.special.ndtri(u)
 
 
 def gate_product_expectation(mean: torch.Tensor, cov: torch.Tensor, signs: torch.Tensor,
@@ -85,48 +60,10 @@ def gate_product_expectation(mean: torch.Tensor, cov: torch.Tensor, signs: torch
         ``(...)``.
     """
     m = cov.shape[-1]
-    L = psd_factor(cov)
-    g = qmc_normals(m, samples, seed, cov.dtype, cov.device)  # (N, m)
+    L = jittered_cholesky(cov)
+    g = sobol_normals(m, samples, seed, cov.dtype, cov.device)  # (N, m)
     y = mean.unsqueeze(-2) + g @ L.transpose(-1, -2)  # (..., N, m)
-    return gate(signs.unsqueeze(-2) * y).prod(-1).mean(-1)
-
-
-def psd_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
-    """Lower-triangular ``L`` with ``L Lᵀ = cov + δI`` (``δ = rel_jitter·max diag``, raised ×100 until the
-    Cholesky succeeds). Singular covariances (identical inputs) are therefore fine; the bias is ``O(δ)``."""
-    scale = cov.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)[..., None, None]
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    jitter = rel_jitter
-    for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
-        if not bool((info > 0).any()):
-            return L
-        jitter *= 100.0
-    raise ValueError("gate covariance is not positive semi-definite (Cholesky failed even with jitter)")
-
-
-def principal_factor(cov: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
-    """Principal-component square root ``B`` of ``cov``: ``B Bᵀ = cov + δI`` with column ``k`` the ``k``-th
-    principal direction scaled by √λ_k (eigenvalues in decreasing order), so that the first (best
-    distributed) quasi-Monte Carlo coordinates drive the directions of largest variance.
-
-    ``B = L·Q`` with ``L`` = :func:`psd_factor` (differentiable) and the rotation
-    ``Q = L⁻¹·V·√Λ`` (orthogonal; computed without gradient in float64 and re-orthogonalized by QR).
-    Holding ``Q`` fixed keeps ``B Bᵀ = cov + δI`` exact for every ``cov``, so the QMC estimate and its
-    gradient stay consistent, and no eigenvector derivative (singular at repeated eigenvalues, e.g.
-    duplicated steps) is ever needed. ``cov`` ``(..., m, m)`` → ``(..., m, m)``.
-    """
-    L = psd_factor(cov, rel_jitter)
-    with torch.no_grad():
-        Ld = L.detach().to(torch.float64)
-        lam, V = torch.linalg.eigh(Ld @ Ld.transpose(-1, -2))
-        lam, V = lam.flip(-1).clamp_min(0.0), V.flip(-1)
-        V = fix_eigenvector_signs(V)  # the same rotation on every device
-        M = torch.linalg.solve_triangular(Ld, V * lam.sqrt().unsqueeze(-2), upper=False)
-        Q, R = torch.linalg.qr(M)
-        sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)
-        Q = (Q * sign.unsqueeze(-2)).to(cov.dtype)
-    return L @ Q
+    return erf_gate(signs.unsqueeze(-2) * y).prod(-1).mean(-1)
 
 
 def qmc_entry_error_bound(samples: int, scale: torch.Tensor) -> torch.Tensor:
@@ -207,7 +144,7 @@ class InterleavedGaussian:
         """
         m = cov11.shape[-1]
         if self.self_mode:
-            L = psd_factor(cov11).to(self.g.dtype)
+            L = jittered_cholesky(cov11).to(self.g.dtype)
             y = (self.g[:, :m] @ L[:, -1, :, None]).squeeze(-1)  # batched per pair: same bits for any P
             return y, y
         top = torch.cat([cov11, cov12], -1)
@@ -215,7 +152,7 @@ class InterleavedGaussian:
         full = torch.cat([top, bottom], -2)
         order = torch.arange(2 * m, device=cov11.device).view(2, m).T.reshape(-1)  # 0, m, 1, m+1, ...
         inter = full[:, order][:, :, order]
-        L = psd_factor(inter).to(self.g.dtype)
+        L = jittered_cholesky(inter).to(self.g.dtype)
         y = self.g[:, : 2 * m] @ L[:, -2:, :].transpose(-1, -2)  # (P, N, 2): batched, same bits for any P
         return y[..., 0], y[..., 1]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..arch import activations as act
 from .base import Dual
 from .closed_form import ErfDual, GELUDual, IdentityDual, LeakyReLUDual, SignDual, StepDual
-from .quadrature import QuadratureDual, autograd_derivative, hermite_nodes
+from .quadrature import QuadratureDual, autograd_derivative
 
 DEFAULT_QUADRATURE_DEGREE = 32
 
@@ -43,5 +43,5 @@ def dual_for(activation: act.Activation, quadrature_degree: int = DEFAULT_QUADRA
 
 __all__ = [
     "DEFAULT_QUADRATURE_DEGREE", "Dual", "ErfDual", "GELUDual", "IdentityDual", "LeakyReLUDual",
-    "QuadratureDual", "SignDual", "StepDual", "autograd_derivative", "dual_for", "hermite_nodes",
+    "QuadratureDual", "SignDual", "StepDual", "autograd_derivative", "dual_for",
 ]

@@ -24,29 +24,17 @@ the backward pass rather than stored).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
 
-import scipy.special
 import torch
 
+from ..numerics import hermite_rule, safe_sqrt
 from .base import Dual
-from .safe_math import correlation, safe_sqrt
+from .safe_math import correlation
 
 Elementwise = Callable[[torch.Tensor], torch.Tensor]
-
-
-@functools.lru_cache(maxsize=64)
-def _nodes(degree: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, w = scipy.special.roots_hermite(degree)  # numpy's hermgauss overflows beyond ~500 nodes
-    return torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device)
-
-
-def hermite_nodes(degree: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss–Hermite nodes and weights (for weight ``e^{−x²}``) in ``like``'s dtype and device."""
-    return _nodes(int(degree), like.dtype, str(like.device))
 
 
 def autograd_derivative(fn: Elementwise, label: str = "activation") -> Elementwise:
@@ -212,7 +200,7 @@ class QuadratureDual(Dual):
         degree = self.effective_degree(self._max_variance(k))
         # The same degree as the 2-D rule, which at c = 1 reduces to exactly this 1-D rule: K(x, x) from the
         # cross term equals the diagonal, and the kernel stays continuous as a pair becomes identical.
-        x, w = hermite_nodes(degree, k)
+        x, w = hermite_rule(degree, k)
         values = f(safe_sqrt(2 * k).unsqueeze(-1) * x)
         return (values * values * w).sum(-1) / math.sqrt(math.pi)
 
@@ -229,7 +217,7 @@ class QuadratureDual(Dual):
         c = c.expand(shape).reshape(-1)
         sc = safe_sqrt(1 - c * c)
         degree = self.effective_degree(self._max_variance(k11))
-        x, w = hermite_nodes(degree, c)
+        x, w = hermite_rule(degree, c)
         chunk = max(1, self.max_chunk_elements // (degree * degree))
 
         def product_rule(su_, sv_, c_, sc_):

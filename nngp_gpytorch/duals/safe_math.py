@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from ..numerics import safe_sqrt
+
 
 def _one_minus_sq(c: torch.Tensor) -> torch.Tensor:
     eps = torch.finfo(c.dtype).eps
@@ -97,25 +99,6 @@ def safe_arccos(c: torch.Tensor) -> torch.Tensor:
     return math.pi / 2 - safe_arcsin(c)
 
 
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """``sqrt(max(x, 0))`` with the gradient clamped near 0 instead of ``inf``."""
-    return _SafeSqrt.apply(x, torch.finfo(x.dtype).eps)
-
-
-class _SafeSqrt(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, eps):
-        y = torch.sqrt(x.clamp_min(0.0))
-        ctx.save_for_backward(y)
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * 0.5 / y.clamp_min(ctx.eps), None
-
-
 def correlation(
     k11: torch.Tensor,
     k22: torch.Tensor,
@@ -143,12 +126,3 @@ def correlation(
     if identical is not None:
         c = c.masked_fill(identical, 1.0)
     return c, s
-
-
-def fix_eigenvector_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors (columns of ``vectors`` ``(..., m, m)``) with their sign fixed: each column's projection on a
-    generic direction is made positive. ``eigh`` defines eigenvectors only up to sign, and CPU and CUDA
-    solvers choose differently; a QMC rule rotated by them then differs between devices (by 1e-3 in the
-    gated-recurrent kernels). With the sign fixed both devices use the same rotation of the same points."""
-    generic = torch.linspace(1.0, 2.0, vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
-    return vectors * torch.where((generic @ vectors) < 0, -1.0, 1.0).unsqueeze(-2)

@@ -12,8 +12,9 @@
 The finite twin (literal execution with random matrices) is ``verification.tensor_programs``.
 """
 
+from ..numerics import psd_cholesky
 from . import examples
-from .expectations import Accuracy, gaussian_expectation, psd_cholesky
+from .expectations import Accuracy, gaussian_expectation
 from .gated_ntk import GRUNTKKernel, LSTMNTKKernel
 from .kernel import TensorProgramKernel, TensorProgramNTKKernel
 from .master import ProgramKernelResult, evaluate_program

@@ -27,12 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..arch import Activation, Erf, ReLU, Tanh
+from ..numerics import erf_gate
 from .program import Program, Var
-
-
-def gate(x: torch.Tensor) -> torch.Tensor:
-    """``ς(x) = (1 + erf x)/2`` (Yang 2019's GRU gate)."""
-    return 0.5 * (1.0 + torch.erf(x))
 
 
 def mlp_program(depth: int, input_dim: int, activation: Activation | None = None,
@@ -117,12 +113,12 @@ def gru_program(length: int, token_dim: int, readout: str = "last", input_var: f
         z = pre("z", prev)
         if prev is None:
             cand = pre("h", None)
-            h = p.nonlin(lambda zz, cc: gate(zz) * torch.erf(cc), z, cand, name=f"h{t}")
+            h = p.nonlin(lambda zz, cc: erf_gate(zz) * torch.erf(cc), z, cand, name=f"h{t}")
         else:
             r = pre("r", prev)
-            gated = p.nonlin(lambda hh, rr: hh * gate(rr), prev, r, name=f"hr{t}")
+            gated = p.nonlin(lambda hh, rr: hh * erf_gate(rr), prev, r, name=f"hr{t}")
             cand = pre("h", gated)
-            h = p.nonlin(lambda hh, zz, cc: (1 - gate(zz)) * hh + gate(zz) * torch.erf(cc), prev, z, cand,
+            h = p.nonlin(lambda hh, zz, cc: (1 - erf_gate(zz)) * hh + erf_gate(zz) * torch.erf(cc), prev, z, cand,
                          name=f"h{t}")
         hs.append(h)
     _readout(p, hs, readout, readout_var, readout_bias_var)
@@ -290,5 +286,5 @@ def tied_mlp_program(depth: int, input_dim: int, activation: Activation | None =
     return p
 
 
-__all__ = ["attention_program", "gate", "gru_program", "lstm_program", "minimal_gated_unit_program",
+__all__ = ["attention_program", "gru_program", "lstm_program", "minimal_gated_unit_program",
            "mlp_program", "rnn_program", "tied_mlp_program", "transformer_program"]

@@ -3,7 +3,8 @@
 Two rules, chosen by the dimension ``m`` of ``z`` (:class:`Accuracy`):
 
 * **Gauss–Hermite tensor product** (``m ≤ gh_max_dim``): with 1-D nodes/weights ``(x_i, w_i)`` of
-  ``hermgauss(deg)``, ``E[F(z)] ≈ π^{−m/2}·Σ_{i₁…i_m} w_{i₁}…w_{i_m} F(L·√2·x_{i})`` where ``Σ = L Lᵀ``.
+  the Gauss–Hermite rule of degree ``deg`` (:func:`~nngp_gpytorch.numerics.normal_product_rule`),
+  ``E[F(z)] ≈ π^{−m/2}·Σ_{i₁…i_m} w_{i₁}…w_{i_m} F(L·√2·x_{i})`` where ``Σ = L Lᵀ``.
   Exact for polynomials of degree < 2·deg in each coordinate; geometric convergence for smooth ``F``.
   ``deg = min(quadrature_degree, ⌊gh_max_nodes^{1/m}⌋)``.
 * **Randomized quasi-Monte Carlo** (``m > gh_max_dim``): ``R = qmc_replicates`` independently scrambled
@@ -20,17 +21,14 @@ is checkpointed (recomputed in the backward pass), so memory does not grow with 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.utils.checkpoint
-from torch.quasirandom import SobolEngine
 
-from ..duals.safe_math import fix_eigenvector_signs, safe_sqrt
+from ..numerics import fix_eigenvector_signs, normal_product_rule, psd_cholesky, sobol_replicates
 from .kinks import kinked_coordinates, split_product_nodes
 
 
@@ -102,59 +100,6 @@ class Accuracy:
         return replace(self, quadrature_degree=2 * self.quadrature_degree, gh_max_nodes=nodes)
 
 
-def psd_cholesky(sigma: torch.Tensor, rel_tol: float = 1e-10) -> torch.Tensor:
-    """Lower factor ``L`` with ``L Lᵀ = Σ`` for PSD ``Σ`` ``(..., m, m)``, singular ones included.
-
-    Column-by-column Cholesky; where a pivot ``d_j ≤ rel_tol·max_i Σ_ii`` (default ``1e-10``; variable ``j``
-    is a linear function of the previous ones) the column is zero. Differentiable (no eigendecomposition, whose
-    gradient is undefined at repeated eigenvalues).
-    """
-    m = sigma.shape[-1]
-    scale = sigma.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True).clamp_min(torch.finfo(sigma.dtype).tiny)
-    cols: list[torch.Tensor] = []  # each (..., m), column j has zeros above row j
-    for j in range(m):
-        s_col = sigma[..., :, j]
-        if cols:
-            prev = torch.stack(cols, -1)  # (..., m, j)
-            s_col = s_col - (prev * prev[..., j:j + 1, :]).sum(-1)
-        pivot = s_col[..., j:j + 1]
-        ok = pivot > rel_tol * scale
-        root = safe_sqrt(torch.where(ok, pivot, torch.ones_like(pivot)))
-        col = torch.where(ok, s_col / root, torch.zeros_like(s_col))
-        mask = torch.zeros(m, dtype=sigma.dtype, device=sigma.device)
-        mask[j:] = 1.0
-        cols.append(col * mask)
-    return torch.stack(cols, -1)
-
-
-@functools.lru_cache(maxsize=32)
-def _gh_grid(m: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.hermite.hermgauss(degree)
-    grids = np.meshgrid(*([x] * m), indexing="ij")
-    nodes = np.stack([g.reshape(-1) for g in grids], -1) * math.sqrt(2.0)
-    wgrid = np.meshgrid(*([w] * m), indexing="ij")
-    weights = np.prod(np.stack([g.reshape(-1) for g in wgrid], -1), -1) / math.pi ** (m / 2)
-    return nodes, weights
-
-
-def gauss_hermite_nodes(m: int, degree: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard-normal product nodes ``(P, m)`` and weights ``(P,)`` (``P = degree^m``, weights sum to 1)."""
-    nodes, weights = _gh_grid(int(m), int(degree))
-    return (torch.as_tensor(nodes, dtype=like.dtype, device=like.device),
-            torch.as_tensor(weights, dtype=like.dtype, device=like.device))
-
-
-def sobol_normals(m: int, points: int, replicates: int, seed: int, like: torch.Tensor) -> torch.Tensor:
-    """``(R, S, m)`` standard normals from ``R`` independently scrambled Sobol sequences (seeded)."""
-    out = []
-    for r in range(replicates):
-        engine = SobolEngine(m, scramble=True, seed=int(seed) * 7919 + r)
-        u = engine.draw(points, dtype=torch.float64)
-        u = u.clamp(1e-12, 1 - 1e-12)
-        out.append(math.sqrt(2.0) * torch.erfinv(2 * u - 1))
-    return torch.stack(out).to(dtype=like.dtype, device=like.device)
-
-
 def gaussian_expectation(
     fn: Callable[[torch.Tensor], torch.Tensor],
     sigma: torch.Tensor,
@@ -183,7 +128,7 @@ def gaussian_expectation(
         kinked = kinked_coordinates(fn, sigma.reshape(-1, m, m)[0]) if accuracy.split_kinks else ()
         if kinked:
             return _split_expectation(fn, sigma, kinked, accuracy, value_shape, nested_autograd), "gauss-hermite"
-        nodes, weights = gauss_hermite_nodes(m, accuracy.gh_degree(m), sigma)
+        nodes, weights = normal_product_rule(m, accuracy.gh_degree(m), sigma)
         flat = chol.reshape(-1, m, m)
         per = nodes.shape[0] * max(m, extra)
         chunk = max(1, accuracy.max_chunk_elements // per)
@@ -198,7 +143,7 @@ def gaussian_expectation(
             parts.append(_maybe_checkpoint(gh_chunk, flat[s:s + chunk], nested_autograd))
         return torch.cat(parts).reshape(*lead, *value_shape), "gauss-hermite"
     reps = accuracy.qmc_replicates
-    normals = sobol_normals(m, accuracy.qmc_points, reps, seed, sigma)  # (R, S, m)
+    normals = sobol_replicates(m, accuracy.qmc_points, reps, seed, sigma)  # (R, S, m)
     if accuracy.qmc_pca:
         # principal-component ordering: Σ = Q (QᵀΣQ) Qᵀ with Q from eigh of Σ (detached: a fixed rotation,
         # so gradients flow through Σ only); the first Sobol coordinates drive the largest variances.

@@ -26,6 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..numerics import normal_rule
+
 #: beyond this |t| the split point lies in the Gaussian tail and the plain rule is used (its kink error ~ φ(t))
 SPLIT_LIMIT = 5.0
 
@@ -91,9 +93,7 @@ def split_product_nodes(chol: torch.Tensor, kinked: int, degree: int) -> tuple[t
     half = max(1, -(-degree // 2))
     like = dict(dtype=chol.dtype, device=chol.device)
     s, w = (torch.as_tensor(a, **like) for a in half_range_rule(half))
-    gx, gw = np.polynomial.hermite.hermgauss(2 * half)
-    gx = torch.as_tensor(gx * math.sqrt(2.0), **like)
-    gw = torch.as_tensor(gw / math.sqrt(math.pi), **like)
+    gx, gw = normal_rule(2 * half, chol)
     xi = torch.zeros(e, 1, 0, **like)
     wt = torch.ones(e, 1, **like)
     for j in range(m):

@@ -28,6 +28,7 @@ import math
 import torch
 
 from nngp_gpytorch.arch.recurrent import GRU, LSTM, RNN, RecurrentLayer
+from nngp_gpytorch.numerics import erf_gate
 from nngp_gpytorch.sequences import readout_weights, split_sequences
 
 from .dense import gram_conditional_preactivations
@@ -45,8 +46,6 @@ def _affine_maps(ctx: TwinContext, m: int, d: int, n: int, wu: float, b: float, 
     return out
 
 
-def _gate(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x))
 
 
 class _GateRecorder:
@@ -103,8 +102,8 @@ def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinCon
         h = torch.zeros(m, k, n, dtype=tokens.dtype, device=tokens.device)
         for t in range(T):
             x, hin = tokens[:, :, t], (h if t > 0 else None)
-            z = _gate(_preactivation(maps[0], x, hin, recs[0]))
-            r = _gate(_preactivation(maps[1], x, hin, recs[1]))
+            z = erf_gate(_preactivation(maps[0], x, hin, recs[0]))
+            r = erf_gate(_preactivation(maps[1], x, hin, recs[1]))
             cand = torch.erf(_preactivation(maps[2], x, None if t == 0 else h * r, recs[2]))
             h = (1 - z) * h + z * cand
             feats.append(h)
