@@ -26,7 +26,7 @@ from nngp_gpytorch.tensor_programs.examples import (
 )
 from verification import default_inputs
 from verification.statistics import mean_test
-from verification.strategies_tp import programs
+from verification.strategies import programs
 from verification.tensor_programs import sample_program
 
 torch.set_num_threads(1)
