@@ -180,3 +180,56 @@ def test_numerical_primitives_live_in_numerics():
                 for i, line in enumerate(path.read_text().splitlines(), 1)
                 for needle in NUMERIC_PRIMITIVES if needle in line and not line.lstrip().startswith("#")]
     assert not problems, "numerical primitives written outside nngp_gpytorch/numerics.py:\n" + "\n".join(problems)
+
+
+#: arch modules that hold no layer family (the base classes, builders, the dispatch table)
+NOT_FAMILIES = {"__init__", "base", "builders", "dispatch"}
+
+
+def test_family_file_names_are_mirrored():
+    """Each layer family has the same file name in ``arch/`` (description), ``algebra/`` (kernel rule) and
+    ``verification/twins/`` (finite twin), so a newcomer finds a layer's three readings by name."""
+    arch_dir = ROOT / "nngp_gpytorch" / "arch"
+    families = sorted(p.stem for p in arch_dir.glob("*.py") if p.stem not in NOT_FAMILIES)
+    missing = [f"{where}/{family}.py" for family in families
+               for where in ("nngp_gpytorch/algebra", "verification/twins")
+               if not (ROOT / where / f"{family}.py").exists()]
+    assert not missing, "families without a mirrored file:\n" + "\n".join(missing)
+
+
+def test_each_layer_has_its_rule_and_twin_in_its_family_files():
+    """Every concrete layer class of ``arch/<family>.py`` has its kernel rule in ``algebra/<family>.py`` (or a
+    module of that family listed below) and its finite twin in ``verification/twins/<family>.py``."""
+    import inspect
+
+    import nngp_gpytorch.arch as arch_package
+    from nngp_gpytorch.algebra import rule_for
+    from nngp_gpytorch.arch.base import Layer
+    from nngp_gpytorch.arch.recurrent import RecurrentLayer
+    from verification.twins import twin_for
+
+    cell_modules = {"recurrent": ("recurrent", "gru", "lstm")}
+    problems = []
+    for name in dir(arch_package):
+        cls = getattr(arch_package, name)
+        if not (inspect.isclass(cls) and issubclass(cls, Layer)) or cls in (Layer, RecurrentLayer):
+            continue  # base classes without layers of their own
+        family = cls.__module__.rsplit(".", 1)[-1]
+        if family in NOT_FAMILIES:
+            family = "structure"  # Serial lives in arch/base.py beside Layer
+        rule = _registered(rule_for, cls)
+        twin = _registered(twin_for, cls)
+        allowed = cell_modules.get(family, (family,))
+        if rule is None or rule.__module__.rsplit(".", 1)[-1] not in allowed:
+            problems.append(f"{name}: rule in {getattr(rule, '__module__', None)}, expected algebra/{family}.py")
+        if twin is None or twin.__module__.rsplit(".", 1)[-1] != family:
+            problems.append(f"{name}: twin in {getattr(twin, '__module__', None)}, expected twins/{family}.py")
+    assert not problems, "\n".join(problems)
+
+
+def _registered(lookup, cls):
+    """The function ``lookup`` (``rule_for`` / ``twin_for``) dispatches to for layers of class ``cls``, or None."""
+    try:
+        return lookup(object.__new__(cls))  # dispatch reads only the type; no constructor arguments needed
+    except (NotImplementedError, LookupError, AttributeError):
+        return None

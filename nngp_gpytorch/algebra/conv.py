@@ -1,4 +1,4 @@
-"""Kernel rule of :class:`~nngp_gpytorch.arch.spatial.Conv` (Novak et al. 2019, eq. 8; NTK: Arora et al. 2019).
+"""Kernel rule of :class:`~nngp_gpytorch.arch.conv.Conv` (Novak et al. 2019, eq. 8; NTK: Arora et al. 2019).
 
 ``K'[p, p'] = σb² + (σw²/k)·Σ_β K[s·p + d·β − lo, s·p' + d·β − lo]`` and ``Θ' = K' + (σw²/k)·Σ_β Θ[...]``,
 computed by :func:`.positional.tap_sum` followed by the affine map of :func:`.dense.affine`.
@@ -7,7 +7,7 @@ computed by :func:`.positional.tap_sum` followed by the affine map of :func:`.de
 from __future__ import annotations
 
 from ..arch.base import ArchitectureError
-from ..arch.spatial import Conv
+from ..arch.conv import Conv
 from .dense import affine
 from .positional import ensure_positional, tap_sum
 from .registry import RuleContext, broadcast_param, kernel_rule

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from ..arch import Activation, ArchitectureError, Layer, ReLU
-from ..arch.spatial import Conv, Flatten, GlobalAvgPool
+from ..arch.conv import Conv
+from ..arch.pool import Flatten, GlobalAvgPool
 from ..duals import dual_for
 from ..duals.dense_maps import affine as fused_affine
 from .fusion import FusedRun, fuse_runs

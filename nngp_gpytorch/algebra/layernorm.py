@@ -1,4 +1,4 @@
-"""Kernel rule of :class:`~nngp_gpytorch.arch.norm.LayerNorm` (over channels, per position).
+"""Kernel rule of :class:`~nngp_gpytorch.arch.layernorm.LayerNorm` (over channels, per position).
 
 Zero-mean Gaussian pre-activations: ``K[p, q] ← K[p, q]/√(K_xx[p, p]·K_yy[q, q])``. Directly after a
 nonlinearity φ the channel mean ``μ[p] = E[φ(u)]``, ``u ~ N(0, K_pre[p, p])``, is subtracted first
@@ -13,7 +13,7 @@ import torch
 
 from ..arch import activations as act
 from ..arch.base import ArchitectureError
-from ..arch.norm import LayerNorm
+from ..arch.layernorm import LayerNorm
 from ..numerics import normal_rule
 from .positional import identical_positions, self_variances
 from .registry import RuleContext, kernel_rule

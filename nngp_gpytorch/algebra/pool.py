@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ..arch.spatial import AvgPool, Flatten, GlobalAvgPool
+from ..arch.pool import AvgPool, Flatten, GlobalAvgPool
 from .positional import average_matrix, ensure_positional, mix_axes, reduce_positions
 from .registry import RuleContext, kernel_rule
 from .state import CovState

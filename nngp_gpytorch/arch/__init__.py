@@ -25,12 +25,13 @@ from .attention import SelfAttention, SequenceReadout, TokenDense
 from .base import ArchitectureError, Capabilities, Layer, Serial, Signal, SignalKind, capabilities, require_gaussian
 from .batchnorm import BatchNorm, homogeneity_degree
 from .builders import batchnorm_mlp, cnn, gcn, gru, lstm, mlp, resnet, rnn, transformer
+from .conv import Conv
 from .dense import Dense
 from .dropout import Dropout
 from .graph import GraphConv, normalized_adjacency
-from .norm import LayerNorm
+from .layernorm import LayerNorm
+from .pool import AvgPool, Flatten, GlobalAvgPool, MaxPool
 from .recurrent import GRU, LSTM, RNN, RecurrentLayer
-from .spatial import AvgPool, Conv, Flatten, GlobalAvgPool, MaxPool
 from .structure import Parallel, Residual
 
 __all__ = [

@@ -24,11 +24,12 @@ from .activations import Activation, Erf, ReLU
 from .attention import SelfAttention, SequenceReadout, TokenDense
 from .base import ArchitectureError, Layer, Serial
 from .batchnorm import BatchNorm
+from .conv import Conv
 from .dense import Dense
 from .graph import GraphConv
-from .norm import LayerNorm
+from .layernorm import LayerNorm
+from .pool import Flatten, GlobalAvgPool
 from .recurrent import GRU, LSTM, RNN
-from .spatial import Conv, Flatten, GlobalAvgPool
 from .structure import Residual
 
 

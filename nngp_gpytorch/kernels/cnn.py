@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..arch import Activation, Dense, ReLU, Serial
-from ..arch.spatial import Conv, Flatten, GlobalAvgPool
+from ..arch.conv import Conv
+from ..arch.pool import Flatten, GlobalAvgPool
 from .nngp import NNGPKernel, NTKKernel
 from .tiling import DEFAULT_MAX_MEMORY
 

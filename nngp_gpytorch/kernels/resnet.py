@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..arch import Activation, Dense, ReLU, Serial
-from ..arch.norm import LayerNorm
-from ..arch.spatial import Conv, GlobalAvgPool
+from ..arch.conv import Conv
+from ..arch.layernorm import LayerNorm
+from ..arch.pool import GlobalAvgPool
 from ..arch.structure import Residual
 from .nngp import NNGPKernel, NTKKernel
 from .tiling import DEFAULT_MAX_MEMORY

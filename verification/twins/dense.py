@@ -1,4 +1,4 @@
-"""Finite twins of dense layers and elementwise activations."""
+"""Finite twin of dense layers (literal weights, or an exact draw given the incoming features)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from nngp_gpytorch.arch import Activation, Dense, Serial
+from nngp_gpytorch.arch import Dense
 
-from .registry import AffineRecord, TwinContext, finite_twin, run_twin
+from .registry import AffineRecord, TwinContext, finite_twin
 
 
 def gram_conditional_preactivations(h: torch.Tensor, width: int, weight_var: float, bias_var: float,
@@ -49,15 +49,3 @@ def dense_twin(layer: Dense, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
         out.requires_grad_(True)
         ctx.records.append(AffineRecord(h, out, weight_var, bias_var, fan_in))
     return out
-
-
-@finite_twin(Activation)
-def activation_twin(layer: Activation, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
-    return layer(h)
-
-
-@finite_twin(Serial)
-def serial_twin(layer: Serial, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
-    for child in layer.layers:
-        h = run_twin(child, h, ctx)
-    return h

@@ -1,9 +1,11 @@
-"""Finite twins of skip connections and summed parallel branches (independent weights per branch)."""
+"""Finite twins of the structural layers: ``Serial`` (children in order), skip connections and summed parallel
+branches (independent weights per branch)."""
 
 from __future__ import annotations
 
 import torch
 
+from nngp_gpytorch.arch.base import Serial
 from nngp_gpytorch.arch.structure import Parallel, Residual
 
 from .registry import TwinContext, finite_twin, run_twin
@@ -21,3 +23,10 @@ def parallel_twin(layer: Parallel, h: torch.Tensor, ctx: TwinContext) -> torch.T
         y = run_twin(branch, h, ctx)
         out = y if out is None else out + y
     return out
+
+
+@finite_twin(Serial)
+def serial_twin(layer: Serial, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
+    for child in layer.layers:
+        h = run_twin(child, h, ctx)
+    return h

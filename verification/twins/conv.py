@@ -1,4 +1,5 @@
-"""Finite twins of convolution, pooling and Flatten (literal filters shared over positions).
+"""Finite twin of convolution (literal filters shared over positions), and the spatial layout the pooling
+twins share.
 
 Features are ``h`` of shape ``(M, k, *spatial, C)`` (channels last). The raw input arrives flat
 ``(M, k, C·H·W)`` (channels first, as the kernel's ``input_shape=(C, H, W)``) and the first structured
@@ -19,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nngp_gpytorch.arch.spatial import AvgPool, Conv, Flatten, GlobalAvgPool
+from nngp_gpytorch.arch.conv import Conv
 
 from .registry import AffineRecord, TwinContext, finite_twin
 
@@ -35,7 +36,7 @@ def structured(h: torch.Tensor, ctx: TwinContext, spatial_ndim_hint: int | None 
     return h
 
 
-def _pads(n: int, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
+def padding_amounts(n: int, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
     span = dilation * (kernel - 1) + 1
     if padding == "valid":
         return (n - span) // stride + 1, 0, 0
@@ -44,7 +45,7 @@ def _pads(n: int, kernel: int, stride: int, dilation: int, padding: str) -> tupl
     return out, total // 2, total - total // 2
 
 
-def _pad_channels_first(x: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -> torch.Tensor:
+def pad_channels_first(x: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -> torch.Tensor:
     """Pad the trailing spatial axes of a channels-first tensor ``(N, C, *spatial)``."""
     flat = []
     for lo, hi in reversed(pads):
@@ -73,7 +74,8 @@ def conv_twin(layer: Conv, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
     width = layer.width or ctx.width
     taps = math.prod(kernel)
     fan_in = channels * taps
-    geo = [_pads(n, kk, s, d, layer.padding) for n, kk, s, d in zip(spatial, kernel, stride, dilation, strict=True)]
+    geo = [padding_amounts(n, kk, s, d, layer.padding)
+           for n, kk, s, d in zip(spatial, kernel, stride, dilation, strict=True)]
     pads = [(lo, hi) for _, lo, hi in geo]
     scale = math.sqrt(weight_var / fan_in)
     bias = ctx.randn(m, 1, width) * math.sqrt(bias_var)  # (M, 1, width)
@@ -85,13 +87,13 @@ def conv_twin(layer: Conv, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
         weight = ctx.randn(m * width, channels, *kernel)
         conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
         xin = x.transpose(0, 1).reshape(k, m * channels, *spatial)
-        xin = _pad_channels_first(xin, pads, layer.padding == "circular")
+        xin = pad_channels_first(xin, pads, layer.padding == "circular")
         y = conv(xin, weight, stride=stride, dilation=dilation, groups=m)  # (k, M·width, *out)
         y = y.reshape(k, m, width, *out_shape).transpose(0, 1)  # (M, k, width, *out)
         y = torch.movedim(y, 2, -1) * scale
         return y + bias.reshape(m, *([1] * (nd + 1)), width)
     # literal patches (needed for the empirical NTK): patches[..., β, c] = x_pad[c, s·o + d·β]
-    xp = _pad_channels_first(x.reshape(m * k, channels, *spatial), pads, layer.padding == "circular")
+    xp = pad_channels_first(x.reshape(m * k, channels, *spatial), pads, layer.padding == "circular")
     pieces = []
     for beta in itertools.product(*(range(kk) for kk in kernel)):
         index = [slice(None), slice(None)]
@@ -117,7 +119,7 @@ def _gram_conv(x, kernel, stride, dilation, pads, out_shape, padding, weight_var
     """
     m, k, channels = x.shape[:3]
     nd = len(kernel)
-    xp = _pad_channels_first(x.reshape(m * k, channels, *x.shape[3:]), pads, padding == "circular")
+    xp = pad_channels_first(x.reshape(m * k, channels, *x.shape[3:]), pads, padding == "circular")
     padded = tuple(xp.shape[2:])
     xf = xp.reshape(m, k, channels, -1).transpose(-1, -2).reshape(m, -1, channels).to(torch.float64)
     gram = (xf @ xf.transpose(-1, -2)).reshape(m, k, *padded, k, *padded)  # (M, k, *pad, k, *pad)
@@ -135,35 +137,3 @@ def _gram_conv(x, kernel, stride, dilation, pads, out_shape, padding, weight_var
     root = (evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2)).to(x.dtype)
     z = ctx.randn(m, q, width)
     return (root @ z).reshape(m, k, *out_shape, width)
-
-
-@finite_twin(AvgPool)
-def avg_pool_twin(layer: AvgPool, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
-    h = structured(h, ctx)
-    m, k = h.shape[:2]
-    spatial, channels = tuple(h.shape[2:-1]), h.shape[-1]
-    window, stride, out_shape = layer.geometry(spatial)
-    pads = [_pads(n, w, s, 1, layer.padding)[1:] for n, w, s in zip(spatial, window, stride, strict=True)]
-    x = torch.movedim(h, -1, 2).reshape(m * k, channels, *spatial)
-    x = _pad_channels_first(x, pads, layer.padding == "circular")
-    total = 0.0
-    for beta in itertools.product(*(range(w) for w in window)):
-        index = [slice(None), slice(None)]
-        for i in range(len(spatial)):
-            index.append(slice(beta[i], beta[i] + stride[i] * (out_shape[i] - 1) + 1, stride[i]))
-        total = total + x[tuple(index)]
-    y = total / math.prod(window)  # divide by the full window, padding included
-    return torch.movedim(y.reshape(m, k, channels, *out_shape), 2, -1)
-
-
-@finite_twin(GlobalAvgPool)
-def global_avg_pool_twin(layer: GlobalAvgPool, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
-    h = structured(h, ctx)
-    return h.mean(dim=tuple(range(2, h.dim() - 1)))
-
-
-@finite_twin(Flatten)
-def flatten_twin(layer: Flatten, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
-    if h.dim() == 3:
-        return h  # already flat (raw inputs are flat)
-    return h.reshape(h.shape[0], h.shape[1], -1)

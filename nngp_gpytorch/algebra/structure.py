@@ -1,4 +1,5 @@
-"""Kernel rules of skip connections and summed parallel branches.
+"""Kernel rules of the structural layers: ``Serial`` (compose the children's rules), skip connections and summed
+parallel branches.
 
 Read as a tensor program (Yang 2019; reference/kernels.md, "Structural rules"):
 
@@ -18,10 +19,10 @@ Works for flat and position-structured states alike (same layout on both sides).
 
 from __future__ import annotations
 
-from ..arch.base import ArchitectureError, has_fresh_weights
+from ..arch.base import ArchitectureError, Serial, has_fresh_weights
 from ..arch.structure import Parallel, Residual
+from .activations import apply_dual, elementwise_source
 from .composite import MeanCarrier, elementwise_function, simplify_chain, sum_of
-from .dense import apply_dual, elementwise_source
 from .registry import RuleContext, kernel_rule, propagate
 from .state import CovState
 
@@ -74,3 +75,10 @@ def parallel_rule(layer: Parallel, state: CovState, ctx: RuleContext) -> CovStat
     if elementwise:
         states.append(_elementwise_sum(layer, elementwise, state, ctx, with_skip=False))
     return _add(layer, states)
+
+
+@kernel_rule(Serial)
+def serial_rule(layer: Serial, state: CovState, ctx: RuleContext) -> CovState:
+    for child in layer.layers:
+        state = propagate(child, state, ctx)
+    return state

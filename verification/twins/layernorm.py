@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nngp_gpytorch.arch.norm import LayerNorm
+from nngp_gpytorch.arch.layernorm import LayerNorm
 
 from .registry import TwinContext, finite_twin
 
