@@ -3,11 +3,13 @@
 * AvgPool: ``K ← A K Aᵀ`` with ``A`` the (separable) window-averaging matrix, Θ alike.
 * GlobalAvgPool: ``K' = (1/P²)·Σ_{p,q} K[p, q]``, Θ alike.
 * Flatten: ``K' = (1/P)·Σ_p K[p, p]`` (the following Dense has fan-in C·P), Θ alike.
+* MaxPool: a Nonlin of each window's Gaussian pre-activations (:mod:`.maxpool`).
 """
 
 from __future__ import annotations
 
-from ..arch.pool import AvgPool, Flatten, GlobalAvgPool
+from ..arch.pool import AvgPool, Flatten, GlobalAvgPool, MaxPool
+from .maxpool import max_pool
 from .positional import average_matrix, ensure_positional, mix_axes, reduce_positions
 from .registry import RuleContext, kernel_rule
 from .state import CovState
@@ -31,3 +33,8 @@ def flatten_rule(layer: Flatten, state: CovState, ctx: RuleContext) -> CovState:
     if state.positions is None:
         return state  # flat features (or the raw input, whose flattening is itself): nothing to do
     return reduce_positions(state, "mean_same")
+
+
+@kernel_rule(MaxPool)
+def max_pool_rule(layer: MaxPool, state: CovState, ctx: RuleContext) -> CovState:
+    return max_pool(layer, state, ctx)

@@ -47,8 +47,11 @@ class Activation(Layer):
                 "put an affine layer (e.g. Dense()) before it"
             )
         if signal.not_pointwise:
+            source = signal.not_pointwise
             hint = (" (they lie on a sphere); put the activation inside the layer, BatchNorm(ReLU()), or"
-                    if signal.not_pointwise.startswith("BatchNorm") else "; put")
+                    if source.startswith("BatchNorm") else
+                    " (a max of Gaussians); for a monotone activation (ReLU, erf, tanh, sigmoid) put it before the "
+                    "pool, which is the same network, or put" if source.startswith("MaxPool") else "; put")
             raise ArchitectureError(
                 f"{path}: {self.describe()} after {signal.not_pointwise} acts on features that are not a pointwise "
                 f"function of one Gaussian coordinate{hint} an affine layer (e.g. Dense()) before it"

@@ -76,7 +76,10 @@ class MaxPool(Layer):
     pre-activations (Yang 2019): ``K'[o, o'] = E[max_{a∈W_o} φ(u_a) · max_{b∈W_o'} φ(v_b)]`` with ``φ`` the
     activation before the pool (identity on Gaussian inputs), and the NTK
     ``Θ'[o, o'] = Σ_{a,b} E[φ'(u_a)·1[a = argmax] · φ'(v_b)·1[b = argmax]]·Θ[a, b]``
-    (:mod:`nngp_gpytorch.algebra.maxpool`). Needs the full spatial covariance.
+    (:mod:`nngp_gpytorch.algebra.maxpool`): exact for windows of two Gaussian cells, otherwise quasi-Monte Carlo
+    with ``samples`` scrambled Sobol points (seed ``qmc_seed``) and a warning when the standard error exceeds
+    ``tolerance`` × the largest variance. Needs the full spatial covariance. An activation after it acts on a
+    max of Gaussians and is refused (for monotone ``φ``, ``φ → MaxPool`` is the same network).
     """
 
     needs_full_positions: ClassVar[bool] = True
@@ -84,6 +87,9 @@ class MaxPool(Layer):
     window: IntOrTuple = 2
     stride: IntOrTuple | None = None
     padding: str = "valid"
+    samples: int = 2**13
+    qmc_seed: int = 0
+    tolerance: float = 1e-2
 
     def __post_init__(self) -> None:
         for name in ("window",) + (("stride",) if self.stride is not None else ()):
@@ -94,6 +100,10 @@ class MaxPool(Layer):
                                         f"ints, got {value!r}")
         if self.padding not in PADDINGS:
             raise ArchitectureError(f"{self.describe()}: padding must be one of {PADDINGS}, got {self.padding!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 8:
+            raise ArchitectureError(f"{self.describe()}: samples must be an int >= 8, got {self.samples!r}")
+        if not (isinstance(self.tolerance, int | float) and self.tolerance > 0):
+            raise ArchitectureError(f"{self.describe()}: tolerance must be a positive number, got {self.tolerance!r}")
 
     def geometry(self, spatial: tuple[int, ...], path: str | None = None):
         """``(window, stride, out_shape)`` per axis for input positions ``spatial``."""
@@ -148,4 +158,4 @@ class MaxPool(Layer):
             raise ArchitectureError(f"{path}: {self.describe()} pools the raw input (not a random variable); put a "
                                     "Conv before it")
         *_, out = self.geometry(spatial, path)
-        return Signal(SignalKind.FEATURES, spatial=out, input_shape=signal.input_shape)
+        return Signal(SignalKind.FEATURES, spatial=out, input_shape=signal.input_shape, not_pointwise=self.describe())

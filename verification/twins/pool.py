@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from nngp_gpytorch.arch.pool import AvgPool, Flatten, GlobalAvgPool
+from nngp_gpytorch.arch.pool import AvgPool, Flatten, GlobalAvgPool, MaxPool
 
 from .conv import pad_channels_first, padding_amounts, structured
 from .registry import TwinContext, finite_twin
@@ -44,3 +44,19 @@ def flatten_twin(layer: Flatten, h: torch.Tensor, ctx: TwinContext) -> torch.Ten
     if h.dim() == 3:
         return h  # already flat (raw inputs are flat)
     return h.reshape(h.shape[0], h.shape[1], -1)
+
+
+@finite_twin(MaxPool)
+def max_pool_twin(layer: MaxPool, h: torch.Tensor, ctx: TwinContext) -> torch.Tensor:
+    """Each network's own features, per channel: the maximum over every window (cells outside the input
+    ignored for ``"same"``, wrapped for ``"circular"``)."""
+    h = structured(h, ctx)
+    m, k = h.shape[:2]
+    spatial, channels = tuple(h.shape[2:-1]), h.shape[-1]
+    *_, out_shape = layer.geometry(spatial)
+    cells = layer.windows(spatial)
+    width = max(len(c) for c in cells)
+    index = torch.tensor([c + [c[0]] * (width - len(c)) for c in cells], device=h.device)  # repeat a real cell
+    flat = h.reshape(m, k, -1, channels)
+    windows = flat[:, :, index.reshape(-1), :].reshape(m, k, len(cells), width, channels)
+    return windows.amax(dim=3).reshape(m, k, *out_shape, channels)
