@@ -177,3 +177,31 @@ def test_hyperparameter_gradients_match_finite_differences():
     fd = (total(raw + h) - total(raw - h)) / (2 * h)
     total(raw)
     assert abs(float(grad) - fd) <= 1e-5 * abs(fd), (float(grad), fd)
+
+
+@pytest.mark.slow
+def test_calibration_and_power_over_seeds(capsys):
+    """Calibration: the correct MaxPool kernel is rejected in ≤ α + 3 binomial standard deviations of 120 seeds at
+    α = 0.01. Power: the AvgPool kernel of the same network is rejected in ≥ 95% of 40 seeds at α = 0.01."""
+    from verification.ensembles import sample_ensemble
+    from verification.statistics import mean_test
+
+    net = A.Serial(A.Conv(3, padding="same"), A.ReLU(), A.MaxPool(2), A.Flatten(), A.Dense())
+    avg = A.Serial(A.Conv(3, padding="same"), A.ReLU(), A.AvgPool(2), A.Flatten(), A.Dense())
+    shape, alpha, seeds, power_seeds = (2, 8), 0.01, 120, 40
+    x = _inputs(5, shape).float()
+    right = NNGPKernel(net, input_shape=shape, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
+    wrong = NNGPKernel(avg, input_shape=shape, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
+    false_alarms = detections = 0
+    for seed in range(seeds):
+        sample = sample_ensemble(net, x, networks=256, width=256, seed=30_000 + seed, weight_var=W, bias_var=B,
+                                 input_shape=shape)
+        false_alarms += not mean_test(sample.covariances, right, alpha=alpha, width=256).passed
+        if seed < power_seeds:
+            detections += not mean_test(sample.covariances, wrong, alpha=alpha, width=256).passed
+    slack = 3 * math.sqrt(alpha * (1 - alpha) / seeds)
+    with capsys.disabled():
+        print(f"\nMaxPool calibration: {false_alarms}/{seeds} rejections at alpha={alpha}; power vs AvgPool "
+              f"{detections}/{power_seeds}")
+    assert false_alarms / seeds <= alpha + slack
+    assert detections / power_seeds >= 0.95
