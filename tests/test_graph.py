@@ -152,3 +152,22 @@ def test_graph_errors():
         kernel(x).to_dense()
     with pytest.raises(ValueError, match="transductive"):
         evaluate(A.Serial(A.GraphConv(adj), A.ReLU(), A.Dense()), x[:10], x[:10], Hyperparameters.constant())
+
+
+def test_node_order_is_kept_by_the_ensemble():
+    """Regression (found by the hypothesis grammar): the ensemble ran unique inputs, which torch.unique sorts, so
+    the twin saw the nodes of a graph permuted and only feature-sorted graphs (like the karate fixture) passed.
+    Nodes in arbitrary order, two of them with equal features, now pass; the permuted kernel is rejected."""
+    n = 5
+    upper = (torch.rand(n, n, generator=torch.Generator().manual_seed(1)) < 0.5).double().triu(1)
+    adj = upper + upper.T
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x[3] = x[1]  # equal features, different neighbourhoods
+    net = A.Serial(A.GraphConv(adj), A.ReLU(), A.GraphConv(adj), A.Dense())
+    r = verify(net, x, networks=256, width=512, seed=1, weight_var=W, bias_var=B, alpha=ALPHA)
+    assert r.passed, r.summary()
+    order = torch.argsort(x[:, 0])
+    k = evaluate(net, x, x, Hyperparameters.constant(W, B))[0]
+    permuted = k[order][:, order]
+    r = verify(net, x, networks=256, width=512, seed=1, weight_var=W, bias_var=B, alpha=ALPHA, analytic=permuted)
+    assert not r.passed

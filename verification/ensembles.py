@@ -27,6 +27,7 @@ import torch
 
 from nngp_gpytorch.algebra import Hyperparameters
 from nngp_gpytorch.arch import Dense, Layer, Serial
+from nngp_gpytorch.arch.base import capabilities
 
 from .twins import TwinContext, run_twin
 
@@ -136,8 +137,14 @@ def sample_ensemble(
     else:
         body, readout = with_readout_units(architecture, readout_units), None
     # Duplicate inputs are run once and their covariances copied, so that duplicates agree exactly (as
-    # in the analytic kernel) whatever the sampler's rounding.
-    unique, inverse = torch.unique(inputs, dim=0, return_inverse=True)
+    # in the analytic kernel) whatever the sampler's rounding. Not where the inputs are a set whose order and
+    # multiplicity matter: the nodes of a graph (GraphConv: row i is node i, and torch.unique sorts rows) or a
+    # batch (BatchNorm statistics count every member).
+    caps = capabilities(architecture)
+    if caps.transductive or caps.set_semantics:
+        unique, inverse = inputs, torch.arange(inputs.shape[0], device=inputs.device)
+    else:
+        unique, inverse = torch.unique(inputs, dim=0, return_inverse=True)
     k, d = unique.shape
     x = unique.to(dtype)
     chunk = chunk_size or _chunk_size(networks, k, d, width, sampler, max_bytes)

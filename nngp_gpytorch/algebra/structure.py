@@ -74,6 +74,8 @@ def parallel_rule(layer: Parallel, state: CovState, ctx: RuleContext) -> CovStat
     states = [propagate(b, state, ctx) for b in fresh]
     if elementwise:
         states.append(_elementwise_sum(layer, elementwise, state, ctx, with_skip=False))
+    if len(states) == 1:  # weightless branches only: still one Nonlin of one Gaussian, so φ may follow
+        return states[0]
     return _add(layer, states)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .base import ArchitectureError, Layer, Signal, SignalKind
 
@@ -16,11 +16,14 @@ class LayerNorm(Layer):
     the features have mean ``μ = E[φ(u)]`` per position, subtracted first:
     ``K ← (K − μ_x μ_yᵀ)/√((K_xx − μ_x²)(K_yy − μ_y²))``. Θ is divided by the same factor. On Gaussian
     pre-activations the output is still Gaussian (the normalizer is deterministic in the limit); after a
-    nonlinearity it is not.
+    nonlinearity it is not, and an activation may not follow until an affine layer does (refused at validation).
     """
 
     def propagate(self, signal: Signal, path: str) -> Signal:
         if signal.kind is SignalKind.INPUT:
             raise ArchitectureError(f"{path}: LayerNorm() on the raw input is not supported; put an affine "
                                     "layer (Dense/Conv) first")
-        return signal  # a Gaussian divided by a deterministic (limit) scale stays Gaussian; features stay features
+        if signal.kind is SignalKind.GAUSSIAN:
+            return signal  # a Gaussian divided by a deterministic (limit) scale stays Gaussian
+        # (φ(g) − μ_x)/σ_x: pointwise in g, but through per-input constants that no dual activation carries
+        return replace(signal, not_pointwise=signal.not_pointwise or self.describe())

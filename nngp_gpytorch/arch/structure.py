@@ -8,7 +8,7 @@ ResNet skip over ``φ(h)``), since what follows (Dense, pooling, layer norm) nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .base import ArchitectureError, Layer, Serial, Signal, SignalKind, has_fresh_weights
 
@@ -52,7 +52,10 @@ def sum_signal(layer: Layer, summands: list[tuple[str, Signal, bool]], path: str
             "tensor program (nngp_gpytorch.tensor_programs.Program; docs/tensor_programs.md)"
         )
     kind = SignalKind.FEATURES if non_gaussian else SignalKind.GAUSSIAN
-    return summands[-1][1].with_kind(kind)
+    out = summands[-1][1].with_kind(kind)
+    if non_gaussian and len(summands) > 1:  # φ(g) + an independent Gaussian: no longer a function of g alone
+        out = replace(out, not_pointwise=out.not_pointwise or layer.describe())
+    return out
 
 
 @dataclass(frozen=True, init=False)
