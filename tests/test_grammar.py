@@ -3,8 +3,9 @@ kernel agrees with its finite twin.
 
 False alarms: each case is one Holm-corrected test of the Gram at ALPHA = 1e-4; the default run draws
 ``sum(EXAMPLES.values()) = 40`` cases (family-wise false-alarm rate ≤ 0.4%), the slow sweep ``sum(SWEEP.values())
-= 100`` (derandomized, so the default cases are its first ones: ≤ 100 distinct cases, ≤ 1%, per CI run). Draws are derandomized (fixed seed), so a run is reproducible, and a failure shrinks to the smallest
-failing architecture of its family. The drawn architectures per family are printed.
+= 100`` (its first cases are the default ones: ≤ 100 distinct cases, ≤ 1%, per CI run). Draws are derandomized
+(fixed seed), so a run is reproducible, and a failure shrinks to the smallest failing architecture of its family.
+The number of cases drawn per family is printed.
 """
 
 from __future__ import annotations
