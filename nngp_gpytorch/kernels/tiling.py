@@ -20,7 +20,7 @@ import torch
 
 from ..algebra.conv_stack import ConvStack, fuse_conv_stacks
 from ..algebra.positional import wants_full_positions
-from ..arch import Layer, RecurrentLayer, Serial
+from ..arch import RNN, Layer, RecurrentLayer, Serial
 
 #: float tensors of one tile's size alive at the peak of a layer (K, Θ, correlation, duals, temporaries)
 LIVE_TENSORS = 16
@@ -62,6 +62,8 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> 
     """
     if not input_shape or len(input_shape) < 2:
         return 1
+    if any(isinstance(layer, RNN) for layer in architecture.walk()):
+        return int(input_shape[0]) ** 2  # the time-pair tables K(t, s) of one pair of sequences
     fused = fuse_conv_stacks(architecture)
     first = fused.layers[0] if type(fused) is Serial else fused
     if isinstance(first, ConvStack):
@@ -71,8 +73,9 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> 
 
 
 def self_bounded(architecture: Layer) -> bool:
-    """Descriptions whose rules chunk their own work (recurrent cells): evaluated in one call."""
-    return any(isinstance(layer, RecurrentLayer) for layer in architecture.walk())
+    """Descriptions whose rules chunk their own work (the gated cells, GRU and LSTM, through their chunking
+    driver): evaluated in one call. The Elman RNN forms ``(n1, n2, T, T)`` tables and is tiled like the rest."""
+    return any(isinstance(layer, RecurrentLayer) and not isinstance(layer, RNN) for layer in architecture.walk())
 
 
 def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -103,21 +106,31 @@ def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], 
         b1 = b2 = max(1, math.isqrt(b1 * b2))
     rows = [(i, min(n1, i + b1)) for i in range(0, n1, b1)]
     cols = rows if symmetric else [(j, min(n2, j + b2)) for j in range(0, n2, b2)]
-    tiles: dict[tuple[int, int], Block] = {}
+    # Each tile is written into one preallocated result and dropped: tiles kept as thousands of small tensors
+    # between the rules' large temporaries fragment glibc's heap, so RSS grew with N² although live memory did not
+    # (Elman RNN, T = 40, N = 400: 918 MiB instead of ~320).
+    out: list[torch.Tensor | None] = [None, None]
+
+    def put(which: int, block: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+        if out[which] is None:
+            out[which] = block.new_empty(*block.shape[:-2], n1, n2)
+        out[which][..., i0:i1, j0:j1] = block
+
     for a, (i0, i1) in enumerate(rows):
         for c, (j0, j1) in enumerate(cols):
             if symmetric and c < a:
-                k, t = tiles[(c, a)]
-                tiles[(a, c)] = (k.mT, None if t is None else t.mT)
                 continue
             xa = x1[..., i0:i1, :]
             xb = xa if symmetric and a == c else x2[..., j0:j1, :]
-            tiles[(a, c)] = run(xa, xb, False)
-    k = torch.cat([torch.cat([tiles[(a, c)][0] for c in range(len(cols))], -1) for a in range(len(rows))], -2)
-    if not with_ntk:
-        return k, None
-    t = torch.cat([torch.cat([tiles[(a, c)][1] for c in range(len(cols))], -1) for a in range(len(rows))], -2)
-    return k, t
+            k, t = run(xa, xb, False)
+            put(0, k, i0, i1, j0, j1)
+            if with_ntk:
+                put(1, t, i0, i1, j0, j1)
+            if symmetric and c > a:  # the tile below the diagonal is this one's transpose
+                put(0, k.mT, j0, j1, i0, i1)
+                if with_ntk:
+                    put(1, t.mT, j0, j1, i0, i1)
+    return out[0], (out[1] if with_ntk else None)
 
 
 __all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "budget_bytes",
