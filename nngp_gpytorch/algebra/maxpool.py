@@ -252,8 +252,16 @@ def max_pool(layer: MaxPool, state: CovState, ctx) -> CovState:
                                 with_ntk)
     k11, t11, _ = _pool_pairs(g.k11, g.k11, g.k11, g.t11 if with_ntk else None, index, valid, psi, layer,
                               with_ntk)
-    k22, t22, _ = _pool_pairs(g.k22, g.k22, g.k22, g.t22 if with_ntk else None, index, valid, psi, layer,
-                              with_ntk)
+    # K(X, X): the second side's self blocks are the first side's (laid out (1, n) instead of (n, 1)); reuse them
+    # rather than estimate the same expectations again
+    swap = (lambda k: k.transpose(-3, -4)) if g.entry_ndim == 4 else (lambda k: k)
+    same_sides = swap(g.k11).shape == g.k22.shape and torch.equal(swap(g.k11), g.k22) and (
+        not with_ntk or torch.equal(swap(g.t11), g.t22))
+    if same_sides:
+        k22, t22 = swap(k11), (swap(t11) if with_ntk else None)
+    else:
+        k22, t22, _ = _pool_pairs(g.k22, g.k22, g.k22, g.t22 if with_ntk else None, index, valid, psi, layer,
+                                  with_ntk)
     if bool((e12 > 0).any()):
         scale = k11.diagonal(dim1=-2, dim2=-1).abs().amax().clamp_min(torch.finfo(k11.dtype).tiny)
         worst = float((e12 / scale).detach().max())

@@ -55,8 +55,9 @@ def check_common(layer: Layer, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(layer, name)
         values = (value,) if isinstance(value, int) else tuple(value)
-        if not values or any(not isinstance(v, int) or v < 1 for v in values):
-            raise ArchitectureError(f"{layer.describe()}: {name} must be a positive int or a tuple of them")
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise ArchitectureError(f"{layer.describe()}: {name} must be a positive int or a tuple of positive "
+                                    f"ints, got {value!r}")
     if layer.padding not in PADDINGS:
         raise ArchitectureError(f"{layer.describe()}: padding must be one of {PADDINGS}, got {layer.padding!r}")
 

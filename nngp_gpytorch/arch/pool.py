@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import ArchitectureError, Layer, Signal, SignalKind
-from .conv import PADDINGS, IntOrTuple, check_common, incoming_spatial, output_size, per_axis
+from .conv import IntOrTuple, check_common, incoming_spatial, output_size, per_axis
+
+
+def window_geometry(layer: Layer, spatial: tuple[int, ...], path: str | None = None):
+    """``(window, stride, out_shape)`` per axis of a pooling ``layer`` (fields ``window``, ``stride`` — default the
+    window —, ``padding``) over input positions ``spatial``; an empty output is an error naming the layer."""
+    nd = len(spatial)
+    window = per_axis(layer.window, nd, "window", layer, path)
+    stride = per_axis(layer.stride if layer.stride is not None else layer.window, nd, "stride", layer, path)
+    out = tuple(output_size(n, k, s, 1, layer.padding) for n, k, s in zip(spatial, window, stride, strict=True))
+    if any(o < 1 for o in out):
+        raise ArchitectureError(f"{path or layer.describe()}: the window {window} is larger than the input "
+                                f"{spatial} with padding='valid'")
+    return window, stride, out
 
 
 @dataclass(frozen=True)
@@ -28,14 +41,7 @@ class AvgPool(Layer):
         check_common(self, ("window",) + (("stride",) if self.stride is not None else ()))
 
     def geometry(self, spatial: tuple[int, ...], path: str | None = None):
-        nd = len(spatial)
-        window = per_axis(self.window, nd, "window", self, path)
-        stride = per_axis(self.stride if self.stride is not None else self.window, nd, "stride", self, path)
-        out = tuple(output_size(n, k, s, 1, self.padding) for n, k, s in zip(spatial, window, stride, strict=True))
-        if any(o < 1 for o in out):
-            raise ArchitectureError(f"{path or self.describe()}: the window {window} is larger than the input "
-                                    f"{spatial} with padding='valid'")
-        return window, stride, out
+        return window_geometry(self, spatial, path)
 
     def propagate(self, signal: Signal, path: str) -> Signal:
         spatial = incoming_spatial(self, signal, path)
@@ -92,14 +98,7 @@ class MaxPool(Layer):
     tolerance: float = 1e-2
 
     def __post_init__(self) -> None:
-        for name in ("window",) + (("stride",) if self.stride is not None else ()):
-            value = getattr(self, name)
-            values = (value,) if isinstance(value, int) else tuple(value)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ArchitectureError(f"{self.describe()}: {name} must be a positive int or a tuple of positive "
-                                        f"ints, got {value!r}")
-        if self.padding not in PADDINGS:
-            raise ArchitectureError(f"{self.describe()}: padding must be one of {PADDINGS}, got {self.padding!r}")
+        check_common(self, ("window",) + (("stride",) if self.stride is not None else ()))
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 8:
             raise ArchitectureError(f"{self.describe()}: samples must be an int >= 8, got {self.samples!r}")
         if not (isinstance(self.tolerance, int | float) and self.tolerance > 0):
@@ -107,17 +106,10 @@ class MaxPool(Layer):
 
     def geometry(self, spatial: tuple[int, ...], path: str | None = None):
         """``(window, stride, out_shape)`` per axis for input positions ``spatial``."""
-        nd = len(spatial)
-        if nd > 3:
+        if len(spatial) > 3:
             raise ArchitectureError(f"{path or self.describe()}: MaxPool supports 1, 2 or 3 spatial dimensions, "
-                                    f"got {nd}")
-        window = per_axis(self.window, nd, "window", self, path)
-        stride = per_axis(self.stride if self.stride is not None else self.window, nd, "stride", self, path)
-        out = tuple(output_size(n, k, s, 1, self.padding) for n, k, s in zip(spatial, window, stride, strict=True))
-        if any(o < 1 for o in out):
-            raise ArchitectureError(f"{path or self.describe()}: the window {window} is larger than the input "
-                                    f"{spatial} with padding='valid'")
-        return window, stride, out
+                                    f"got {len(spatial)}")
+        return window_geometry(self, spatial, path)
 
     def windows(self, spatial: tuple[int, ...]) -> list[list[int]]:
         """For each output position (row-major), the flat row-major input positions its window covers
