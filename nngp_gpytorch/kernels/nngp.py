@@ -42,6 +42,8 @@ from .base import InfiniteWidthKernel
 _DESCRIPTIONS: dict[type, tuple[type, type]] = {}
 #: layer type -> builder(layer, **kwargs) of its NTK kernel, for layers whose rule carries no Θ (GRU, LSTM)
 _NTK_BUILDERS: dict[type, Callable[..., Any]] = {}
+#: builder(description, refusal, ntk, **kwargs) of the kernel of a tree the validation refuses (tensor programs)
+_FALLBACK: list[Callable[..., Any]] = []
 
 
 def register_description(description_type: type, nngp: type, ntk: type) -> None:
@@ -49,6 +51,13 @@ def register_description(description_type: type, nngp: type, ntk: type) -> None:
     ``d`` of ``description_type`` (used for tensor programs). The two classes then pass ``isinstance`` checks
     against :class:`NNGPKernel` / :class:`NTKKernel` (they must set ``_returns_ntk``)."""
     _DESCRIPTIONS[description_type] = (nngp, ntk)
+
+
+def register_fallback(builder: Callable[..., Any]) -> None:
+    """``NNGPKernel(tree)`` / ``NTKKernel(tree)`` of a tree whose validation raises an ``ArchitectureError`` return
+    ``builder(tree, error, ntk=..., **kwargs)`` (the compiled tensor program's kernel), which re-raises when it
+    cannot help."""
+    _FALLBACK[:] = [builder]
 
 
 def register_ntk_builder(layer_type: type, builder: Callable[..., Any]) -> None:
@@ -95,9 +104,9 @@ class _Front(InfiniteWidthKernel, metaclass=KernelFront):
     def __new__(cls, description=None, *args, **kwargs):
         if not cls.__dict__.get("_front") or description is None:  # subclasses, unpickling, copies
             return super().__new__(cls)
-        for kind, pair in _DESCRIPTIONS.items():
-            if isinstance(description, kind):
-                return _build_registered(pair[int(cls._returns_ntk)], description, kwargs)
+        kind = next((k for k in type(description).__mro__ if k in _DESCRIPTIONS), None)  # the most specific
+        if kind is not None:
+            return _build_registered(_DESCRIPTIONS[kind][int(cls._returns_ntk)], description, kwargs)
         if not isinstance(description, Layer):
             raise TypeError(f"{cls.__name__} needs an architecture description (nngp_gpytorch.arch) or a tensor "
                             f"Program, got {description!r}")
@@ -119,7 +128,21 @@ class _Front(InfiniteWidthKernel, metaclass=KernelFront):
                     raise ArchitectureError(f"{cls.__name__}: no kernel for a {kind} description "
                                             f"{description.describe()}")
                 return super().__new__(impl)
+        refusal = _refusal(description, kwargs.get("input_shape"))
+        if refusal is not None and _FALLBACK:
+            return _FALLBACK[0](description, refusal, ntk=cls._returns_ntk, **kwargs)
         return super().__new__(cls)
+
+
+def _refusal(description: Layer, input_shape) -> ArchitectureError | None:
+    """The validation's ``ArchitectureError`` for ``description`` (``None`` when it is accepted)."""
+    try:
+        description.validate(tuple(int(s) for s in input_shape) if input_shape is not None else None)
+    except ArchitectureError as err:
+        return err
+    except (TypeError, ValueError):
+        return None  # a malformed input_shape: the kernel's own checks report it
+    return None
 
 
 def _build_registered(impl: type, description, kwargs: dict):
