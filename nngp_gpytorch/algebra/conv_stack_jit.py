@@ -1,0 +1,289 @@
+r"""Compiled CPU loops for the fast positional engine (:mod:`.conv_stack`): every pair through every layer in cache.
+
+The engine's torch path makes ~20 passes over each chunk per layer (``k`` slice-adds for the taps, then eight
+element-wise passes for the ReLU dual, two of them transcendental: torch's float64 ``arccos`` alone costs ~5.5 ns per
+element). Here one compiled loop (numba) takes each pair of inputs through the whole run with a few ``P×P`` scratch
+buffers that stay in cache, never forming a chunk-sized tensor:
+
+* ``K₀[p, q] = x[p]·x'[q]/C`` (the input covariance, channels averaged);
+* per conv layer, the taps (Novak et al. 2019, eq. 8) **separably**, one spatial axis at a time on both position
+  axes: ``U[.., o, .., o', ..] = Σ_β V[.., s·o + d·β − lo, .., s·o' + d·β − lo, ..]`` (zero padding: out-of-range
+  taps add nothing; circular: they wrap), in contiguous runs for stride 1;
+* then in one pass over the ``P_out²`` entries: ``S = σb² + (σw²/k)·U``, the ReLU dual (Cho & Saul 2009's
+  arc-cosine kernel) ``c = S/(√v[p]·√v'[q])`` clamped to ``[−1, 1]``, ``θ = arccos c``,
+  ``K'[p, q] = (√(v[p]·v'[q])/2π)·(sin θ + (π − θ)·c)`` and the NTK (Jacot et al. 2018; Arora et al. 2019)
+  ``Θ'[p, q] = ((π − θ)/2π)·(S + (σw²/k)·U_Θ)``;
+* the readout: ``(1/P²)·Σ_{p,q}`` (GAP) or, in the same-position layout, ``(1/P)·Σ_p`` (Flatten).
+
+The arc cosine is a polynomial that vectorizes (``acos x = π/2 − asin x`` for ``|x| ≤ 1/2``, ``2·asin √((1 − |x|)/2)``
+otherwise, and ``asin s = s + s·z·R(z)`` with ``R`` the degree-18 Chebyshev interpolant of ``(asin √z/√z − 1)/z`` on
+``[0, 1/4]``, built from its positive-term Taylor series): within 1e-15 of libm's. The conventions are the torch
+path's (:func:`.conv_stack._relu_in_place`): identical inputs at the same position get ``c = 1`` exactly; with the
+NTK, ``|c| ≥ 1 − 8·eps`` snaps to ``±1``. Values agree with the torch path to ~1e-15 in float64; float32 inputs are
+computed in float64 and rounded once at the end.
+
+Layer data are packed in arrays (numba wants homogeneous arguments): ``geometry`` ``(L, 3, 7)`` holds per layer and
+spatial axis (padded in front to three axes) ``(n_in, n_out, k, stride, dilation, pad_low, circular)``; per-input
+roots of the pre-activation variances of all layers are concatenated along positions, layer ``l`` at
+``offsets[l]:offsets[l + 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.polynomial import chebyshev
+
+try:  # optional: without numba the engine keeps its torch path
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is not installed
+    numba = None
+
+AVAILABLE = numba is not None
+_TWO_PI_INV = 1.0 / (2.0 * math.pi)
+
+
+def _asin_series(z: np.ndarray) -> np.ndarray:
+    """``(asin √z/√z − 1)/z = Σ_{n≥1} ((2n)!/(4ⁿ n!²))/(2n + 1)·z^{n−1}``: positive terms, no cancellation."""
+    total, coefficient = np.zeros_like(z), 1.0
+    for n in range(1, 64):
+        coefficient *= (2 * n - 1) / (2 * n)
+        total += coefficient / (2 * n + 1) * z ** (n - 1)
+    return total
+
+
+_R = chebyshev.Chebyshev.interpolate(_asin_series, 18, domain=[0.0, 0.25]).convert(
+    kind=np.polynomial.Polynomial, domain=[0.0, 0.25], window=[0.0, 0.25]).coef
+R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15, R16, R17, R18 = (float(c) for c in _R)
+
+
+def _jit(**options):
+    def wrap(fn):
+        return numba.njit(cache=True, error_model="numpy", **options)(fn) if AVAILABLE else fn
+    return wrap
+
+
+@_jit(inline="always")
+def _asin_r(z):
+    r = R14 + z * (R15 + z * (R16 + z * (R17 + z * R18)))
+    r = R9 + z * (R10 + z * (R11 + z * (R12 + z * (R13 + z * r))))
+    r = R4 + z * (R5 + z * (R6 + z * (R7 + z * (R8 + z * r))))
+    return R0 + z * (R1 + z * (R2 + z * (R3 + z * r)))
+
+
+@_jit(inline="always")
+def arccos(x):
+    """``arccos x`` for ``x ∈ [−1, 1]``, branch-free (selects), so loops over it vectorize."""
+    ax = abs(x)
+    small = ax <= 0.5
+    zb = (1.0 - ax) * 0.5
+    z = x * x if small else zb
+    s = ax if small else math.sqrt(zb)
+    a = s + s * z * _asin_r(z)  # asin s
+    neg = x < 0.0
+    r_small = 0.5 * math.pi - (-a if neg else a)
+    r_big = math.pi - 2.0 * a if neg else 2.0 * a
+    return r_small if small else r_big
+
+
+@_jit(inline="always")
+def _relu(s, q1, nq1, q2, iq2, snap, ident):
+    """``(K', (π − θ)/2π)`` of the ReLU dual at pre-activation covariance ``s`` (``nq1 = −1/√v``, ``iq2 = 1/√v'``)."""
+    c = min(max(s * nq1 * iq2, -1.0), 1.0)  # −c, as the torch path holds it
+    c = 1.0 if c >= snap else (-1.0 if c <= -snap else c)
+    c = -1.0 if ident else c
+    pmt = arccos(c)  # π − θ
+    j1 = math.sqrt(1.0 - c * c) - pmt * c
+    return j1 * q1 * (q2 * _TWO_PI_INV), pmt * _TWO_PI_INV
+
+
+@_jit(inline="always")
+def _add(dst, src):
+    """``dst += src`` on two 1-D views (a loop over views of their own vectorizes: LLVM sees both bases)."""
+    for e in range(dst.shape[0]):
+        dst[e] += src[e]
+
+
+@_jit(inline="always")
+def _tap_row(src, dst, outer, n_in, n_out, inner, offset, stride, circular):
+    """``dst[o, x, i] += src[o, s·x + offset, i]`` over flat ``[outer, n, inner]`` rows (out of range: skipped, or
+    wrapped when ``circular``); stride 1 without wrapping is one contiguous run per ``o``."""
+    for o in range(outer):
+        if stride == 1 and not circular:
+            x0, x1 = max(0, -offset), min(n_out, n_in - offset)
+            if x1 > x0:
+                a0, b0, length = (o * n_out + x0) * inner, (o * n_in + x0 + offset) * inner, (x1 - x0) * inner
+                _add(dst[a0:a0 + length], src[b0:b0 + length])
+            continue
+        for x in range(n_out):
+            xi = stride * x + offset
+            if circular:
+                xi %= n_in
+            elif xi < 0 or xi >= n_in:
+                continue
+            a0, b0 = (o * n_out + x) * inner, (o * n_in + xi) * inner
+            for e in range(inner):
+                dst[a0 + e] += src[b0 + e]
+
+
+@_jit()
+def _tap_stage(src, dst, outer, n_in, n_out, inner, k, stride, dilation, low, circular, both):
+    """The taps of one spatial axis on flat arrays: ``both``: ``dst[o, x, i, o', x', i'] = Σ_β src[o, s·x + d·β − lo,
+    i, o', s·x' + d·β − lo, i']`` (the full layout); else ``dst[o, x, i] = Σ_β src[o, s·x + d·β − lo, i]``."""
+    row_in, row_out = outer * n_in * inner, outer * n_out * inner
+    if not both:
+        dst[:row_out] = 0.0
+        for beta in range(k):
+            _tap_row(src, dst, outer, n_in, n_out, inner, dilation * beta - low, stride, circular)
+        return
+    dst[:row_out * row_out] = 0.0
+    for r in range(row_out):
+        o, x, i = r // (n_out * inner), (r // inner) % n_out, r % inner
+        dr = dst[r * row_out:(r + 1) * row_out]
+        for beta in range(k):
+            xi = stride * x + dilation * beta - low
+            if circular:
+                xi %= n_in
+            elif xi < 0 or xi >= n_in:
+                continue
+            start = ((o * n_in + xi) * inner + i) * row_in
+            _tap_row(src[start:start + row_in], dr, outer, n_in, n_out, inner, dilation * beta - low, stride,
+                     circular)
+
+
+@_jit()
+def _taps(buf, spare, geometry, layer, both):
+    """All spatial axes of ``layer``'s taps on ``buf`` (outermost axis first), ping-ponging with ``spare``;
+    returns the buffer holding the result (trivial axes — one tap, stride 1, no padding — are skipped)."""
+    sizes = np.empty(3, dtype=np.int64)
+    for ax in range(3):
+        sizes[ax] = geometry[layer, ax, 0]
+    for ax in range(3):
+        n_in, n_out, k, s, d, lo, circ = (geometry[layer, ax, 0], geometry[layer, ax, 1], geometry[layer, ax, 2],
+                                          geometry[layer, ax, 3], geometry[layer, ax, 4], geometry[layer, ax, 5],
+                                          geometry[layer, ax, 6])
+        if k == 1 and s == 1 and lo == 0 and n_in == n_out:
+            continue
+        outer, inner = 1, 1
+        for j in range(ax):
+            outer *= sizes[j]
+        for j in range(ax + 1, 3):
+            inner *= sizes[j]
+        _tap_stage(buf, spare, outer, n_in, n_out, inner, k, s, d, lo, circ != 0, both)
+        sizes[ax] = n_out
+        buf, spare = spare, buf
+    return buf, spare
+
+
+@_jit()
+def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
+    """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
+    ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
+    ``relu`` ``(L,)``: a ReLU follows the conv; ``qa``/``nqa`` ``(n1, ΣP_l)`` = ``√v``, ``−1/√v`` of the first
+    inputs, ``qb``/``iqb`` ``(n2, ΣP_l)`` = ``√v'``, ``1/√v'``; results into ``out_k``, ``out_t`` ``(m,)``."""
+    layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
+    largest = positions
+    for layer in range(layers):
+        largest = max(largest, offsets[layer + 1] - offsets[layer])
+        largest = max(largest, geometry[layer, 0, 0] * geometry[layer, 1, 0] * geometry[layer, 2, 0])
+    size = largest * largest
+    k0, k1 = np.empty(size), np.empty(size)
+    t0, t1 = np.empty(size), np.empty(size)
+    for n in range(ia.shape[0]):
+        xa, xb = x1[ia[n]], x2[ib[n]]
+        for p in range(positions):
+            for q in range(positions):
+                acc = 0.0
+                for c in range(channels):
+                    acc += xa[p, c] * xb[q, c]
+                k0[p * positions + q] = acc / channels
+        kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
+        sk, st = 0.0, 0.0
+        for layer in range(layers):
+            kbuf, kspare = _taps(kbuf, kspare, geometry, layer, True)
+            carry = ntk and layer > 0
+            if carry:
+                tbuf, tspare = _taps(tbuf, tspare, geometry, layer, True)
+            off, wl, bl = offsets[layer], w[layer], b[layer]
+            po = offsets[layer + 1] - off
+            qrow, iqrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po]
+            for p in range(po):
+                row = kbuf[p * po:(p + 1) * po]
+                trow = tbuf[p * po:(p + 1) * po]
+                for q in range(po):
+                    row[q] = bl + wl * row[q]
+                if carry:
+                    for q in range(po):
+                        trow[q] = row[q] + wl * trow[q]
+                elif ntk:
+                    trow[:] = row
+                if relu[layer]:
+                    q1, nq1, ident = qa[ia[n], off + p], nqa[ia[n], off + p], same[n]
+                    if ntk:
+                        for q in range(po):
+                            kv, dv = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))
+                            row[q] = kv
+                            trow[q] *= dv
+                    else:
+                        for q in range(po):
+                            row[q] = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
+            if layer == layers - 1:
+                for e in range(po * po):
+                    sk += kbuf[e]
+                if ntk:
+                    for e in range(po * po):
+                        st += tbuf[e]
+        po = offsets[layers] - offsets[layers - 1]
+        out_k[n] = sk / (po * po)
+        out_t[n] = st / (po * po)
+
+
+@_jit()
+def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
+    """:func:`gap_pairs` in the same-position layout (Flatten readout, ``(1/P)·Σ_p``): ``x1`` ``(n1, C, P)``,
+    ``x2`` ``(n2, C, P)``; the taps act on one position axis."""
+    layers, channels, positions = geometry.shape[0], x1.shape[1], x1.shape[2]
+    largest = positions
+    for layer in range(layers):
+        largest = max(largest, geometry[layer, 0, 0] * geometry[layer, 1, 0] * geometry[layer, 2, 0])
+    k0, k1 = np.empty(largest), np.empty(largest)
+    t0, t1 = np.empty(largest), np.empty(largest)
+    for n in range(ia.shape[0]):
+        xa, xb = x1[ia[n]], x2[ib[n]]
+        k0[:positions] = 0.0
+        for c in range(channels):
+            for p in range(positions):
+                k0[p] += xa[c, p] * xb[c, p]
+        for p in range(positions):
+            k0[p] /= channels
+        kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
+        sk, st = 0.0, 0.0
+        for layer in range(layers):
+            kbuf, kspare = _taps(kbuf, kspare, geometry, layer, False)
+            carry = ntk and layer > 0
+            if carry:
+                tbuf, tspare = _taps(tbuf, tspare, geometry, layer, False)
+            off, wl, bl = offsets[layer], w[layer], b[layer]
+            po = offsets[layer + 1] - off
+            for p in range(po):
+                s = bl + wl * kbuf[p]
+                t = s + wl * tbuf[p] if carry else s
+                if relu[layer]:
+                    kv, dv = _relu(s, qa[ia[n], off + p], nqa[ia[n], off + p], qb[ib[n], off + p],
+                                   iqb[ib[n], off + p], snap, same[n])
+                    t *= dv
+                else:
+                    kv = s
+                kbuf[p] = kv
+                tbuf[p] = t
+            if layer == layers - 1:
+                for p in range(po):
+                    sk += kbuf[p]
+                    st += tbuf[p]
+        po = offsets[layers] - offsets[layers - 1]
+        out_k[n] = sk / po
+        out_t[n] = st / po
+
+
+__all__ = ["AVAILABLE", "arccos", "flatten_pairs", "gap_pairs"]
