@@ -196,11 +196,31 @@ def layer_norm(layer: LayerNorm, flow: Flow, c: Compiler, path: str, final: bool
             g = c.gaussian(vec, path, layer)
             out.append(((p.scalar(_rsqrt, p.moment(None, g, g)), g),))
             continue
-        h = c.variable(vec, path, layer)
-        mu, m2 = p.moment(identity, h), p.moment(None, h, h)
-        out.append(((p.scalar(InverseStd(), mu, m2), h), (p.scalar(NegativeMeanOverStd(), mu, m2),
-                                                          p.nonlin(Ones(), h))))
+        if not check_float_coefficients(vec):
+            raise _refuse(path, layer, "a LayerNorm of features already rescaled by NETSOR+ scalars (put an affine "
+                                       "layer between the two normalizations)")
+        # μ = Σ c_i ⟨h_i⟩/n and m₂ = Σ c_i c_j ⟨h_i, h_j⟩/n term by term: low-dimensional moments, no joint Nonlin
+        terms = [(float(k), h) for k, h in vec]
+        mu = p.scalar(WeightedSum([k for k, _ in terms]), *(p.moment(identity, h) for _, h in terms))
+        pairs = [(i, j) for i in range(len(terms)) for j in range(i, len(terms))]
+        weights = [terms[i][0] * terms[j][0] * (1 if i == j else 2) for i, j in pairs]
+        m2 = p.scalar(WeightedSum(weights), *(p.moment(None, terms[i][1], terms[j][1]) for i, j in pairs))
+        scale, shift = p.scalar(InverseStd(), mu, m2), p.scalar(NegativeMeanOverStd(), mu, m2)
+        out.append(tuple((c.mul(scale, k), h) for k, h in terms) + ((shift, p.nonlin(Ones(), terms[0][1])),))
     return replace(flow, vecs=tuple(out))
+
+
+class WeightedSum:
+    """``Σ_i w_i θ_i`` over NETSOR+ scalars."""
+
+    def __init__(self, weights):
+        self.weights = tuple(float(w) for w in weights)
+
+    def __call__(self, *theta: torch.Tensor) -> torch.Tensor:
+        out = self.weights[0] * theta[0]
+        for w, t in zip(self.weights[1:], theta[1:], strict=True):
+            out = out + w * t
+        return out
 
 
 def _rsqrt(theta: torch.Tensor) -> torch.Tensor:
