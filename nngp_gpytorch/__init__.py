@@ -22,6 +22,7 @@ from .kernels import (
     BatchNormMLPKernel,
     CNNKernel,
     CNNNTKKernel,
+    GramTooLargeError,
     GraphConvKernel,
     GraphConvNTKKernel,
     GRUKernel,
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "algebra", "arch", "BatchNormMLPKernel", "CNNKernel", "CNNNTKKernel", "duals", "GraphConvKernel",
-    "GraphConvNTKKernel", "GRUKernel", "GRUNTKKernel", "InfiniteWidthKernel",
+    "GraphConvNTKKernel", "GramTooLargeError", "GRUKernel", "GRUNTKKernel", "InfiniteWidthKernel",
     "LSTMKernel", "LSTMNTKKernel", "MLPKernel", "MLPNTKKernel",
     "NNGPKernel", "NTKKernel", "Program", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
     "sequences", "tensor_programs", "TensorProgramKernel", "TensorProgramNTKKernel", "TransformerKernel",

@@ -142,3 +142,62 @@ def test_elman_rnn_is_tiled_over_time_pair_tables():
 def test_bad_max_memory_is_refused(bad):
     with pytest.raises(ValueError, match="max_memory"):
         NNGPKernel(A.mlp(depth=1), max_memory=bad)
+
+
+def test_max_memory_below_one_pair_names_the_minimum():
+    kernel = NNGPKernel(A.cnn(depth=1, readout="gap"), input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"below one tile's minimum of 32768 bytes"):
+        A_pool = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.GlobalAvgPool(), A.Dense())
+        NNGPKernel(A_pool, input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)(x).to_dense()
+    kernel(x).to_dense()  # the engine's stacks carry one entry per pair: 1000 bytes is enough
+
+
+def test_a_gram_that_cannot_fit_is_refused_before_any_work(monkeypatch):
+    import nngp_gpytorch.kernels.tiling as tiling
+    from nngp_gpytorch import GramTooLargeError
+
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 10_000)
+    monkeypatch.setattr("nngp_gpytorch.kernels.base.evaluate_in_tiles",
+                        lambda *a, **k: pytest.fail("work started"))
+    kernel = NTKKernel(A.mlp(depth=1), dtype=torch.float64)
+    x = torch.randn(30, 4, dtype=torch.float64)
+    with pytest.raises(GramTooLargeError, match=r"\(30, 30\).*nngp_gpytorch\.scale"):
+        kernel.nngp_and_ntk(x)  # 2 × 30² × 8 bytes = 14,400 > 10,000
+    assert isinstance(GramTooLargeError("x"), MemoryError)
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch
+from nngp_gpytorch import NNGPKernel, arch as A
+torch.set_num_threads(1)
+net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+budget = int(sys.argv[1])
+kernel = NNGPKernel(net, input_shape=(2, 8, 8), weight_var=2.0, bias_var=0.1, max_memory=budget, dtype=torch.float64)
+x = torch.randn(96, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    kernel(x[:4]).to_dense()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kernel(x).to_dense()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_memory_of_a_full_position_conv_kernel_follows_max_memory():
+    """A pooled CNN outside the engine keeps full spatial covariances: P² = 4096 entries per pair, so one untiled
+    N = 96 Gram's intermediates would be 96² · 4096 · 8 B = 0.3 GB per live tensor (16 of them). The measured peak
+    growth of the process stays within a few budgets whatever N, and grows with the budget (measured: 2.7 MiB at
+    8 MiB, 23 MiB at 64 MiB for N = 160)."""
+    import subprocess
+    import sys
+
+    def peak(budget: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(budget)], capture_output=True, text=True,
+                             check=True, timeout=600)
+        return int(out.stdout.split()[-1])
+
+    small, large = peak(16 << 20), peak(64 << 20)
+    untiled = 96 ** 2 * 4096 * 8
+    assert small < 3 * (16 << 20) + (16 << 20) < untiled / 4, small
+    assert large < 3 * (64 << 20) + (16 << 20), large
+    assert large > small

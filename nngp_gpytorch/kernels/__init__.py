@@ -10,11 +10,13 @@ from .mlp import MLPKernel, MLPNTKKernel
 from .nngp import NNGPKernel, NTKKernel, register_description, register_ntk_builder
 from .recurrent import GRUKernel, LSTMKernel, RNNKernel, RNNNTKKernel
 from .resnet import ResNetKernel, ResNetNTKKernel, resnet
+from .tiling import GramTooLargeError
 from .transformer import TransformerKernel, TransformerNTKKernel
 
 __all__ = [
     "BatchNormKernel", "BatchNormMLPKernel", "cnn", "CNNKernel", "CNNNTKKernel", "gcn", "GraphConvKernel",
-    "GraphConvNTKKernel", "GraphNNGPKernel", "GraphNTKKernel", "GRUKernel", "InfiniteWidthKernel", "LSTMKernel",
+    "GraphConvNTKKernel", "GraphNNGPKernel", "GraphNTKKernel", "GramTooLargeError", "GRUKernel",
+    "InfiniteWidthKernel", "LSTMKernel",
     "MLPKernel", "MLPNTKKernel", "NNGPKernel", "NTKKernel", "register_description",
     "register_ntk_builder", "resnet", "ResNetKernel", "ResNetNTKKernel", "RNNKernel", "RNNNTKKernel",
     "TransformerKernel", "TransformerNTKKernel",

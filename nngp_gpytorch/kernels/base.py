@@ -16,6 +16,7 @@ from ..duals.dense_maps import symmetrize
 from .tiling import (
     DEFAULT_MAX_MEMORY,
     budget_bytes,
+    check_result_fits,
     entries_per_pair,
     evaluate_in_tiles,
     self_bounded,
@@ -341,6 +342,8 @@ class InfiniteWidthKernel(Kernel):
         if diag and x1.shape[-2] != x2.shape[-2]:
             raise ValueError(f"diag=True needs as many points in x1 as in x2, got {x1.shape[-2]} and {x2.shape[-2]}")
         hyper = self.hyperparameters_for_algebra()
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+        check_result_fits((*batch, x1.shape[-2], *(() if diag else x2.shape[-2:-1])), x1.dtype, with_ntk, x1.device)
 
         def run(a, b, diag_):
             return evaluate(self.architecture, a, b, hyper, diag=diag_, with_ntk=with_ntk,

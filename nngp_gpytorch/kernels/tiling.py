@@ -14,6 +14,7 @@ are computed; the others are their transposes. Peak memory of an evaluation with
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -79,12 +80,57 @@ def self_bounded(architecture: Layer) -> bool:
 
 
 def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype) -> tuple[int, int]:
-    """``(b1, b2)``: rows and columns per tile within ``budget`` bytes (at least one pair)."""
+    """``(b1, b2)``: rows and columns per tile within ``budget`` bytes. A budget below one pair's
+    ``LIVE_TENSORS · entries · itemsize`` bytes is refused, naming that minimum."""
     itemsize = torch.finfo(dtype).bits // 8
-    pairs = max(1, int(budget // (LIVE_TENSORS * itemsize * entries)))
+    minimum = LIVE_TENSORS * itemsize * entries
+    if budget < minimum:
+        raise ValueError(f"max_memory={budget} bytes is below one tile's minimum of {minimum} bytes (one input pair: "
+                         f"{LIVE_TENSORS} tensors of {entries} covariance entries in {dtype}); raise max_memory to at "
+                         f"least {minimum}")
+    pairs = int(budget // minimum)
     b1 = max(1, min(n1, math.isqrt(pairs)))
     b2 = max(1, min(n2, pairs // b1))
     return b1, b2
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on a CPU (the free
+    physical pages where that file does not exist), the free memory of an accelerator; None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class GramTooLargeError(MemoryError):
+    """The requested kernel matrix cannot be held in memory at all, whatever the tiles: compute it out of core."""
+
+
+def check_result_fits(shape: Sequence[int], dtype: torch.dtype, with_ntk: bool, device: torch.device) -> None:
+    """Refuse, before any work, a result that cannot fit: the ``shape`` block (``K``, and ``Θ`` with the NTK) larger
+    than the memory ``device`` has available (:func:`available_memory`). Tiles bound the work, not the result; an
+    out-of-core Gram is :mod:`nngp_gpytorch.scale`'s job (Dask tiles in a Zarr store, streamed CG)."""
+    need = math.prod(shape) * (torch.finfo(dtype).bits // 8) * (2 if with_ntk else 1)
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise GramTooLargeError(
+            f"the kernel matrix of shape {tuple(shape)} ({'K and Θ, ' if with_ntk else ''}{dtype}) needs "
+            f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available on {device}: compute it out of "
+            f"core with nngp_gpytorch.scale (compute_gram / fit_predict: tiles on Dask, stored in Zarr, solved by "
+            f"streamed CG; docs/scale.md)")
 
 
 def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], x1: torch.Tensor, x2: torch.Tensor,
@@ -133,5 +179,6 @@ def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], 
     return out[0], (out[1] if with_ntk else None)
 
 
-__all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "budget_bytes",
-           "entries_per_pair", "evaluate_in_tiles", "self_bounded", "tile_sizes", "validate_memory"]
+__all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "GramTooLargeError",
+           "available_memory", "budget_bytes", "check_result_fits", "entries_per_pair", "evaluate_in_tiles",
+           "self_bounded", "tile_sizes", "validate_memory"]
