@@ -27,7 +27,9 @@ The rule applies when the run starts from the raw inputs of a kernel without bat
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,8 @@ LIVE_TENSORS = 10
 #: run chunks through the compiled loops of :mod:`.conv_stack_jit` where they apply (numba installed, a CPU, no
 #: autograd, every activation a ReLU); False: always the torch path (tests compare the two)
 COMPILED = True
+#: pairs per call of the compiled loops (their memory is per-thread scratch, not per chunk)
+COMPILED_CHUNK_PAIRS = 1024
 
 
 @dataclass(frozen=True, init=False)
@@ -301,13 +305,31 @@ class _Compiled:
                 torch.cat([p[1] for p in parts], -1).double().numpy())
 
     def __call__(self, ia: torch.Tensor, ib: torch.Tensor, same: torch.Tensor | None):
+        """``(K, Θ)`` ``(m,)`` of the pairs ``(ia, ib)``, split over ``torch.get_num_threads()`` threads (the loops
+        release the GIL; each writes its own slice of the result)."""
         m = ia.shape[0]
         k, t = np.empty(m), np.empty(m)
         flags = np.zeros(m, dtype=np.bool_) if same is None else same.numpy()
-        self.run(self.x1, self.x2, ia.numpy(), ib.numpy(), flags, self.geometry, self.w, self.b, self.relu,
-                 self.qa, self.nqa, self.qb, self.iqb, self.offsets, self.snap, self.with_ntk, k, t)
+        ia, ib = ia.numpy(), ib.numpy()
+
+        def run(lo: int, hi: int) -> None:
+            self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.relu,
+                     self.qa, self.nqa, self.qb, self.iqb, self.offsets, self.snap, self.with_ntk, k[lo:hi], t[lo:hi])
+
+        threads = min(torch.get_num_threads(), m)
+        if threads <= 1:
+            run(0, m)
+        else:
+            bounds = np.linspace(0, m, threads + 1).astype(int)
+            list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
         k, t = torch.from_numpy(k).to(self.dtype), torch.from_numpy(t).to(self.dtype)
         return k, (t if self.with_ntk else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool of ``threads`` workers, kept for the process (one per thread count asked)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
 
 
 def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device) -> int:
@@ -324,6 +346,8 @@ def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk):
     """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
     step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device)
     compiled = _Compiled(sa, sb, groups, full, with_ntk) if _compiled_applies(sa, sb, groups) else None
+    if compiled is not None:  # per-pair scratch only: chunks just bound the time between interrupt checks
+        step = max(step, COMPILED_CHUNK_PAIRS)
     ks, ts = [], []
     for s in range(0, ia.shape[0], step):
         i, j = ia[s:s + step], ib[s:s + step]

@@ -176,7 +176,7 @@ def _taps(buf, spare, geometry, layer, both):
     return buf, spare
 
 
-@_jit()
+@_jit(nogil=True)
 def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
@@ -239,7 +239,7 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
         out_t[n] = st / (po * po)
 
 
-@_jit()
+@_jit(nogil=True)
 def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
     """:func:`gap_pairs` in the same-position layout (Flatten readout, ``(1/P)·Σ_p``): ``x1`` ``(n1, C, P)``,
     ``x2`` ``(n2, C, P)``; the taps act on one position axis."""
