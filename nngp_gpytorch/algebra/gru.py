@@ -7,7 +7,7 @@ import torch
 from ..arch.recurrent import GRU
 from ..duals import ErfDual
 from ..numerics import erf_gate, principal_factor
-from .gated import gated_rule
+from .gated import erf_pair_moment, gate_columns, gate_pair_moment, gated_rule
 from .orthant import InterleavedGaussian, gate_dual
 from .registry import RuleContext, kernel_rule
 from .state import CovState
@@ -15,16 +15,20 @@ from .state import CovState
 
 def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | None,
                k11: torch.Tensor | None, k22: torch.Tensor | None, wu, b, ww,
-               normals: torch.Tensor, control_variate: bool = False, method: str = "principal") -> torch.Tensor:
+               normals: torch.Tensor, control_variate: bool = False, method: str = "principal",
+               mu: tuple[float, float, float] | None = None) -> torch.Tensor:
     """Hidden-state kernel ``K(t, s) = lim ⟨h_t, h'_s⟩/n`` of the erf-GRU for ``P`` pairs (Yang 2019).
 
     Self mode (``k11 is None``): one sequence with itself, ``c`` its token Gram ``(P, T, T)``.
     Cross mode: ``c`` the cross Gram, ``c11``/``c22`` the self Grams and ``k11``/``k22`` the self
-    kernels (from self mode). Hyperparameters ``(P,)``; ``normals`` QMC points ``(N, T)`` or ``(N, 2T)``.
+    kernels (from self mode). Hyperparameters ``(P, 3)`` per gate ``z, r, h`` (or ``(P,)``, shared);
+    ``mu`` the gates' bias means (default 0); ``normals`` QMC points ``(N, T)`` or ``(N, 2T)``.
 
-    Recursion (reference kernels.md "GRU", steps from 0, ``K(−1, ·) = 0``):
-    ``Σ_z(t,s) = σu²C(t,s) + σw²K(t−1,s−1) + σb²`` (also Σ_r); ``R = E[ς ς]`` under Σ_r;
-    ``Σ_h = σu²C + σw²K(t−1,s−1)·R + σb²``; ``S = E[erf erf]`` under Σ_h; and with
+    Recursion (reference kernels.md "GRU", steps from 0, ``K(−1, ·) = 0``), per gate ``g`` its own variances:
+    ``Σ_z(t,s) = σ²_Uz·C(t,s) + σ²_Wz·K(t−1,s−1) + σ²_bz`` (Σ_r likewise); ``R = E[ς(r̃) ς(r̃')]`` under Σ_r and mean
+    ``μ_r``; ``Σ_h = σ²_Uh·C + σ²_Wh·K(t−1,s−1)·R + σ²_bh``; ``S = E[erf(h̃) erf(h̃')]`` under Σ_h, mean ``μ_h``;
+    the update gates ``ς(z̃)``, ``z̃ ~ N(μ_z, Σ_z)``. With zero means R and S are the arcsin closed forms;
+    otherwise bivariate normal orthant probabilities (:func:`~.gated.gate_pair_moment`). And with
     ``ω(a,t) = ς(z_a)·Π_{a<k≤t}(1 − ς(z_k))``, ``K(t,s) = Σ_{a≤t,b≤s} E[ω(a,t) ω'(b,s)]·S(a,b)``.
     The gate expectation is computed per QMC point with ``Q(t,b) = (1−g_t)Q(t−1,b) + g_t S(t,b)`` and
     ``R(t,s) = (1−g'_s)R(t,s−1) + g'_s Q(t,s)`` (``K = mean R``): ``O(T²)`` per point and pair.
@@ -53,7 +57,16 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     self_mode = k11 is None
     T = c.shape[-1]
     erf = ErfDual()
-    wu, b, ww = wu[:, None], b[:, None], ww[:, None]
+    wu, b, ww = (gate_columns(p, 3) for p in (wu, b, ww))  # (P, 3): gates z, r, h
+    mz, mr, mh = (0.0, 0.0, 0.0) if mu is None else (float(m) for m in mu)
+    if control_variate and (mz or mr or mh):
+        raise ValueError("gru_tables: the control variate expands zero-mean gates; it needs zero bias means")
+
+    def gate2(k1, k2, k12):  # E[ς(r̃) ς(r̃')]
+        return gate_dual(k1, k2, k12) if mr == 0 else gate_pair_moment(k1, k2, k12, mr, mr)
+
+    def erf2(h11, h22, h12, same):  # E[erf(h̃) erf(h̃')]
+        return erf.nngp(h11, h22, h12, same) if mh == 0 else erf_pair_moment(h11, h22, h12, mh, mh)
     K: dict = {}  # (t, s) -> (P,)
     Z: dict = {}  # Σ_z(t, s)
     S: dict = {}
@@ -78,45 +91,50 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
             Z[(t, s)] = wu[:, 0] * c[:, t, s] + ww[:, 0] * kprev(t, s) + b[:, 0]
         return Z[(t, s)]
 
-    def self_sigma(cc, kk):  # full Σ_z table of one side from its self kernel
+    def sigma_r(t, s):
+        return wu[:, 1] * c[:, t, s] + ww[:, 1] * kprev(t, s) + b[:, 1]
+
+    def self_sigma(cc, kk, g=0):  # full Σ table of gate g on one side from its self kernel
         kp = torch.zeros_like(cc)
         kp[:, 1:, 1:] = kk[:, :-1, :-1]
-        return wu[:, :, None] * cc + ww[:, :, None] * kp + b[:, :, None]
+        return wu[:, g, None, None] * cc + ww[:, g, None, None] * kp + b[:, g, None, None]
 
+    wh, uh, bh = ww[:, 2:3], wu[:, 2:3], b[:, 2:3]
     if not self_mode:
         z11, z22 = self_sigma(c11, k11), self_sigma(c22, k22)
-        zd1, zd2 = z11.diagonal(dim1=-2, dim2=-1), z22.diagonal(dim1=-2, dim2=-1)
-        r11 = gate_dual(zd1, zd1, zd1)
-        r22 = gate_dual(zd2, zd2, zd2)
-        kd1 = torch.cat([torch.zeros_like(zd1[:, :1]), k11.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
-        kd2 = torch.cat([torch.zeros_like(zd2[:, :1]), k22.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
-        hd1 = wu * c11.diagonal(dim1=-2, dim2=-1) + ww * kd1 * r11 + b
-        hd2 = wu * c22.diagonal(dim1=-2, dim2=-1) + ww * kd2 * r22 + b
+        rd1 = self_sigma(c11, k11, 1).diagonal(dim1=-2, dim2=-1)
+        rd2 = self_sigma(c22, k22, 1).diagonal(dim1=-2, dim2=-1)
+        r11 = gate2(rd1, rd1, rd1)
+        r22 = gate2(rd2, rd2, rd2)
+        kd1 = torch.cat([torch.zeros_like(rd1[:, :1]), k11.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
+        kd2 = torch.cat([torch.zeros_like(rd2[:, :1]), k22.diagonal(dim1=-2, dim2=-1)[:, :-1]], -1)
+        hd1 = uh * c11.diagonal(dim1=-2, dim2=-1) + wh * kd1 * r11 + bh
+        hd2 = uh * c22.diagonal(dim1=-2, dim2=-1) + wh * kd2 * r22 + bh
     hd: dict = {}
 
     def s_block(pairs):
         """S(t, s) for a list of (t, s) index pairs at once: ``(P, len(pairs))``."""
         ts = [t for t, _ in pairs]
         ss = [s_ for _, s_ in pairs]
-        z12 = torch.stack([sigma_z(t, s_) for t, s_ in pairs], -1)
+        r12 = torch.stack([sigma_r(t, s_) for t, s_ in pairs], -1)
         kp = torch.stack([kprev(t, s_) for t, s_ in pairs], -1)
         if self_mode:
-            zt = torch.stack([sigma_z(t, t) for t in ts], -1)
-            zs = torch.stack([sigma_z(s_, s_) for s_ in ss], -1)
+            rt = torch.stack([sigma_r(t, t) for t in ts], -1)
+            rs = torch.stack([sigma_r(s_, s_) for s_ in ss], -1)
             h11 = torch.stack([hd[t] for t in ts], -1)
             h22 = torch.stack([hd[s_] for s_ in ss], -1)
         else:
-            zt, zs, h11, h22 = zd1[:, ts], zd2[:, ss], hd1[:, ts], hd2[:, ss]
-        r = gate_dual(zt, zs, z12)
-        h12 = wu * c[:, ts, ss] + ww * kp * r + b
+            rt, rs, h11, h22 = rd1[:, ts], rd2[:, ss], hd1[:, ts], hd2[:, ss]
+        r = gate2(rt, rs, r12)
+        h12 = uh * c[:, ts, ss] + wh * kp * r + bh
         same = torch.tensor([self_mode and t == s_ for t, s_ in pairs], device=c.device)
-        return erf.nngp(h11, h22, h12, same)
+        return erf2(h11, h22, h12, same)
 
     for ell in range(T):
         # new gate samples at step ell
         if self_mode:
-            hd[ell] = wu[:, 0] * c[:, ell, ell] + ww[:, 0] * kprev(ell, ell) * gate_dual(
-                sigma_z(ell, ell), sigma_z(ell, ell), sigma_z(ell, ell)) + b[:, 0]
+            rdd = sigma_r(ell, ell)
+            hd[ell] = wu[:, 2] * c[:, ell, ell] + ww[:, 2] * kprev(ell, ell) * gate2(rdd, rdd, rdd) + b[:, 2]
             cov = torch.stack([torch.stack([sigma_z(min(i, j), max(i, j)) for j in range(ell + 1)], -1)
                                for i in range(ell + 1)], -2)
         else:
@@ -125,8 +143,8 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
         if sampler is not None:
             y1, y2 = (sampler.step(cov, None, None) if self_mode else
                       sampler.step(z11[:, : ell + 1, : ell + 1], z22[:, : ell + 1, : ell + 1], cov12))
-            g1.append(erf_gate(y1))
-            g2.append(g1[-1] if self_mode else erf_gate(y2))
+            g1.append(erf_gate(y1 + mz))
+            g2.append(g1[-1] if self_mode else erf_gate(y2 + mz))
         # new S entries: row ell (s ≤ ell) and column ell (t < ell), in one batched dual evaluation
         pairs = [(ell, s) for s in range(ell + 1)] + ([] if self_mode else [(t, ell) for t in range(ell)])
         block = s_block(pairs)
@@ -140,11 +158,11 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
             # S with its rows in reverse step order (the samples of each side come newest step first)
             s_rev = torch.stack([torch.stack([S[(t, s_)] for s_ in range(m)], -1) for t in reversed(range(m))], -2)
             if self_mode:
-                ga = gb = _principal_gates(cov, pnormals, 1)
+                ga = gb = _principal_gates(cov, pnormals, 1, mz)
             else:
                 full = torch.cat([torch.cat([z11[:, :m, :m], cov12], -1),
                                   torch.cat([cov12.transpose(-1, -2), z22[:, :m, :m]], -1)], -2)
-                gy = _principal_gates(full, pnormals, 2)
+                gy = _principal_gates(full, pnormals, 2, mz)
                 ga, gb = gy[..., :m], gy[..., m:]
             row = _lerp_means(_newest_omega(ga) @ s_rev.to(pdt), gb)  # K(ℓ, s) for s ≤ ℓ
             for s_ in range(m):
@@ -211,8 +229,8 @@ def gru_tables(c: torch.Tensor, c11: torch.Tensor | None, c22: torch.Tensor | No
     return torch.stack([torch.stack([K[(t, s)] for s in range(T)], -1) for t in range(T)], -2)
 
 
-def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int) -> torch.Tensor:
-    """Gates ``ς(y) = (1 + erf y)/2`` of samples ``y ~ N(0, cov)``, ``cov`` ``(P, m, m)`` over ``sides`` (1 or 2)
+def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int, mean: float = 0.0) -> torch.Tensor:
+    """Gates ``ς(y) = (1 + erf y)/2`` of samples ``y ~ N(mean, cov)``, ``cov`` ``(P, m, m)`` over ``sides`` (1 or 2)
     sequences of ``m / sides`` steps each (time order per sequence), from the first ``m`` coordinates of
     ``normals`` ``(N, ≥ m)`` mapped to the principal components in decreasing order of variance
     (:func:`~nngp_gpytorch.numerics.principal_factor`). Returns ``(P, N, m)`` with the steps of each sequence in
@@ -221,7 +239,10 @@ def _principal_gates(cov: torch.Tensor, normals: torch.Tensor, sides: int) -> to
     k = m // sides
     rev = torch.cat([torch.arange(i * k + k - 1, i * k - 1, -1) for i in range(sides)]).to(cov.device)
     B = principal_factor(cov)[:, rev].to(normals.dtype)
-    return torch.erf(normals[:, :m] @ B.transpose(-1, -2)).mul_(0.5).add_(0.5)  # erf: 3× faster than ndtr
+    y = normals[:, :m] @ B.transpose(-1, -2)
+    if mean:
+        y = y + mean
+    return torch.erf(y).mul_(0.5).add_(0.5)  # erf: 3× faster than ndtr
 
 
 def _newest_omega(g: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..arch.recurrent import LSTM, RNN, RecurrentLayer
-from .gated import gated_tables, pair_block, same_inputs
+from .gated import gate_parameters, gated_tables, pair_block, same_inputs
 from .gru import gru_tables
 from .lstm import lstm_table_fn
 from .recurrent import SequencePair, bp, recurrent_variances, rnn_chain, rnn_table
@@ -33,6 +33,7 @@ def per_step_kernel(layer: RecurrentLayer, x1: torch.Tensor, x2: torch.Tensor, h
         d2, _ = rnn_chain(seq.c22.diagonal(dim1=-2, dim2=-1), wu, b, ww, dual, False)
         table, _ = rnn_table(seq.c12, seq.side(d1, 1, 1), seq.side(d2, 2, 1), seq.same12, wu, b, ww, dual, False, 3)
     else:
-        fn = lstm_table_fn(ctx) if isinstance(layer, LSTM) else gru_tables
-        table, _, _ = gated_tables(layer, seq, wu, b, ww, fn, pair_block(layer.samples, seq.T), same_inputs(state))
+        fn = lstm_table_fn(ctx, layer) if isinstance(layer, LSTM) else gru_tables
+        WU, B, WW, mu = gate_parameters(layer, wu, b, ww)
+        table, _, _ = gated_tables(layer, seq, WU, B, WW, fn, pair_block(layer.samples, seq.T), same_inputs(state), mu)
     return bp(wv, 4) * table + bp(bv, 4)

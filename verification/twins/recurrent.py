@@ -1,7 +1,9 @@
 """Finite twins of the recurrent layers: RNN, erf-gated GRU, standard sigmoid/tanh LSTM.
 
 Weights are drawn ONCE per network and literally shared across time steps (``U ~ N(0, σu²/d)``,
-``W ~ N(0, σw²/n)``, ``b ~ N(0, σb²)``, one set per gate). All ``T`` steps are run on the padded inputs
+``W ~ N(0, σw²/n)``, ``b ~ N(μ_b, σb²)``, one set per gate, each gate with its own variances and bias mean
+where the description gives them: :meth:`~nngp_gpytorch.arch.recurrent.GatedLayer.gate_values`). All ``T``
+steps are run on the padded inputs
 (causality makes padded steps harmless) and each sequence is read at its own length with the same
 readout weights as the kernel (:func:`nngp_gpytorch.sequences.readout_weights`).
 
@@ -27,7 +29,7 @@ import math
 
 import torch
 
-from nngp_gpytorch.arch.recurrent import GRU, LSTM, RNN, RecurrentLayer
+from nngp_gpytorch.arch.recurrent import GRU, LSTM, RNN, GatedLayer, RecurrentLayer
 from nngp_gpytorch.numerics import erf_gate
 from nngp_gpytorch.sequences import readout_weights, split_sequences
 
@@ -35,13 +37,22 @@ from .dense import gram_conditional_preactivations
 from .registry import AffineRecord, TwinContext, finite_twin
 
 
-def _affine_maps(ctx: TwinContext, m: int, d: int, n: int, wu: float, b: float, ww: float, gates: int):
-    """Per gate: input weights ``(M, d, n)``, hidden weights ``(M, n, n)``, bias ``(M, 1, n)``, scaled."""
+def _gate_values(layer: RecurrentLayer, wu: float, b: float, ww: float) -> list[tuple[float, float, float, float]]:
+    """Per gate ``(σu², σw², σb², μ_b)`` as floats (the RNN: one gate with the slot values and mean 0)."""
+    if isinstance(layer, GatedLayer):
+        return [tuple(float(v) for v in row) for row in layer.gate_values(wu, b, ww)]
+    return [(wu, ww, b, 0.0)]
+
+
+def _affine_maps(ctx: TwinContext, m: int, d: int, n: int, gates: list[tuple[float, float, float, float]]):
+    """Per gate: input weights ``(M, d, n)``, hidden weights ``(M, n, n)``, bias ``(M, 1, n)`` ``~ N(μ, σb²)``."""
     out = []
-    for _ in range(gates):
+    for wu, ww, b, mean in gates:
         U = ctx.randn(m, d, n) * math.sqrt(wu / d)
         W = ctx.randn(m, n, n) * math.sqrt(ww / n)
         bias = ctx.randn(m, 1, n) * math.sqrt(b)
+        if mean:
+            bias = bias + mean
         out.append((U, W, bias))
     return out
 
@@ -89,8 +100,9 @@ def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinCon
     the GRU and LSTM. ``tokens``: ``(M, k, T, d)``. With ``ctx.record_affine`` every gate's ``U`` and ``W``
     maps are appended to ``ctx.records`` (positions = the ``T`` steps; see the module docstring)."""
     m, k, T, d = tokens.shape
-    gates = 1 if isinstance(layer, RNN) else 3 if isinstance(layer, GRU) else 4
-    maps = _affine_maps(ctx, m, d, n, wu, b, ww, gates)
+    values = _gate_values(layer, wu, b, ww)
+    gates = len(values)
+    maps = _affine_maps(ctx, m, d, n, values)
     recs = [_GateRecorder() for _ in range(gates)] if ctx.record_affine else [None] * gates
     feats = []
     if isinstance(layer, RNN):
@@ -121,9 +133,9 @@ def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinCon
             feats.append(h)
     else:  # pragma: no cover
         raise TypeError(layer)
-    for rec in recs:
+    for rec, (gu, gw, gb, _) in zip(recs, values, strict=True):
         if rec is not None:
-            rec.flush(ctx, wu, b, ww, d, n)
+            rec.flush(ctx, gu, gb, gw, d, n)
     return torch.stack(feats, -2)
 
 
