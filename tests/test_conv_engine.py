@@ -147,10 +147,13 @@ def test_bad_max_memory_is_refused(bad):
 def test_max_memory_below_one_pair_names_the_minimum():
     kernel = NNGPKernel(A.cnn(depth=1, readout="gap"), input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)
     x = torch.randn(3, 16, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"below one tile's minimum of 32768 bytes"):
-        A_pool = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.GlobalAvgPool(), A.Dense())
-        NNGPKernel(A_pool, input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)(x).to_dense()
+    pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.GlobalAvgPool(), A.Dense())
+    with pytest.raises(ValueError, match=r"below one tile's minimum of 32768 bytes"):  # 16 · 16² entries · 8 B
+        NNGPKernel(pooled, input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)(x).to_dense()
     kernel(x).to_dense()  # the engine's stacks carry one entry per pair: 1000 bytes is enough
+    big = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    auto = NNGPKernel(big, input_shape=(3, 32, 32), dtype=torch.float64)  # 1024² entries per pair: 128 MiB > 64
+    assert auto.tile_sizes(10, 10, torch.float64) == (1, 1)  # "auto" never refuses: one pair per tile
 
 
 def test_a_gram_that_cannot_fit_is_refused_before_any_work(monkeypatch):

@@ -15,6 +15,7 @@ from ..arch import Layer, RecurrentLayer
 from ..duals.dense_maps import symmetrize
 from .tiling import (
     DEFAULT_MAX_MEMORY,
+    LIVE_TENSORS,
     budget_bytes,
     check_result_fits,
     entries_per_pair,
@@ -330,12 +331,15 @@ class InfiniteWidthKernel(Kernel):
         return budget_bytes(self.max_memory, param.device if param is not None else torch.device("cpu"))
 
     def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int]:
-        """``(b1, b2)``: rows and columns per tile under ``max_memory`` (at least one pair; ``block_size`` caps
-        the rows)."""
+        """``(b1, b2)``: rows and columns per tile under ``max_memory`` (``block_size`` caps the rows). An explicit
+        ``max_memory`` below one pair is refused (:func:`~.tiling.tile_sizes`); ``"auto"`` takes at least one pair."""
         if self.max_memory is None:
             b1, b2 = n1, n2
         else:
-            b1, b2 = tile_sizes(n1, n2, self.tile_budget(), self.entries_per_pair(), dtype)
+            entries, budget = self.entries_per_pair(), self.tile_budget()
+            if self.max_memory == "auto":  # the default never refuses: at least one pair per tile
+                budget = max(budget, LIVE_TENSORS * entries * torch.finfo(dtype).bits // 8)
+            b1, b2 = tile_sizes(n1, n2, budget, entries, dtype)
         return (min(b1, self.block_size) if self.block_size else b1), b2
 
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
