@@ -30,3 +30,81 @@ def test_mnist1d_kernels_row(kernel):
     assert row["noise"] in module.NOISES
     assert row["test_accuracy"] > 0.2  # chance is 0.1 (ten balanced classes)
     assert row["gram_seconds"] > 0 and row["peak_rss_mib"] > 0
+
+
+# --------------------------------------------------------------------------- experiments/lee2018_width.py
+
+LEE = Path(__file__).resolve().parent.parent / "experiments" / "lee2018_width.py"
+
+
+@pytest.fixture(scope="module")
+def lee():
+    spec = importlib.util.spec_from_file_location("lee2018_width", LEE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lee2018_finite_network_is_the_kernels_twin(lee):
+    """At initialization the finite network's readout kernel σw²·h·hᵀ/n + σb² tends to the NNGP kernel (error
+    ~ 1/√width), for the MLP and the 1-D CNN built from the same descriptions."""
+    import torch
+
+    from nngp_gpytorch import NNGPKernel
+
+    x = torch.randn(12, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for arch, widths in (("mlp", (64, 2048)), ("cnn_flatten", (16, 256))):
+        description, shape = lee.architecture(arch, 2)
+        kwargs = {"input_shape": shape} if shape else {}
+        K = NNGPKernel(description, weight_var=2.0, bias_var=0.1, dtype=torch.float64, **kwargs)(x).to_dense().detach()
+        errors = []
+        for width in widths:
+            per_seed = []
+            for seed in range(4):
+                net = lee.finite_network(description, width, 40, shape, seed=seed).double()
+                with torch.no_grad():
+                    h = net[:-1](x)
+                per_seed.append(float((2.0 * h @ h.T / h.shape[1] + 0.1 - K).norm() / K.norm()))
+            errors.append(sorted(per_seed)[1])
+        assert errors[1] < 0.12 and errors[1] < errors[0] / 2, (arch, errors)
+        assert net[-1].out_features == 10
+
+
+def test_lee2018_width_smoke(lee, tmp_path):
+    """The width run at a tiny size: depth chosen on validation, the NNGP above chance, every (width, seed) cell
+    written, a rerun resumes without retraining, and the report (table, both figures) renders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = tmp_path / "mlp.json"
+    kwargs = dict(n_train=150, n_test=100, depths=(1, 2), lrs=(3e-3,), max_epochs=3, num_samples=2000, out=str(out),
+                  progress=False)
+    result = lee.run_width("mlp", [8, 32], [0, 1], ntk=True, **kwargs)
+    assert result["depth"] in (1, 2) and result["depth_selection"]["depth"] == result["depth"]
+    assert result["gp"]["test_accuracy"] > 0.2 and result["gp"]["noise"] in lee.NOISES
+    assert len(result["gp"]["predictive_variance"]) == 100 and min(result["gp"]["predictive_variance"]) > 0
+    assert set(result["trained"]) == {"8", "32"} and set(result["trained"]["32"]) == {"0", "1"}
+    assert 1 <= result["selection"]["8"]["epochs"] <= 3
+    for cell in result["trained"]["32"].values():
+        assert 0 <= cell["test_accuracy"] <= 1 and 0 <= cell["agreement"] <= 1
+    again = lee.run_width("mlp", [8, 32], [0, 1], ntk=True, **kwargs)
+    assert again["trained"] == result["trained"]  # resumed, not retrained
+    rows = lee.summary(again)
+    assert [r["width"] for r in rows] == [8, 32] and rows[0]["seeds"] == 2
+    cnn = lee.run_width("cnn_flatten", [4], [0], depth=1, ntk=False, **{**kwargs, "out": None})
+    assert cnn["gp"]["test_accuracy"] > 0.2 and "0" in cnn["trained"]["4"]
+    assert "| 8 | 2 |" in lee.markdown_table([again, cnn])
+    lee.plot_width([again, cnn], str(tmp_path / "width.png"))
+    rows = lee.run_calibration(("mlp",), n_train=150, n_test=100, depth=1, num_samples=2000)
+    assert [r["inputs"] for r in rows] == ["raw", "sphere"] and all(-1 <= r["spearman"] <= 1 for r in rows)
+    lee.plot_calibration(rows, str(tmp_path / "calibration.png"))
+    assert (tmp_path / "width.png").stat().st_size > 0 and (tmp_path / "calibration.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="another configuration"):
+        lee.run_width("mlp", [8], [0], **{**kwargs, "max_epochs": 4})
+
+
+def test_lee2018_scale_row(lee, tmp_path):
+    """The large-N row through nngp_gpytorch.scale (inline), at a tiny size."""
+    row = lee.run_scale("mlp", 2, 300, 60, str(tmp_path / "store"), tile=128, num_samples=2000, progress=False)
+    assert row["n_train"] == 300 and row["test_accuracy"] > 0.2
+    assert row["wall_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["method"] in ("cholesky", "cg")
