@@ -2,13 +2,15 @@
 
 For 3-channel 8×8, 16×16 and 32×32 images, float64 and float32, one thread, each configuration in a fresh process
 (best of 3 timed calls below 32×32): ms per Gram entry of ``K(X, X)`` for the NNGP and for NNGP+NTK
-(``nngp_and_ntk``), the peak resident memory, and the same for the code of a pinned commit (``--baseline``, default
-the last commit before the fast positional engine; it is checked out with ``git worktree`` next to the repository
-and imported from there).
+(``nngp_and_ntk``), the peak resident memory, and the same for this commit's engine without its compiled loops
+(``torch``: ``conv_stack.COMPILED = False``) and for the code of a pinned commit (``--baseline``, default the last
+commit before the fast positional engine; it is checked out with ``git worktree`` next to the repository and
+imported from there).
 
 The arithmetic limit printed is the time the irreducible work of one entry takes at this machine's measured
 rates: per layer and position pair, ``k`` tap additions and one ReLU dual (an ``arccos``, a ``sqrt`` and ~8
-multiply/adds), at the per-element rates of torch's vectorized ops on a cache-resident block; for ``K(X, X)``
+multiply/adds), at the per-element rates of torch's vectorized ops on a cache-resident block (the ``arccos`` at the
+faster of torch's and the compiled loops' polynomial); for ``K(X, X)``
 only the pairs ``i ≤ j`` count. Last, a 21-layer 3×3 CNN + GAP NTK on 32×32×3 in float32 (the figure published
 for neural-tangents: 112.9 ms/entry on a CPU, 2.70 on a V100).
 
@@ -57,7 +59,9 @@ def child(which: str, size: int, readout: str, dtype_name: str, n: int, depth: i
     else:
         from nngp_gpytorch import NNGPKernel, NTKKernel
         from nngp_gpytorch import arch as A
+        from nngp_gpytorch.algebra import conv_stack
 
+        conv_stack.COMPILED = which != "torch"  # "torch": this commit's engine without its compiled loops
         net = A.cnn(depth=depth, readout=readout)
         nngp = NNGPKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
         ntk = NTKKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
@@ -127,13 +131,31 @@ def per_element_ns(fn, x: torch.Tensor, repeats: int = 20) -> float:
     return best / x.numel() * 1e9
 
 
+def compiled_arccos_ns(x: torch.Tensor) -> float:
+    """Per-element time of the compiled loops' vectorized arc cosine (``conv_stack_jit.arccos``), when numba is
+    installed: the cheapest ``arccos`` this machine offers the engine."""
+    from nngp_gpytorch.algebra import conv_stack_jit as jit
+
+    if not jit.AVAILABLE or x.dtype != torch.float64:
+        return float("inf")
+    import numba
+
+    @numba.njit(error_model="numpy")
+    def loop(v, out):
+        for i in range(v.shape[0]):
+            out[i] = jit.arccos(v[i])
+
+    v, out = x.numpy(), torch.empty_like(x).numpy()
+    return per_element_ns(lambda _: loop(v, out), x)
+
+
 def arithmetic_limit_ms(size: int, readout: str, dtype: torch.dtype, n: int, depth: int = 3, taps: int = 9) -> float:
     """Irreducible work per entry of K(X, X) at this machine's measured op rates (module docstring)."""
     torch.set_num_threads(1)
     x = torch.rand(1 << 18, dtype=dtype) * 1.8 - 0.9  # 2 MiB (float64): cache-resident
     out = torch.empty_like(x)
     t_add = per_element_ns(lambda v: torch.add(v, v, out=out), x)
-    t_acos = per_element_ns(lambda v: torch.arccos(v, out=out), x)
+    t_acos = min(per_element_ns(lambda v: torch.arccos(v, out=out), x), compiled_arccos_ns(x))
     t_sqrt = per_element_ns(lambda v: torch.sqrt(v.abs(), out=out), x)
     p = size * size
     entries = p * p if readout == "gap" else p
@@ -165,8 +187,8 @@ def main() -> None:
     print(f"3 × (Conv 3×3 SAME, ReLU) + readout + Dense on 3-channel images; K(X, X), one thread, fresh process each;"
           f" baseline: commit {args.baseline}")
     head = (f"{'image':>6s} {'readout':>8s} {'dtype':>8s} {'N':>3s} {'NNGP ms':>9s} {'+NTK ms':>9s} {'peak MiB':>9s} "
-            f"{'limit ms':>9s} {'÷limit':>7s} | {'base NNGP':>10s} {'base +NTK':>10s} {'base MiB':>9s} "
-            f"{'speed-up':>9s} {'NTK':>5s}")
+            f"{'limit ms':>9s} {'÷limit':>7s} | {'torch NNGP':>10s} {'×':>5s} | {'base NNGP':>10s} {'base +NTK':>10s} "
+            f"{'base MiB':>9s} {'speed-up':>9s} {'NTK':>5s}")
     print(head)
     for size in args.sizes:
         for readout in ("gap", "flatten"):
@@ -174,8 +196,10 @@ def main() -> None:
                 n = POINTS.get(size, 4) * (8 if readout == "flatten" else 1)
                 new = run_child("new", size, readout, dtype, n)
                 limit = arithmetic_limit_ms(size, readout, getattr(torch, dtype), n)
+                old = run_child("torch", size, readout, dtype, n)
                 line = (f"{size:>4d}² {readout:>8s} {dtype:>8s} {n:>3d} {new['nngp_ms']:9.4f} {new['both_ms']:9.4f} "
-                        f"{new['peak_mib']:9.0f} {limit:9.4f} {new['nngp_ms'] / limit:6.1f}×")
+                        f"{new['peak_mib']:9.0f} {limit:9.4f} {new['nngp_ms'] / limit:6.1f}× | "
+                        f"{old['nngp_ms']:10.4f} {old['nngp_ms'] / new['nngp_ms']:4.1f}×")
                 if base_path is not None:
                     nb = BASELINE_POINTS.get(size, 2) * (8 if readout == "flatten" else 1)
                     base = run_child("base", size, readout, dtype, nb, pythonpath=base_path)

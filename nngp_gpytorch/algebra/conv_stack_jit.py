@@ -156,22 +156,21 @@ def _tap_stage(src, dst, outer, n_in, n_out, inner, k, stride, dilation, low, ci
 def _taps(buf, spare, geometry, layer, both):
     """All spatial axes of ``layer``'s taps on ``buf`` (outermost axis first), ping-ponging with ``spare``;
     returns the buffer holding the result (trivial axes — one tap, stride 1, no padding — are skipped)."""
-    sizes = np.empty(3, dtype=np.int64)
+    g = geometry[layer]
+    n0, n1, n2 = g[0, 0], g[1, 0], g[2, 0]  # current sizes: outputs of the axes already done, inputs of the rest
     for ax in range(3):
-        sizes[ax] = geometry[layer, ax, 0]
-    for ax in range(3):
-        n_in, n_out, k, s, d, lo, circ = (geometry[layer, ax, 0], geometry[layer, ax, 1], geometry[layer, ax, 2],
-                                          geometry[layer, ax, 3], geometry[layer, ax, 4], geometry[layer, ax, 5],
-                                          geometry[layer, ax, 6])
+        n_in, n_out, k, s, d, lo, circ = g[ax, 0], g[ax, 1], g[ax, 2], g[ax, 3], g[ax, 4], g[ax, 5], g[ax, 6]
         if k == 1 and s == 1 and lo == 0 and n_in == n_out:
             continue
-        outer, inner = 1, 1
-        for j in range(ax):
-            outer *= sizes[j]
-        for j in range(ax + 1, 3):
-            inner *= sizes[j]
+        outer = 1 if ax == 0 else (n0 if ax == 1 else n0 * n1)
+        inner = n1 * n2 if ax == 0 else (n2 if ax == 1 else 1)
         _tap_stage(buf, spare, outer, n_in, n_out, inner, k, s, d, lo, circ != 0, both)
-        sizes[ax] = n_out
+        if ax == 0:
+            n0 = n_out
+        elif ax == 1:
+            n1 = n_out
+        else:
+            n2 = n_out
         buf, spare = spare, buf
     return buf, spare
 
