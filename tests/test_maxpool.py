@@ -126,6 +126,52 @@ def test_kernel_is_deterministic_symmetric_and_consistent_with_diag():
     assert (ntk.to_dense().diagonal() >= full.diagonal()).all()
 
 
+def _swap_sides(sigma: torch.Tensor, w: int) -> torch.Tensor:
+    """``P Σ P`` with ``P`` exchanging the first ``w`` coordinates (side ``u``) with the last ``w`` (side ``v``)."""
+    perm = torch.cat([torch.arange(w, 2 * w), torch.arange(w)])
+    return sigma[..., perm[:, None], perm[None, :]]
+
+
+@pytest.mark.parametrize("activation", [A.ReLU(), A.Erf()], ids=lambda a: a.describe())
+def test_moments_are_symmetric_in_the_two_sides(activation):
+    """The estimate is a function of the pair's covariance that does not depend on which side comes first:
+    exchanging u and v gives the same value and standard error and the transposed NTK weights (to rounding)."""
+    sigma = torch.stack([_random_covariance(6, s) for s in range(5)])
+    value, err, weights = max_pool_moments(sigma, 3, activation, samples=2**10, with_ntk=True)
+    value_s, err_s, weights_s = max_pool_moments(_swap_sides(sigma, 3), 3, activation, samples=2**10, with_ntk=True)
+    torch.testing.assert_close(value_s, value, rtol=1e-13, atol=0)
+    torch.testing.assert_close(err_s, err, rtol=1e-10, atol=1e-16)
+    torch.testing.assert_close(weights_s, weights.transpose(-1, -2), rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize("kernel_class", [NNGPKernel, NTKKernel], ids=["nngp", "ntk"])
+def test_blocks_of_the_gram_equal_the_cross_kernel(kernel_class):
+    """Determinism promised by the QMC route: each entry is a fixed function of its pair's joint covariance (same
+    Sobol points for every entry, symmetric in the two sides), so a block of K(X, X) equals K(X1, X2) on the same
+    inputs, and K(X2, X1) = K(X1, X2)ᵀ, to rounding (1e-12 relative; the QMC error is ~1e-3)."""
+    net = A.Serial(A.Conv(3, padding="same"), A.ReLU(), A.MaxPool(3, padding="same"), A.Conv(3, padding="same"),
+                   A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    shape = (2, 7)
+    x = _inputs(5, shape, seed=6)
+    k = kernel_class(_with_samples(net, 2**10), input_shape=shape, weight_var=W, bias_var=B).double()
+    with torch.no_grad():
+        full = k(x).to_dense()
+        cross = k(x[:2], x[2:]).to_dense()
+        back = k(x[2:], x[:2]).to_dense()
+    scale = full.diagonal().max()
+    torch.testing.assert_close(cross, full[:2, 2:], rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(back, cross.T, rtol=0, atol=1e-12 * scale)
+
+
+def _with_samples(net: A.Serial, samples: int) -> A.Serial:
+    """``net`` with every MaxPool's ``samples`` replaced (fewer QMC points keep the tests fast) and its warning
+    tolerance raised: these tests are about determinism, not accuracy."""
+    import dataclasses
+
+    return A.Serial(*(dataclasses.replace(layer, samples=samples, tolerance=1.0) if isinstance(layer, A.MaxPool)
+                      else layer for layer in net.layers))
+
+
 def test_window_of_one_is_exact_subsampling():
     """MaxPool(1) is the identity and MaxPool(1, stride=2) keeps every other position, exactly (no QMC)."""
     x = _inputs(4, (2, 6))

@@ -19,11 +19,26 @@ through its maximal entry), and ``Θ_g`` the NTK of ``g``.
     E[1[u₁ > u₂]·1[v₁ > v₂]] = ¼ + arcsin(ρ)/(2π),   ρ = corr(d_u, d_v)        (orthant probabilities)
 
 **Otherwise**: randomized quasi-Monte Carlo. ``R = 4`` independently Owen-scrambled Sobol sequences of
-``samples/R`` points each (:func:`~nngp_gpytorch.numerics.sobol_replicates`; the same points for every entry:
-common random numbers, so identical inputs give identical entries) are mapped through the exact factor of
-``Σ_oo'`` (:func:`~nngp_gpytorch.numerics.psd_cholesky`); the value is the mean over all points and the
-standard error the spread of the ``R`` replicate means. Cells a padded window lacks enter as independent dummy
-coordinates whose value is −∞. Work is chunked so that the sample tensors stay below ``CHUNK_BYTES``.
+``h = samples/(2R)`` points each (:func:`~nngp_gpytorch.numerics.sobol_replicates`; the same points for every
+entry: common random numbers) are mapped through two exact factors of ``Σ_oo'``
+(:func:`~nngp_gpytorch.numerics.psd_cholesky`): ``L_a = chol(Σ)`` and ``L_b = P·chol(PΣP)``, with ``P`` the
+permutation exchanging the ``u`` and ``v`` coordinates. Each replicate's estimate is ``(m_a + m_b)/2``, the
+means over its ``h`` points under each factor; the value is the mean of the ``R`` replicate estimates and the
+standard error their spread. Cells a padded window lacks enter as independent dummy coordinates whose value is
+−∞. Work is chunked so that the sample tensors stay below ``CHUNK_BYTES``.
+
+**Determinism.** The estimate is a fixed function of the pair's joint covariance ``Σ_oo'`` (and of ``samples``,
+``qmc_seed``), and it is *symmetric in the two sides*: exchanging ``u`` and ``v`` (``Σ → PΣP``) exchanges the two
+factors (``chol(PΣP)`` and ``P·chol(Σ)``), so ``m_a`` and ``m_b`` trade places and ``(m_a + m_b)/2`` is unchanged
+(the NTK weights are transposed). A Cholesky factor alone is not symmetric: ordering the ``u`` coordinates first
+gives a different QMC estimate than ordering ``v`` first (they differed by 2e-3 relative on a window of three),
+so ``K(X, X)``, averaged with its transpose for exact symmetry, disagreed with ``K(X1, X2)`` on the same inputs
+by that much. Now a block of ``K(X, X)`` equals the cross kernel, and ``K(X2, X1) = K(X1, X2)ᵀ``, to the
+rounding of the covariances computed below the pool (~1e-15 relative), far below the QMC error.
+
+**K(X, X).** When both sides hold the same inputs (equal self blocks and a cross block equal to its own
+transpose, checked by value), only the pairs ``i ≤ j`` are estimated and ``K'[j, i] = K'[i, j]ᵀ`` (over the output
+positions) is mirrored: by the symmetry above this is the value the pair ``(j, i)`` would get, at half the cost.
 """
 
 from __future__ import annotations
@@ -46,6 +61,8 @@ from .state import CovState
 CHUNK_BYTES = 32 * 2**20
 #: independently scrambled replicates behind the standard error
 REPLICATES = 4
+#: window pairs whose covariance factors are computed in one call (without autograd)
+FACTOR_BLOCK = 4096
 
 
 def window_index(layer: MaxPool, positions: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +127,17 @@ def _is_monotone(activation: Activation) -> bool:
     return type(activation) in (Identity, ReLU, Erf, Tanh, Sigmoid, Step, Sign)
 
 
+def _side_swap(w: int, device) -> torch.Tensor:
+    """The permutation ``P`` of the ``2w`` coordinates that exchanges side ``u`` (first ``w``) and side ``v``."""
+    return torch.cat([torch.arange(w, 2 * w, device=device), torch.arange(w, device=device)])
+
+
+def _average_factors(t: torch.Tensor) -> torch.Tensor:
+    """``(a + b)/2`` over axis 1 of ``(c, 2, ...)``: written as one commutative sum so that exchanging the two
+    factors (exchanging the sides) gives bit-identical values."""
+    return (t[:, 0] + t[:, 1]) / 2
+
+
 def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed: int):
     """Values ``(E,)``, standard errors ``(E,)`` and, with ``dphi``, NTK weights ``(E, w, w)`` for flattened window
     pairs ``sigma`` ``(E, 2w, 2w)`` with masks ``valid`` ``(E, 2w)``.
@@ -118,16 +146,25 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
     product and the max over a window a reduction over contiguous rows."""
     e, m = sigma.shape[0], sigma.shape[-1]
     w = m // 2
-    per = max(2, samples // REPLICATES)
-    n = REPLICATES * per
-    z = sobol_replicates(m, per, REPLICATES, seed, sigma).reshape(n, m).T.contiguous()  # (m, N)
+    half = max(1, samples // (2 * REPLICATES))  # points per replicate and factor
+    n = REPLICATES * half
+    z = sobol_replicates(m, half, REPLICATES, seed, sigma).reshape(n, m).T.contiguous()  # (m, N)
+    swap = _side_swap(w, sigma.device)
     monotone = _is_monotone(phi)
-    per_entry = n * m * sigma.element_size() * (4 if dphi is not None else 2)
+    per_entry = 2 * n * m * sigma.element_size() * (4 if dphi is not None else 2)
     step = max(1, CHUNK_BYTES // per_entry)
     pad = None if bool(valid.all()) else torch.where(valid, 0.0, -math.inf).to(sigma.dtype)  # (E, m)
 
-    def chunk(sig: torch.Tensor, pad_c: torch.Tensor | None):
-        x = psd_cholesky(sig) @ z  # (c, m, N)
+    def factors(sig: torch.Tensor) -> torch.Tensor:
+        """``(2c, m, m)``: ``L_a``, ``L_b`` of each entry of ``sig`` ``(c, m, m)`` (one factorization call)."""
+        both = psd_cholesky(torch.stack([sig, sig[:, swap[:, None], swap[None, :]]], 1).flatten(0, 1))
+        both = both.unflatten(0, (-1, 2))
+        return torch.stack([both[:, 0], both[:, 1][:, swap]], 1).flatten(0, 1)  # L_b's rows in the original order
+
+    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None):
+        x = lf @ z  # (2c, m, N): both factors' samples of each entry
+        if pad_c is not None:
+            pad_c = pad_c.repeat_interleave(2, 0)
         f = x if monotone else phi(x)
         if pad_c is not None:
             f = f + pad_c[:, :, None]
@@ -140,7 +177,7 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
                 fu, fv = torch.maximum(fu, f[:, j]), torch.maximum(fv, f[:, w + j])
         if monotone:
             fu, fv = phi(fu), phi(fv)
-        means = (fu * fv).reshape(-1, REPLICATES, per).mean(-1)  # (c, R)
+        means = _average_factors((fu * fv).reshape(-1, 2, REPLICATES, half).mean(-1))  # (c, R)
         if dphi is None:
             return means, None
         if monotone:  # φ' at the maximal cell's value
@@ -151,19 +188,24 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         cells = torch.arange(w, device=x.device)[None, :, None]
         hu = (iu[:, None, :] == cells).to(x.dtype) * du[:, None, :]  # (c, w, N)
         hv = (iv[:, None, :] == cells).to(x.dtype) * dv[:, None, :]
-        return means, hu @ hv.transpose(-1, -2) / n
+        return means, _average_factors((hu @ hv.transpose(-1, -2) / n).unflatten(0, (-1, 2)))
 
-    def packed(sig: torch.Tensor, pad_c: torch.Tensor | None) -> torch.Tensor:
-        means, weights = chunk(sig, pad_c)
+    def packed(lf: torch.Tensor, pad_c: torch.Tensor | None) -> torch.Tensor:
+        means, weights = chunk(lf, pad_c)
         return means if weights is None else torch.cat([means, weights.flatten(1)], 1)  # (c, R [+ w²])
 
     parts = []
-    for lo in range(0, e, step):
-        pad_c = None if pad is None else pad[lo:lo + step]
-        if torch.is_grad_enabled() and sigma.requires_grad:  # recompute in the backward pass: memory stays a chunk
-            parts.append(Recomputed.apply(lambda sig, p=pad_c: packed(sig, p), sigma[lo:lo + step]))
-        else:
-            parts.append(packed(sigma[lo:lo + step], pad_c))
+    if torch.is_grad_enabled() and sigma.requires_grad:  # recompute in the backward pass: memory stays a chunk
+        for lo in range(0, e, step):
+            pad_c = None if pad is None else pad[lo:lo + step]
+            parts.append(Recomputed.apply(lambda sig, p=pad_c: packed(factors(sig), p), sigma[lo:lo + step]))
+    else:  # factorize blocks of >= FACTOR_BLOCK entries at once (the factorization's cost is per call, not per entry)
+        block = max(step, FACTOR_BLOCK)
+        for lo in range(0, e, block):
+            lf = factors(sigma[lo:lo + block])
+            for lo2 in range(lo, min(e, lo + block), step):
+                hi2 = min(e, lo2 + step, lo + block)
+                parts.append(packed(lf[2 * (lo2 - lo):2 * (hi2 - lo)], None if pad is None else pad[lo2:hi2]))
     out = torch.cat(parts)
     means = out[:, :REPLICATES]
     return (means.mean(-1), means.std(-1) / math.sqrt(REPLICATES),
@@ -228,6 +270,41 @@ def _pool_pairs(ka, kb, kab, tab, index, valid, psi: Activation, layer: MaxPool,
     return value, theta, err
 
 
+def _mirror(k: torch.Tensor) -> torch.Tensor:
+    """``k`` ``(..., n, n, P, P)`` with the pairs exchanged: ``k[..., j, i, q, p]`` at ``[..., i, j, p, q]``."""
+    return k.transpose(-3, -4).transpose(-1, -2)
+
+
+def _symmetric_pairs(k12: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether the cross block ``(..., n, n, P, P)`` of ``K(X, X)`` equals its mirror (to 1e-13 of ``scale``: the
+    covariances below the pool may carry rounding asymmetries, e.g. ``x @ xᵀ`` from BLAS)."""
+    if k12.shape[-3] != k12.shape[-4]:
+        return False
+    return bool(((k12 - _mirror(k12)).abs() <= 1e-13 * scale).all())
+
+
+def _pool_upper_pairs(k_self, k12, t12, index, valid, psi: Activation, layer: MaxPool, with_ntk: bool):
+    """:func:`_pool_pairs` for ``K(X, X)``: self blocks ``k_self`` ``(..., n, P, P)`` of both sides, cross block
+    ``k12`` ``(..., n, n, P, P)``. Only the pairs ``i ≤ j`` are estimated; ``K'[j, i] = K'[i, j]ᵀ`` (the estimate is
+    symmetric in the two sides, module docstring). Returns ``(..., n, n, O, O)`` tensors and the standard errors of
+    the estimated pairs."""
+    n = k12.shape[-3]
+    rows, cols = torch.triu_indices(n, n, device=k12.device)
+    value, theta, err = _pool_pairs(k_self[..., rows, :, :], k_self[..., cols, :, :], k12[..., rows, cols, :, :],
+                                    t12[..., rows, cols, :, :] if with_ntk else None, index, valid, psi, layer,
+                                    with_ntk)  # (..., E, O, O)
+    pair = torch.empty(n, n, dtype=torch.long, device=k12.device)
+    pair[rows, cols] = torch.arange(len(rows), device=k12.device)
+    pair[cols, rows] = pair[rows, cols]
+    lower = (torch.arange(n, device=k12.device)[:, None] > torch.arange(n, device=k12.device))[:, :, None, None]
+
+    def spread(v):  # (..., E, O, O) -> (..., n, n, O, O), transposed below the diagonal
+        v = v[..., pair, :, :]
+        return torch.where(lower, v.transpose(-1, -2), v)
+
+    return spread(value), spread(theta) if with_ntk else None, err
+
+
 def max_pool(layer: MaxPool, state: CovState, ctx) -> CovState:
     """The map of :class:`MaxPool` on the covariance state (module docstring); registered in :mod:`.pool`."""
     state = ensure_positional(state, ctx, layer)
@@ -248,15 +325,20 @@ def max_pool(layer: MaxPool, state: CovState, ctx) -> CovState:
                              pre_activation=None)
     if with_ntk and g.t12.dim() == 0:
         raise ArchitectureError(f"{layer.describe()} pools features without a trainable layer below it")
-    k12, t12, e12 = _pool_pairs(g.k11, g.k22, g.k12, g.t12 if with_ntk else None, index, valid, psi, layer,
-                                with_ntk)
     k11, t11, _ = _pool_pairs(g.k11, g.k11, g.k11, g.t11 if with_ntk else None, index, valid, psi, layer,
                               with_ntk)
     # K(X, X): the second side's self blocks are the first side's (laid out (1, n) instead of (n, 1)); reuse them
-    # rather than estimate the same expectations again
+    # rather than estimate the same expectations again, and estimate only the pairs i <= j of the cross block
     swap = (lambda k: k.transpose(-3, -4)) if g.entry_ndim == 4 else (lambda k: k)
     same_sides = swap(g.k11).shape == g.k22.shape and torch.equal(swap(g.k11), g.k22) and (
         not with_ntk or torch.equal(swap(g.t11), g.t22))
+    scale = g.k11.diagonal(dim1=-2, dim2=-1).abs().amax()
+    if same_sides and g.entry_ndim == 4 and _symmetric_pairs(g.k12, scale) and (
+            not with_ntk or _symmetric_pairs(g.t12, g.t11.diagonal(dim1=-2, dim2=-1).abs().amax())):
+        k12, t12, e12 = _pool_upper_pairs(g.k11[..., :, 0, :, :], g.k12, g.t12, index, valid, psi, layer, with_ntk)
+    else:
+        k12, t12, e12 = _pool_pairs(g.k11, g.k22, g.k12, g.t12 if with_ntk else None, index, valid, psi, layer,
+                                    with_ntk)
     if same_sides:
         k22, t22 = swap(k11), (swap(t11) if with_ntk else None)
     else:
