@@ -1,25 +1,42 @@
 """Kernel rule of :class:`~nngp_gpytorch.arch.layernorm.LayerNorm` (over channels, per position).
 
-Zero-mean Gaussian pre-activations: ``K[p, q] ← K[p, q]/√(K_xx[p, p]·K_yy[q, q])``. Directly after a
-nonlinearity φ the channel mean ``μ[p] = E[φ(u)]``, ``u ~ N(0, K_pre[p, p])``, is subtracted first
-(:func:`activation_mean`); Θ is divided by the same factor (:func:`normalize`).
+Zero-mean Gaussian pre-activations: ``K[p, q] ← K[p, q]/√(K_xx[p, p]·K_yy[q, q])``. Features with a non-zero
+channel mean ``μ`` are centred first: ``K[p, q] ← (K[p, q] − μ₁[p]·μ₂[q])/√(σ₁²[p]·σ₂²[q])``, ``σ² = K[p, p] − μ²``
+(:func:`normalize`); Θ is divided by the same factor. The mean is ``μ[p] = E[φ(u)]``, ``u ~ N(0, K_pre[p, p])``, of
+the elementwise function ``φ`` that the state records (:func:`activation_mean`):
+
+* directly after an activation (or a chain of them, a weightless branch sum): ``φ`` itself;
+* after a sum ``φ(g) + Σ_b g_b`` of the features with independent zero-mean Gaussian branches (``Residual`` or
+  ``Parallel`` with fresh weights, :mod:`.structure`): ``φ`` again, wrapped in a ``MeanCarrier`` marker — the
+  Gaussians add nothing to the mean (``E[g_b] = 0``), and their second moments are already in ``K``.
+
+``E[φ(u)]`` is linear in ``φ``: markers are unwrapped, a ``SumOf`` is the sum of its terms' means, the named
+activations have closed forms, and anything else (compositions such as ``erf∘relu``, user callables) is integrated
+by a rule split at the kink ``u = 0`` (:func:`_split_normal_rule`), since a plain Gauss–Hermite rule across a kink
+converges only algebraically (96 nodes: ``E[relu(u)]`` off by 0.4 % relative, which made ``LayerNorm`` after a
+ReLU residual 1.3e-3 off in K before this rule unwrapped the marker).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
 from ..arch import activations as act
 from ..arch.base import ArchitectureError
 from ..arch.layernorm import LayerNorm
-from ..numerics import normal_rule
+from .composite import MeanCarrier
 from .positional import identical_positions, self_variances
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
-_MEAN_DEGREE = 96
+#: panels of the split rule in ``s = |u|/√v``: ``[0, 14·2⁻¹²], …, [7, 14]`` (``φ_N(14) ≈ 1e-43``), graded towards
+#: the kink so that a steep ``φ(√v·s)`` (large ``v``) is resolved too; Gauss–Legendre of :data:`_PANEL_DEGREE` each
+_PANEL_EDGES = (0.0, *(14.0 * 2.0 ** -j for j in range(12, -1, -1)))
+_PANEL_DEGREE = 24
 
 
 def normalize(state: CovState, means: tuple[torch.Tensor, torch.Tensor] | None = None) -> CovState:
@@ -57,12 +74,43 @@ def normalize(state: CovState, means: tuple[torch.Tensor, torch.Tensor] | None =
     return state.replace(pre_activation="centred", **new)
 
 
-def activation_mean(activation: act.Activation, variance: torch.Tensor) -> torch.Tensor:
-    """``E[φ(u)]`` for ``u ~ N(0, variance)`` (elementwise): closed forms where known, Gauss–Hermite otherwise.
+@functools.lru_cache(maxsize=4)
+def _split_rule_numpy() -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.legendre.leggauss(_PANEL_DEGREE)
+    nodes, weights = [], []
+    for lo, hi in zip(_PANEL_EDGES[:-1], _PANEL_EDGES[1:], strict=True):
+        s = lo + 0.5 * (hi - lo) * (x + 1.0)
+        nodes.append(s)
+        weights.append(0.5 * (hi - lo) * w * np.exp(-0.5 * s * s) / math.sqrt(2.0 * math.pi))
+    return np.concatenate(nodes), np.concatenate(weights)
 
-    ReLU ``√(v/2π)``; leaky ReLU ``(1 − a)·√(v/2π)``; abs ``√(2v/π)``; step ``1/2`` (0 at ``v = 0``);
-    GELU ``v/√(2π(1 + v))`` (Stein's lemma); sigmoid ``1/2``; odd φ (erf, sign, tanh, identity) ``0``.
+
+def _split_normal_rule(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes ``s > 0`` and weights of ``E[f(z)] = ∫₀^∞ (f(s) + f(−s))·φ_N(s) ds``, ``z ~ N(0, 1)``: composite
+    Gauss–Legendre on panels of ``[0, 14]`` graded towards 0 (Σw = 1/2 to 1e-16). Each side of the kink at
+    ``z = 0`` is smooth for the activations built from ReLU/abs/step/sign and smooth functions, so the rule
+    converges geometrically where Gauss–Hermite across the kink converges algebraically. Measured against closed
+    forms: ReLU, abs, GELU and ``erf∘relu`` (``E = arctan(√(2v))/π``) to ≤ 4e-16 relative for ``v ∈ [1e-4, 1e4]``."""
+    s, w = _split_rule_numpy()
+    return (torch.as_tensor(s, dtype=like.dtype, device=like.device),
+            torch.as_tensor(w, dtype=like.dtype, device=like.device))
+
+
+def activation_mean(activation: act.Activation, variance: torch.Tensor) -> torch.Tensor:
+    """``E[φ(u)]`` for ``u ~ N(0, variance)`` (elementwise), exact to rounding for the named activations.
+
+    Linear in ``φ``: a :class:`~.composite.MeanCarrier` (features ``φ(g)`` plus independent zero-mean Gaussians)
+    has the mean of its ``φ``; ``SumOf(φ₁, …)`` the sum of the terms' means. Closed forms: ReLU ``√(v/2π)``;
+    leaky ReLU ``(1 − a)·√(v/2π)``; abs ``√(2v/π)``; step ``1/2`` (0 at ``v = 0``); GELU ``v/√(2π(1 + v))``
+    (Stein's lemma: ``E[uΦ(u)] = v·E[φ_N(u)]``); sigmoid ``1/2`` (``σ − 1/2`` is odd); odd φ (erf, sign, tanh,
+    identity) ``0``. Anything else (compositions, user callables):
+    ``E[φ(u)] = ∫₀^∞ (φ(√v·s) + φ(−√v·s))·φ_N(s) ds`` by :func:`_split_normal_rule` (a kink of ``φ`` away from
+    ``u = 0`` keeps algebraic convergence there).
     """
+    while isinstance(activation, MeanCarrier):
+        activation = activation.inner
+    if isinstance(activation, act.SumOf):
+        return sum(activation_mean(term, variance) for term in activation.terms)
     v = variance.clamp_min(0.0)
     kind = type(activation)
     root = torch.sqrt(v / (2 * math.pi))
@@ -80,8 +128,9 @@ def activation_mean(activation: act.Activation, variance: torch.Tensor) -> torch
         return torch.full_like(v, 0.5)
     if kind in (act.Erf, act.Sign, act.Tanh, act.Identity):
         return torch.zeros_like(v)
-    z, w = normal_rule(_MEAN_DEGREE, v)
-    return (activation(torch.sqrt(v).unsqueeze(-1) * z) * w).sum(-1)
+    s, w = _split_normal_rule(v)
+    u = torch.sqrt(v).unsqueeze(-1) * s
+    return ((activation(u) + activation(-u)) * w).sum(-1)
 
 
 @kernel_rule(LayerNorm)

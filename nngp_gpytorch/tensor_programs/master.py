@@ -34,6 +34,7 @@ import torch
 
 from ..algebra.state import identical_rows
 from ..duals import IdentityDual, QuadratureDual, dual_for
+from .elementwise import product
 from .error_control import with_error_estimate
 from .expectations import Accuracy, gaussian_expectation
 from .program import Program, ProgramError, Scalar, Token, Var
@@ -221,8 +222,10 @@ class PairContext:
                 args = torch.broadcast_tensors(*args)
                 value = s.fn(*args)
                 _check_value(value, args[0].shape, s.instruction)
-            elif len(s.args) == 2 and s.args[0].is_g and s.args[1].is_g and s.fn.__name__ == "_product":
+            elif len(s.args) == 2 and s.args[0].is_g and s.args[1].is_g and s.fn is product:
+                # ⟨g, h⟩/n of two G-vars (``moment(None, g, h)``) → E[z_g z_h] = Σ(g, h): no quadrature
                 value = self.cov(s.args[0], s.args[1])
+                self.ev.methods["covariance"] += 1
             else:
                 base = list(s.base)
                 sigma = self._block(base, base, self.cov)
