@@ -54,8 +54,8 @@ def gated_ntk_kernel(layer: RecurrentLayer, input_shape: Sequence[int] | None = 
     cls = GRUNTKKernel if type(layer) is GRU else LSTMNTKKernel
     named = dict(input_var=input_var, hidden_var=hidden_var, bias_var=bias, readout_var=readout_var,
                  readout_bias_var=readout_bias)
-    kernel = cls(input_shape, readout=layer.readout, samples=layer.samples,
-                 qmc_seed=layer.qmc_seed, masked=layer.masked, **named, **kwargs)
+    kernel = cls(input_shape, readout=layer.readout, samples=layer.samples, qmc_seed=layer.qmc_seed,
+                 masked=layer.masked, gates=layer.gate_overrides() if layer.per_gate else None, **named, **kwargs)
     if dtype is not None:
         kernel = kernel.to(dtype)
         kernel.set_variances(**named)

@@ -52,8 +52,8 @@ def test_gated_ntk_matches_dedicated_nngp_and_finite_networks(ntk_cls, nngp_cls,
 
 
 def test_gated_ntk_errors_are_clear():
-    with pytest.raises(ValueError, match="one common length"):
-        GRUNTKKernel(SHAPE, masked=True)
+    with pytest.raises(ValueError, match="D >= 2"):
+        GRUNTKKernel((3, 1), masked=True)
     with pytest.raises(ValueError, match=r"input_shape=\(T, D\)"):
         LSTMNTKKernel((6,))
     kernel = GRUNTKKernel(SHAPE, samples=2**6).double()

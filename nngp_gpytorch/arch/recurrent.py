@@ -207,6 +207,11 @@ class GatedLayer(RecurrentLayer):
         return any(getattr(self, n) is not None and any(v is not None for v in getattr(self, n))
                    for n in ("gate_input_var", "gate_hidden_var", "gate_bias_var")) or any(self.bias_means)
 
+    def gate_overrides(self) -> list[tuple[float | None, float | None, float | None, float]]:
+        """Per gate ``(σu², σw², σb², μ_b)`` as described: ``None`` where the gate keeps the slot's variance."""
+        return list(zip(self._overrides("gate_input_var"), self._overrides("gate_hidden_var"),
+                        self._overrides("gate_bias_var"), self.bias_means, strict=True))
+
     def gate_values(self, input_var, bias_var, hidden_var) -> list[tuple]:
         """Per gate ``(σu², σw², σb², μ_b)``: the override where given, else the slot's value (``input_var``,
         ``hidden_var``, ``bias_var`` as drawn by the kernel — tensors — or the twin — floats). Overrides are

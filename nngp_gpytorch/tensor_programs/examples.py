@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..arch import Activation, Erf, ReLU, Tanh
-from ..numerics import erf_gate
+from .gated_ntk import gated_program
 from .program import Program, Var
 
 
@@ -95,34 +95,8 @@ def gru_program(length: int, token_dim: int, readout: str = "last", input_var: f
     ``h_t`` is an H-var of ``2t`` G-vars (``z̃_1..t``, ``h̃_1..t``); its expectations beyond 4 dimensions
     are computed by randomized QMC. Readout ``f = v·h_T/√n + b_v``.
     """
-    p = Program(f"gru(T={length}, {readout})")
-    xs = p.sequence("x", length, token_dim)
-    mats = {}
-    for gate_name in ("z", "r", "h"):
-        mats[gate_name] = (p.input_matrix(f"U_{gate_name}", var="input_var", init=input_var),
-                           p.matrix(f"W_{gate_name}", var="hidden_var", init=hidden_var),
-                           p.bias(f"b_{gate_name}", var="bias_var", init=bias_var))
-    hs: list[Var] = []
-    for t, x in enumerate(xs, start=1):
-        def pre(gate_name, h_in, t=t, x=x):
-            uu, ww, bb = mats[gate_name]
-            terms = [p.matmul(uu, x), bb] + ([p.matmul(ww, h_in)] if h_in is not None else [])
-            return p.lincomb(*terms, name=f"{gate_name}~{t}")
-
-        prev = hs[-1] if hs else None
-        z = pre("z", prev)
-        if prev is None:
-            cand = pre("h", None)
-            h = p.nonlin(lambda zz, cc: erf_gate(zz) * torch.erf(cc), z, cand, name=f"h{t}")
-        else:
-            r = pre("r", prev)
-            gated = p.nonlin(lambda hh, rr: hh * erf_gate(rr), prev, r, name=f"hr{t}")
-            cand = pre("h", gated)
-            h = p.nonlin(lambda hh, zz, cc: (1 - erf_gate(zz)) * hh + erf_gate(zz) * torch.erf(cc), prev, z, cand,
-                         name=f"h{t}")
-        hs.append(h)
-    _readout(p, hs, readout, readout_var, readout_bias_var)
-    return p
+    return gated_program("gru", length, token_dim, readout, input_var, hidden_var, bias_var, readout_var,
+                         readout_bias_var)
 
 
 def lstm_program(length: int, token_dim: int, readout: str = "last", input_var: float = 1.0,
@@ -133,27 +107,8 @@ def lstm_program(length: int, token_dim: int, readout: str = "last", input_var: 
         i, f, o = σ(U x_t + W h_{t−1} + b),  g = tanh(U_g x_t + W_g h_{t−1} + b_g)
         c_t = f ⊙ c_{t−1} + i ⊙ g,  h_t = o ⊙ tanh(c_t)
     """
-    p = Program(f"lstm(T={length}, {readout})")
-    xs = p.sequence("x", length, token_dim)
-    mats = {name: (p.input_matrix(f"U_{name}", var="input_var", init=input_var),
-                   p.matrix(f"W_{name}", var="hidden_var", init=hidden_var),
-                   p.bias(f"b_{name}", var="bias_var", init=bias_var)) for name in ("i", "f", "o", "g")}
-    hs: list[Var] = []
-    c = None
-    for t, x in enumerate(xs, start=1):
-        prev = hs[-1] if hs else None
-        pre = {}
-        for name, (uu, ww, bb) in mats.items():
-            terms = [p.matmul(uu, x), bb] + ([p.matmul(ww, prev)] if prev is not None else [])
-            pre[name] = p.lincomb(*terms, name=f"{name}~{t}")
-        if c is None:
-            c = p.nonlin(lambda ii, gg: torch.sigmoid(ii) * torch.tanh(gg), pre["i"], pre["g"], name=f"c{t}")
-        else:
-            c = p.nonlin(lambda cc, ff, ii, gg: torch.sigmoid(ff) * cc + torch.sigmoid(ii) * torch.tanh(gg),
-                         c, pre["f"], pre["i"], pre["g"], name=f"c{t}")
-        hs.append(p.nonlin(lambda oo, cc: torch.sigmoid(oo) * torch.tanh(cc), pre["o"], c, name=f"h{t}"))
-    _readout(p, hs, readout, readout_var, readout_bias_var)
-    return p
+    return gated_program("lstm", length, token_dim, readout, input_var, hidden_var, bias_var, readout_var,
+                         readout_bias_var)
 
 
 def _attend(p: Program, keys: list[Var], temperature: float, causal: bool, tag: str) -> list[Var]:
