@@ -3,7 +3,7 @@
 Both compute the same recurrences in a different order (per pair in cache vs per chunk of pairs), so they must agree
 to rounding: 1e-13 relative in float64 on ReLU/linear conv stacks of every geometry the engine takes (1-, 2-, 3-D,
 stride, dilation, same/valid/circular padding, convs without an activation, GAP and Flatten), NNGP and NTK, full
-blocks, ``K(X, X)``, diagonals and duplicated inputs.
+blocks, ``K(X, X)``, diagonals and duplicated inputs; float32 within float32 rounding of float64.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_autograd_takes_the_torch_path(calls):
     assert calls["n"] > 0
 
 
-def test_float32_is_computed_in_float64_and_rounded_once():
+def test_float32_agrees_with_float64_and_stays_positive_definite():
     net, shape = A.cnn(depth=4, readout="gap"), (3, 8, 8)
     x = torch.randn(8, 192, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():

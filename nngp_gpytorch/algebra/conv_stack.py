@@ -292,8 +292,8 @@ class _Compiled:
         if self.iqb is None:
             self.iqb = self._roots(sa, 2, 2)[0]
         self.snap = 1.0 - 8 * torch.finfo(sa.x.dtype).eps if with_ntk else 2.0
-        self.x1 = sa.x.double().numpy()
-        self.x2 = self.x1 if sb is sa else sb.x.double().numpy()
+        self.x1 = sa.x.numpy()
+        self.x2 = self.x1 if sb is sa else sb.x.numpy()
         self.run = jit.gap_pairs if full else jit.flatten_pairs
         self.with_ntk, self.dtype = with_ntk, sa.x.dtype
 

@@ -19,8 +19,9 @@ The arc cosine is a polynomial that vectorizes (``acos x = π/2 − asin x`` for
 otherwise, and ``asin s = s + s·z·R(z)`` with ``R`` the degree-18 Chebyshev interpolant of ``(asin √z/√z − 1)/z`` on
 ``[0, 1/4]``, built from its positive-term Taylor series): within 1e-15 of libm's. The conventions are the torch
 path's (:func:`.conv_stack._relu_in_place`): identical inputs at the same position get ``c = 1`` exactly; with the
-NTK, ``|c| ≥ 1 − 8·eps`` snaps to ``±1``. Values agree with the torch path to ~1e-15 in float64; float32 inputs are
-computed in float64 and rounded once at the end.
+NTK, ``|c| ≥ 1 − 8·eps`` snaps to ``±1``. Values agree with the torch path to ~1e-15 in float64. Float32 inputs keep
+float32 tables (taps summed in float32, as the torch path does: half the memory traffic) while each entry's affine
+map and dual are evaluated in float64 and rounded once.
 
 Layer data are packed in arrays (numba wants homogeneous arguments): ``geometry`` ``(L, 3, 7)`` holds per layer and
 spatial axis (padded in front to three axes) ``(n_in, n_out, k, stride, dilation, pad_low, circular)``; per-input
@@ -59,8 +60,10 @@ R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15, R16, R17, 
 
 
 def _jit(**options):
+    """numba's ``njit`` (cached; numpy's error model; ``a·b + c`` may be fused into one FMA, which rounds once), or
+    the plain function without numba."""
     def wrap(fn):
-        return numba.njit(cache=True, error_model="numpy", **options)(fn) if AVAILABLE else fn
+        return numba.njit(cache=True, error_model="numpy", fastmath={"contract"}, **options)(fn) if AVAILABLE else fn
     return wrap
 
 
@@ -175,20 +178,91 @@ def _taps(buf, spare, geometry, layer, both):
     return buf, spare
 
 
+@_jit(inline="always")
+def _finish_row(row, trow, p, wl, bl, carry, ntk, relu, q1, nq1, qrow, iqrow, snap, ident):
+    """Row ``p`` of a layer after its taps: ``S = σb² + (σw²/k)·U``, ``Θ = S + (σw²/k)·U_Θ`` (``carry``; the first
+    layer's ``Θ = S``), then the ReLU dual (``relu``) in place; ``qrow``/``iqrow`` the second input's roots."""
+    for q in range(row.shape[0]):
+        row[q] = bl + wl * row[q]
+    if carry:
+        for q in range(row.shape[0]):
+            trow[q] = row[q] + wl * trow[q]
+    elif ntk:
+        trow[:] = row
+    if relu:
+        if ntk:
+            for q in range(row.shape[0]):
+                kv, dv = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))
+                row[q] = kv
+                trow[q] *= dv
+        else:
+            for q in range(row.shape[0]):
+                row[q] = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
+
+
+@_jit()
+def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, relu, qa, nqa, qrow, iqrow, snap, ident):
+    """One layer of a run on at most two spatial axes (``g``: its ``(3, 7)`` geometry, the first axis trivial), row
+    block by row block: for each output position row ``b`` of the outer axis, the outer axis's taps of the ``C_in``
+    input rows it reads go to ``mid`` (``C_in`` rows of ``B_out·C_in`` columns, in cache), then each output row
+    ``(b, c)`` takes the inner axis's taps from ``mid`` and its dual at once. ``src`` is read once per outer tap and
+    ``dst`` written once, instead of three passes over ``P²`` entries per layer."""
+    b_in, b_out, kb, sb, db, lob, cb = g[1, 0], g[1, 1], g[1, 2], g[1, 3], g[1, 4], g[1, 5], g[1, 6] != 0
+    c_in, c_out, kc, sc, dc, loc, cc = g[2, 0], g[2, 1], g[2, 2], g[2, 3], g[2, 4], g[2, 5], g[2, 6] != 0
+    p_in, p_mid, p_out = b_in * c_in, b_out * c_in, b_out * c_out
+    for b in range(b_out):
+        mid[:c_in * p_mid] = 0.0
+        if carry:
+            tmid[:c_in * p_mid] = 0.0
+        for beta in range(kb):
+            bi = sb * b + db * beta - lob
+            if cb:
+                bi %= b_in
+            elif bi < 0 or bi >= b_in:
+                continue
+            for ci in range(c_in):
+                r = (bi * c_in + ci) * p_in
+                _tap_row(src[r:r + p_in], mid[ci * p_mid:(ci + 1) * p_mid], 1, b_in, b_out, c_in, db * beta - lob,
+                         sb, cb)
+                if carry:
+                    _tap_row(tsrc[r:r + p_in], tmid[ci * p_mid:(ci + 1) * p_mid], 1, b_in, b_out, c_in,
+                             db * beta - lob, sb, cb)
+        for c in range(c_out):
+            p = b * c_out + c
+            row, trow = dst[p * p_out:(p + 1) * p_out], tdst[p * p_out:(p + 1) * p_out]
+            row[:] = 0.0
+            if carry:
+                trow[:] = 0.0
+            for beta in range(kc):
+                ci = sc * c + dc * beta - loc
+                if cc:
+                    ci %= c_in
+                elif ci < 0 or ci >= c_in:
+                    continue
+                _tap_row(mid[ci * p_mid:(ci + 1) * p_mid], row, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
+                if carry:
+                    _tap_row(tmid[ci * p_mid:(ci + 1) * p_mid], trow, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
+            _finish_row(row, trow, p, wl, bl, carry, ntk, relu, qa[p], nqa[p], qrow, iqrow, snap, ident)
+
+
 @_jit(nogil=True)
 def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
     ``relu`` ``(L,)``: a ReLU follows the conv; ``qa``/``nqa`` ``(n1, ΣP_l)`` = ``√v``, ``−1/√v`` of the first
-    inputs, ``qb``/``iqb`` ``(n2, ΣP_l)`` = ``√v'``, ``1/√v'``; results into ``out_k``, ``out_t`` ``(m,)``."""
+    inputs, ``qb``/``iqb`` ``(n2, ΣP_l)`` = ``√v'``, ``1/√v'``; results into ``out_k``, ``out_t`` ``(m,)``. Layers on
+    at most two spatial axes go row block by row block (:func:`_layer_by_rows`), others axis by axis."""
     layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
-    largest = positions
+    largest, middle = positions, 1
     for layer in range(layers):
+        g = geometry[layer]
         largest = max(largest, offsets[layer + 1] - offsets[layer])
-        largest = max(largest, geometry[layer, 0, 0] * geometry[layer, 1, 0] * geometry[layer, 2, 0])
+        largest = max(largest, g[0, 0] * g[1, 0] * g[2, 0])
+        middle = max(middle, g[2, 0] * g[1, 1] * g[2, 0])
     size = largest * largest
-    k0, k1 = np.empty(size), np.empty(size)
-    t0, t1 = np.empty(size), np.empty(size)
+    dt = x1.dtype  # float32 inputs keep float32 tables (half the memory traffic); each entry's dual is float64
+    k0, k1, t0, t1 = np.empty(size, dt), np.empty(size, dt), np.empty(size, dt), np.empty(size, dt)
+    mid, tmid = np.empty(middle, dt), np.empty(middle, dt)
     for n in range(ia.shape[0]):
         xa, xb = x1[ia[n]], x2[ib[n]]
         for p in range(positions):
@@ -198,42 +272,30 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
                     acc += xa[p, c] * xb[q, c]
                 k0[p * positions + q] = acc / channels
         kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
-        sk, st = 0.0, 0.0
         for layer in range(layers):
-            kbuf, kspare = _taps(kbuf, kspare, geometry, layer, True)
-            carry = ntk and layer > 0
-            if carry:
-                tbuf, tspare = _taps(tbuf, tspare, geometry, layer, True)
+            g, carry = geometry[layer], ntk and layer > 0
             off, wl, bl = offsets[layer], w[layer], b[layer]
             po = offsets[layer + 1] - off
+            q1, nq1 = qa[ia[n], off:off + po], nqa[ia[n], off:off + po]
             qrow, iqrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po]
+            if g[0, 0] == 1 and g[0, 1] == 1 and g[0, 2] == 1:
+                _layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, carry, ntk, wl, bl, relu[layer], q1, nq1,
+                               qrow, iqrow, snap, same[n])
+                kbuf, kspare, tbuf, tspare = kspare, kbuf, tspare, tbuf
+                continue
+            kbuf, kspare = _taps(kbuf, kspare, geometry, layer, True)
+            if carry:
+                tbuf, tspare = _taps(tbuf, tspare, geometry, layer, True)
             for p in range(po):
-                row = kbuf[p * po:(p + 1) * po]
-                trow = tbuf[p * po:(p + 1) * po]
-                for q in range(po):
-                    row[q] = bl + wl * row[q]
-                if carry:
-                    for q in range(po):
-                        trow[q] = row[q] + wl * trow[q]
-                elif ntk:
-                    trow[:] = row
-                if relu[layer]:
-                    q1, nq1, ident = qa[ia[n], off + p], nqa[ia[n], off + p], same[n]
-                    if ntk:
-                        for q in range(po):
-                            kv, dv = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))
-                            row[q] = kv
-                            trow[q] *= dv
-                    else:
-                        for q in range(po):
-                            row[q] = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
-            if layer == layers - 1:
-                for e in range(po * po):
-                    sk += kbuf[e]
-                if ntk:
-                    for e in range(po * po):
-                        st += tbuf[e]
+                _finish_row(kbuf[p * po:(p + 1) * po], tbuf[p * po:(p + 1) * po], p, wl, bl, carry, ntk,
+                            relu[layer], q1[p], nq1[p], qrow, iqrow, snap, same[n])
         po = offsets[layers] - offsets[layers - 1]
+        sk, st = 0.0, 0.0
+        for e in range(po * po):
+            sk += kbuf[e]
+        if ntk:
+            for e in range(po * po):
+                st += tbuf[e]
         out_k[n] = sk / (po * po)
         out_t[n] = st / (po * po)
 
@@ -246,8 +308,8 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, 
     largest = positions
     for layer in range(layers):
         largest = max(largest, geometry[layer, 0, 0] * geometry[layer, 1, 0] * geometry[layer, 2, 0])
-    k0, k1 = np.empty(largest), np.empty(largest)
-    t0, t1 = np.empty(largest), np.empty(largest)
+    k0, k1 = np.empty(largest, x1.dtype), np.empty(largest, x1.dtype)
+    t0, t1 = np.empty(largest, x1.dtype), np.empty(largest, x1.dtype)
     for n in range(ia.shape[0]):
         xa, xb = x1[ia[n]], x2[ib[n]]
         k0[:positions] = 0.0
