@@ -8,7 +8,9 @@ Per-gate parameters travel as three tensors ``(*batch, G)`` (σu², σb², σw²
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -205,3 +207,60 @@ def gated_rule(layer: RecurrentLayer, state: CovState, ctx: RuleContext, table_f
     symmetric = same_inputs(state)
     k12, k11, k22 = gated_tables(layer, seq, WU, B, WW, table_fn, pair_block(layer.samples, seq.T), symmetric, mu)
     return gated_output(layer, state, seq, k12, k11, k22, wv, bv, symmetric)
+
+
+@dataclass
+class QMCErrorBar:
+    """Error bar of a gated (GRU/LSTM) NNGP kernel's quasi-Monte Carlo estimate (:func:`qmc_error_bar`).
+
+    Attributes:
+        kernel: the kernel's own value (its ``qmc_seed``), ``(..., n1, n2)`` or ``(..., n)``.
+        error: per-entry bound on ``|kernel − exact|`` at confidence ``1 − alpha`` (Student-t quantile × the
+            spread of the scramblings, plus a rounding floor ``1e-6·max|K|`` for the float32 per-point
+            arithmetic).
+        sd: the per-entry standard deviation over the independent scramblings.
+        replicates: number of scramblings (the kernel's own included).
+    """
+
+    kernel: torch.Tensor
+    error: torch.Tensor
+    sd: torch.Tensor
+    replicates: int
+
+
+def qmc_error_bar(kernel, x1: torch.Tensor, x2: torch.Tensor | None = None, replicates: int = 8,
+                  alpha: float = 0.01, diag: bool = False) -> QMCErrorBar:
+    """The QMC error of a GRU/LSTM NNGP kernel (``NNGPKernel(A.gru(...))``/``A.lstm``) at ``x1, x2``, measured.
+
+    Scrambled Sobol rules with different seeds are independent unbiased estimates of the same integrals (Owen
+    1997), so the spread of ``replicates`` scramblings (seeds ``qmc_seed + 2r``, the kernel's own first; each
+    rule uses two seeds, self and cross tables) estimates the standard deviation ``sd`` of one estimate; the error
+    bar is ``t_{R−1, 1−α/2}·sd + 1e-6·max|K|``. Cost: ``replicates`` evaluations. Sets ``kernel.last_error``
+    (and returns the :class:`QMCErrorBar`). Measured against nested quadrature (tests/test_gated_error_bars.py:
+    per-gate GRU, lengths 1–2, and LSTM, length 1; 2⁸, 2¹⁰, 2¹² points, 4 seeds each, 216 entries): every entry
+    covered, the largest bar 1.1–6× the largest actual error. With 4 replicates one entry in ~100 was not
+    covered (the spread of 4 draws is itself too noisy), hence 8 by default."""
+    from scipy.stats import t as student_t
+
+    from . import evaluate
+
+    layer = kernel.architecture
+    if not isinstance(layer, GatedLayer):
+        raise ValueError(f"qmc_error_bar needs a GRU or LSTM description, got {layer.describe()}")
+    if replicates < 2:
+        raise ValueError(f"qmc_error_bar needs replicates >= 2, got {replicates}")
+    x2 = x1 if x2 is None else x2
+    hyper = kernel.hyperparameters_for_algebra()
+    values = []
+    with torch.no_grad():
+        for r in range(replicates):
+            rep = dataclasses.replace(layer, qmc_seed=layer.qmc_seed + 2 * r)
+            k, _ = evaluate(rep, x1, x2, hyper, diag=diag, quadrature_degree=kernel.quadrature_degree,
+                            input_shape=kernel.input_shape)
+            values.append(k)
+    stack = torch.stack(values)
+    sd = stack.std(0)
+    quantile = float(student_t.ppf(1 - alpha / 2, replicates - 1))
+    error = quantile * sd + 1e-6 * stack[0].abs().amax()
+    kernel.last_error = error
+    return QMCErrorBar(stack[0], error, sd, replicates)
