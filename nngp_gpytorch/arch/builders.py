@@ -132,16 +132,19 @@ def rnn(activation: Activation | None = None, readout: str = "last", masked: boo
 
 
 def gru(readout: str = "last", masked: bool = False, readout_bias_var: float | None = 0.0, samples: int = 2**13,
-        qmc_seed: int = 0) -> GRU:
-    """The erf-gated GRU (Yang 2019) with its readout; ``samples``/``qmc_seed``: the QMC rule of the gates."""
-    return GRU(readout=readout, masked=masked, readout_bias_var=readout_bias_var, samples=samples, qmc_seed=qmc_seed)
+        qmc_seed: int = 0, **fields) -> GRU:
+    """The erf-gated GRU (Yang 2019) with its readout; ``samples``/``qmc_seed``: the QMC rule of the gates;
+    ``fields``: any other :class:`GRU` field, e.g. the per-gate ``gate_input_var=(z, r, h)``, ``gate_bias_mean``."""
+    return GRU(readout=readout, masked=masked, readout_bias_var=readout_bias_var, samples=samples, qmc_seed=qmc_seed,
+               **fields)
 
 
 def lstm(readout: str = "last", masked: bool = False, readout_bias_var: float | None = 0.0, samples: int = 2**13,
-         qmc_seed: int = 0) -> LSTM:
-    """The sigmoid/tanh LSTM with its readout; ``samples``/``qmc_seed``: the QMC rule of the limit."""
+         qmc_seed: int = 0, **fields) -> LSTM:
+    """The sigmoid/tanh LSTM with its readout; ``samples``/``qmc_seed``: the QMC rule of the limit; ``fields``: any
+    other :class:`LSTM` field, e.g. the per-gate ``gate_hidden_var=(i, f, o, g)``, ``gate_bias_mean``."""
     return LSTM(readout=readout, masked=masked, readout_bias_var=readout_bias_var, samples=samples,
-                qmc_seed=qmc_seed)
+                qmc_seed=qmc_seed, **fields)
 
 
 def batchnorm_mlp(depth: int, activation: Activation | None = None) -> Serial:
