@@ -199,8 +199,8 @@ def gated_rule(layer: RecurrentLayer, state: CovState, ctx: RuleContext, table_f
     if state.has_ntk:
         kind = type(layer).__name__
         raise NotImplementedError(f"{layer.describe()}: this covariance algebra carries the {kind} NNGP only; "
-                                  f"the {kind} NTK is {kind}NTKKernel (its tensor program's NTK, equal-length "
-                                  "sequences)")
+                                  f"the {kind} NTK is {kind}NTKKernel (its tensor program's NTK; "
+                                  "NTKKernel(description) builds it, masks and per-gate values included)")
     seq = SequencePair.from_state(layer, state)
     (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
     WU, B, WW, mu = gate_parameters(layer, wu, b, ww)
