@@ -28,7 +28,7 @@ def _lstm_case():
 
 
 @pytest.mark.parametrize("case", [_gru_case, _lstm_case], ids=["gru", "lstm"])
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("seed", [0, pytest.param(3, marks=pytest.mark.slow)])
 def test_error_bar_covers_the_actual_error(case, seed):
     """2¹⁰ points, 8 scramblings: every entry's bar ≥ |K − reference| (measured bar/error ≥ 1.6 here), and the
     bar is informative (≤ 1e-3 while |K| ~ 0.1–0.4)."""
