@@ -400,8 +400,11 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
         return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk)
 
     diag = state.entry_ndim == 1
-    s11, s11t = own(side1, k1, t1)
-    s22, s22t = (s11, s11t) if symmetric else own(side2, k2, t2)
+    # K(X, X) with GAP: the pairs (i, i) are among the pairs i ≤ j, flagged identical: their values are K(x, x)
+    reuse = full and symmetric and not diag and state.identical is not None and bool(state.identical.diagonal().all())
+    if not reuse:
+        s11, s11t = own(side1, k1, t1)
+        s22, s22t = (s11, s11t) if symmetric else own(side2, k2, t2)
     if diag:
         if symmetric:
             k12, t12 = s11, s11t
@@ -419,6 +422,10 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             ib = torch.arange(n2, device=dev).repeat(n1)
         same = None if state.identical is None else state.identical[ia, ib]
         k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk)
+        if reuse:
+            on_diagonal = ia == ib
+            s11 = s22 = k[on_diagonal]
+            s11t = s22t = t[on_diagonal] if ntk else None
 
         def block(v):
             if not symmetric:

@@ -263,14 +263,18 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
     dt = x1.dtype  # float32 inputs keep float32 tables (half the memory traffic); each entry's dual is float64
     k0, k1, t0, t1 = np.empty(size, dt), np.empty(size, dt), np.empty(size, dt), np.empty(size, dt)
     mid, tmid = np.empty(middle, dt), np.empty(middle, dt)
+    xbt = np.ascontiguousarray(x2.transpose(0, 2, 1))
     for n in range(ia.shape[0]):
-        xa, xb = x1[ia[n]], x2[ib[n]]
-        for p in range(positions):
+        xa = x1[ia[n]]
+        for p in range(positions):  # K₀ = x·x'ᵀ/C, vectorized along q (x'ᵀ is contiguous per channel)
+            row = k0[p * positions:(p + 1) * positions]
+            row[:] = 0.0
+            for c in range(channels):
+                a, bt = xa[p, c], xbt[ib[n], c]
+                for q in range(positions):
+                    row[q] += a * bt[q]
             for q in range(positions):
-                acc = 0.0
-                for c in range(channels):
-                    acc += xa[p, c] * xb[q, c]
-                k0[p * positions + q] = acc / channels
+                row[q] /= channels
         kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
         for layer in range(layers):
             g, carry = geometry[layer], ntk and layer > 0
@@ -312,12 +316,14 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, 
     t0, t1 = np.empty(largest, x1.dtype), np.empty(largest, x1.dtype)
     for n in range(ia.shape[0]):
         xa, xb = x1[ia[n]], x2[ib[n]]
-        k0[:positions] = 0.0
+        row = k0[:positions]
+        row[:] = 0.0
         for c in range(channels):
+            a, bb = xa[c], xb[c]
             for p in range(positions):
-                k0[p] += xa[c, p] * xb[c, p]
+                row[p] += a[p] * bb[p]
         for p in range(positions):
-            k0[p] /= channels
+            row[p] /= channels
         kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
         sk, st = 0.0, 0.0
         for layer in range(layers):
@@ -327,21 +333,28 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, 
                 tbuf, tspare = _taps(tbuf, tspare, geometry, layer, False)
             off, wl, bl = offsets[layer], w[layer], b[layer]
             po = offsets[layer + 1] - off
+            row, trow = kbuf[:po], tbuf[:po]
             for p in range(po):
-                s = bl + wl * kbuf[p]
-                t = s + wl * tbuf[p] if carry else s
-                if relu[layer]:
-                    kv, dv = _relu(s, qa[ia[n], off + p], nqa[ia[n], off + p], qb[ib[n], off + p],
-                                   iqb[ib[n], off + p], snap, same[n])
-                    t *= dv
-                else:
-                    kv = s
-                kbuf[p] = kv
-                tbuf[p] = t
+                row[p] = bl + wl * row[p]
+            if carry:
+                for p in range(po):
+                    trow[p] = row[p] + wl * trow[p]
+            elif ntk:
+                trow[:] = row
+            if relu[layer]:
+                q1, nq1 = qa[ia[n], off:off + po], nqa[ia[n], off:off + po]
+                q2, iq2 = qb[ib[n], off:off + po], iqb[ib[n], off:off + po]
+                ident = same[n]
+                for p in range(po):
+                    kv, dv = _relu(row[p], q1[p], nq1[p], q2[p], iq2[p], snap, ident)
+                    row[p] = kv
+                    trow[p] *= dv
             if layer == layers - 1:
                 for p in range(po):
-                    sk += kbuf[p]
-                    st += tbuf[p]
+                    sk += row[p]
+                if ntk:
+                    for p in range(po):
+                        st += trow[p]
         po = offsets[layers] - offsets[layers - 1]
         out_k[n] = sk / po
         out_t[n] = st / po
