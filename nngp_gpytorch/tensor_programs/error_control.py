@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import torch
 
+from ..duals.quadrature import extrapolated_error
 from .expectations import Accuracy
 
 R = TypeVar("R")
@@ -43,14 +44,6 @@ def _relative(errors: list[torch.Tensor], values: list[torch.Tensor]) -> float:
 
 def _grows(old: Accuracy, new: Accuracy) -> bool:
     return any(new.gh_degree(m) > old.gh_degree(m) for m in range(1, old.gh_max_dim + 1))
-
-
-def extrapolated_error(fine: torch.Tensor, half: torch.Tensor, quarter: torch.Tensor) -> torch.Tensor:
-    """``max(ρ·d₁, ρ²·d₂)/(1 − ρ)`` of the module docstring, elementwise, from three levels ``n, n/2, n/4``."""
-    d1, d2 = (fine.detach() - half).abs(), (half - quarter).abs()
-    top1, top2 = float(d1.max()) if d1.numel() else 0.0, float(d2.max()) if d2.numel() else 0.0
-    rho = 0.5 if top2 == 0.0 else min(0.5, top1 / top2)
-    return torch.maximum(rho * d1, rho * rho * d2) / (1.0 - rho)
 
 
 def with_error_estimate(run: Callable[[Accuracy], R], accuracy: Accuracy,
