@@ -45,14 +45,18 @@ def packed(lengths=LENGTHS, seed: int = 0) -> torch.Tensor:
 
 # --- brute force: one finite network, written from scratch, differentiated by torch.func.jacrev -----------
 
-def _cell_features(kind: str, act, tokens: torch.Tensor, gates: list, wu: float, b: float, ww: float, n: int):
-    """Per-step read features ``(L, n)`` of one sequence ``(L, d)`` (no padding): φ(h_t) (RNN) or h_t."""
+def _cell_features(kind: str, act, tokens: torch.Tensor, gates: list, wu: float, b: float, ww: float, n: int,
+                   per_gate: list | None = None):
+    """Per-step read features ``(L, n)`` of one sequence ``(L, d)`` (no padding): φ(h_t) (RNN) or h_t.
+    ``per_gate``: ``(σu², σw², σb², μ_b)`` per gate instead of the shared ``wu, ww, b`` and zero means."""
     d = tokens.shape[-1]
+    values = {id(g): v for g, v in zip(gates, per_gate, strict=True)} if per_gate else {}
 
     def pre(gate, x, hin):
         U, W, bias = gate  # standard normals; NTK parameterization scales them here
-        z = math.sqrt(wu / d) * x @ U + math.sqrt(b) * bias[0]
-        return z if hin is None else z + math.sqrt(ww / n) * hin @ W
+        gu, gw, gb, mu = values.get(id(gate), (wu, ww, b, 0.0))
+        z = math.sqrt(gu / d) * x @ U + (math.sqrt(gb) * bias[0] + mu)
+        return z if hin is None else z + math.sqrt(gw / n) * hin @ W
 
     feats, h, c = [], None, None
     for t in range(tokens.shape[0]):
@@ -77,7 +81,7 @@ def _cell_features(kind: str, act, tokens: torch.Tensor, gates: list, wu: float,
 
 
 def brute_force_ntk(kind: str, act, seqs, readout: str, n: int, networks: int, units: int, seed: int,
-                    hyper: Hyperparameters) -> torch.Tensor:
+                    hyper: Hyperparameters, per_gate: list | None = None) -> torch.Tensor:
     """``(M, k, k)``: per network, ``(1/units)·Σ_r J_r J_rᵀ`` over all ω (every gate's U, W, b; the readout
     v_r, β) of ``f_r = σv/√n·Φ_read·v_r + σvb·β``, with the weights drawn in the twin's order."""
     (wu, ww, wv), (b, _, bv) = hyper.weight_var.tolist(), hyper.bias_var.tolist()
@@ -97,7 +101,7 @@ def brute_force_ntk(kind: str, act, seqs, readout: str, n: int, networks: int, u
                 gs = [tuple(params[3 * j: 3 * j + 3]) for j in range(ngates)]
                 outs = []
                 for s in seqs:
-                    feats = _cell_features(kind, act, s, gs, wu, b, ww, n)
+                    feats = _cell_features(kind, act, s, gs, wu, b, ww, n, per_gate)
                     phi = feats[-1] if readout == "last" else feats.mean(0)
                     outs.append(math.sqrt(wv / n) * phi @ vr + math.sqrt(bv) * beta)
                 return torch.stack(outs)
@@ -140,6 +144,24 @@ def test_delta_trick_matches_jacrev(kind, act, readout):
     assert (brute - brute.transpose(-1, -2)).abs().max() < 1e-12
     # the sequences of length 4 are read after 3 applications of the shared W: its cross-time terms matter
     assert (s.ntks - s.covariances).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_per_gate_delta_trick_matches_jacrev(kind):
+    """Per-gate variances and bias means (GP4A's parameterization): the twin's records carry each gate's own
+    variances, and its biases their means (the NTK of ``b = μ + σβ`` is that of ``σβ``)."""
+    per_gate = ([(0.5, 0.6, 0.1, 0.5), (0.8, 0.4, 0.2, -0.7), (0.6, 0.7, 0.05, 0.3)] if kind == "gru" else
+                [(0.5, 0.6, 0.1, 0.4), (0.8, 0.4, 0.2, 1.0), (0.6, 0.7, 0.05, -0.5), (0.9, 0.5, 0.15, 0.3)])
+    u, w, bb, mu = (tuple(v) for v in zip(*per_gate, strict=True))
+    cls = A.GRU if kind == "gru" else A.LSTM
+    # every gate variance fixed: no slot is drawn for them, so the readout's (slot 2 of HYPER) is fixed too
+    layer = cls(masked=True, readout_var=1.2, readout_bias_var=0.05, gate_input_var=u, gate_hidden_var=w,
+                gate_bias_var=bb, gate_bias_mean=mu)
+    seqs = sequences((2, 4, 1, 3), seed=5)
+    x = pack_sequences(seqs, 4)
+    s = empirical_ntk(layer, x, 2, 3, seed=17, weight_var=HYPER, readout_units=2, dtype=DT, input_shape=(4, 3))
+    brute = brute_force_ntk(kind, None, seqs, "last", 3, 2, 2, 17, HYPER, per_gate)
+    torch.testing.assert_close(s.ntks, brute, rtol=1e-10, atol=1e-12)
 
 
 def test_unmasked_sequences_match_jacrev():
