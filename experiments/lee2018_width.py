@@ -399,7 +399,8 @@ def _save(result: dict[str, Any], out: str | None) -> None:
 def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 1000, n_test: int = 1000,
               depth: int | None = None, depths: tuple[int, ...] = (1, 2, 3, 4, 5), lrs: tuple[float, ...] = (1e-3,),
               max_epochs: int = 60, batch: int = 100, num_samples: int = NUM_SAMPLES, ntk: bool = True,
-              out: str | None = None, progress: bool = True) -> dict[str, Any]:
+              lr_rule: str = "best", reuse_selection: str | None = None, out: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
     """The width experiment for one architecture (module docstring); returns (and writes to ``out`` after every
     cell, resuming from it) ``{"config", "depth_selection", "gp", "ntk", "selection", "trained", "readout"}``.
 
@@ -407,6 +408,11 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     ``trained[width][seed]``: test accuracy, agreement with the NNGP's argmax and relative distance to its posterior
     mean, training seconds; ``readout[width][seed]``: the same for the Bayesian readout; ``selection[width]``: the
     chosen learning rate and epochs and the validation curves.
+
+    ``lr_rule="best"``: the learning rate and epoch of the best validation accuracy; ``"one-se"``: the smallest
+    learning rate whose best validation accuracy is within one binomial standard error of the best (the most stable
+    step among statistical ties), at its own best epoch. ``reuse_selection``: a JSON file of an earlier run with the
+    same data and grid whose validation curves are reused instead of retraining the selection runs.
     """
     from tqdm.auto import tqdm
 
@@ -416,6 +422,10 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     config = dict(arch=arch, n_train=n_train, n_test=n_test, num_samples=num_samples, lrs=list(lrs),
                   max_epochs=max_epochs, batch=batch, weight_var=WEIGHT_VAR, bias_var=BIAS_VAR,
                   requested_depth=depth, depths=list(depths), parameterization="standard", optimizer="Adam")
+    if lr_rule != "best":
+        config["lr_rule"] = lr_rule
+    if lr_rule not in ("best", "one-se"):
+        raise ValueError(f"lr_rule must be 'best' or 'one-se', got {lr_rule!r}")
     result: dict[str, Any] = dict(config=config, selection={}, trained={}, readout={})
     if out is not None and Path(out).exists():
         with open(out) as fh:
@@ -424,6 +434,13 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
             raise SystemExit(f"{out} was written with another configuration:\n  {previous.get('config')}\n"
                              f"  now {config}\nchoose another --out or delete it")
         result = previous
+    if reuse_selection is not None:
+        with open(reuse_selection) as fh:
+            donor = json.load(fh)
+        for key, chosen in donor["selection"].items():
+            partial = result.setdefault("selection_partial", {}).setdefault(key, {})
+            for lr, curve in chosen["curves"].items():
+                partial.setdefault(lr, dict(curve=curve, seconds=0.0, reused=reuse_selection))
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
     if depth is None:
         if arch != "mlp":
@@ -472,6 +489,11 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
             curves = {lr: p["curve"] for lr, p in partial.items()}
             best = max((acc, -epoch, float(lr)) for lr, curve in curves.items()
                        for epoch, acc in enumerate(curve, start=1))
+            if lr_rule == "one-se":
+                se = math.sqrt(best[0] * (1 - best[0]) / (n_train - fit))
+                lr = min(float(lr) for lr, curve in curves.items() if curve and max(curve) >= best[0] - se)
+                curve = curves[next(k for k in curves if float(k) == lr)]
+                best = (max(curve), -(curve.index(max(curve)) + 1), lr)
             result["selection"][key] = dict(lr=best[2], epochs=-best[1], validation_accuracy=best[0], curves=curves,
                                             seconds=sum(p["seconds"] for p in partial.values()),
                                             skipped=[lr for lr, p in partial.items() if "skipped" in p])
@@ -513,12 +535,13 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
               num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True) -> dict[str, Any]:
     """The NNGP at large ``n_train`` through :func:`nngp_gpytorch.scale.fit_predict` in this process
     (``client="inline"``; float32 tile store, noise by validation accuracy on the first ``noise_subset`` points, the
-    solve chosen by ``"auto"``): test accuracy, wall time per phase and in all, peak RSS of this process."""
+    solve chosen by ``"auto"``): test accuracy, wall time per phase and in all, this process's CPU time (the wall time
+    of a shared machine overstates the work) and the load average at the end, peak RSS of this process."""
     from nngp_gpytorch import NNGPKernel
     from nngp_gpytorch.scale import fit_predict
 
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
     description, input_shape = architecture(arch, depth)
     kwargs = dict(weight_var=WEIGHT_VAR, bias_var=BIAS_VAR, dtype=torch.float64)
@@ -530,7 +553,8 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
     return dict(arch=arch, depth=depth, n_train=n_train, n_test=n_test, num_samples=num_samples,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
                 method=fitted.prediction.solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
-                peak_rss_mib=_peak_rss_mib(), torch_threads=torch.get_num_threads())
+                cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
+                torch_threads=torch.get_num_threads())
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -562,13 +586,19 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _title(result: dict[str, Any]) -> str:
+    config = result["config"]
+    rule = ", lr: smallest within 1 SE" if config.get("lr_rule") == "one-se" else ""
+    return f"{LABELS.get(config['arch'], config['arch'])}, depth {result['depth']}{rule}"
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The width tables (one per architecture) in Markdown."""
     lines = []
     for result in results:
         gp, ntk = result["gp"], result.get("ntk")
-        lines += [f"**{LABELS.get(result['config']['arch'], result['config']['arch'])}, depth {result['depth']}, "
-                  f"N = {result['config']['n_train']:,}** — NNGP test accuracy {gp['test_accuracy']:.3f}"
+        lines += [f"**{_title(result)}, N = {result['config']['n_train']:,}** — NNGP test accuracy "
+                  f"{gp['test_accuracy']:.3f}"
                   + (f", NTK regression {ntk['test_accuracy']:.3f}" if ntk else "") + ".", "",
                   "| width | seeds | trained NN | NNGP − trained | trained: same argmax as NNGP | train acc. "
                   "| Bayesian readout | readout: same argmax as NNGP | lr, epochs | s per seed |",
@@ -602,8 +632,7 @@ def plot_width(results: list[dict[str, Any]], path: str | None = None):
                         capsize=3, label=label)
         ax.set_xscale("log")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{LABELS.get(result['config']['arch'], result['config']['arch'])} (depth {result['depth']}), "
-                     f"mnist1d N = {result['config']['n_train']:,}")
+        ax.set_title(f"{_title(result)}\nmnist1d, N = {result['config']['n_train']:,}", fontsize=10)
         ax.legend(fontsize=8)
         ax = axes[1, col]
         for name, marker in (("trained", "o"), ("readout", "s")):
@@ -709,6 +738,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="mnist1d sequences generated")
     p.add_argument("--no-ntk", action="store_true")
+    p.add_argument("--lr-rule", choices=["best", "one-se"], default="best",
+                   help="best validation accuracy, or the smallest lr within one standard error of it")
+    p.add_argument("--reuse-selection", default=None, help="JSON of an earlier run whose validation curves to reuse")
     p.add_argument("--out", default=None, help="JSON results (resumed if it exists)")
     p = sub.add_parser("scale", help="the NNGP at large N through nngp_gpytorch.scale")
     p.add_argument("--arch", choices=ARCHS, default="mlp")
@@ -735,7 +767,8 @@ def main(argv: list[str] | None = None) -> None:
         depth = args.depth if args.depth is not None or args.arch == "mlp" else 3
         result = run_width(args.arch, args.widths, args.seeds, n_train=args.n_train, n_test=args.n_test, depth=depth,
                            depths=tuple(args.depths), lrs=tuple(args.lrs), max_epochs=args.max_epochs,
-                           batch=args.batch, num_samples=args.num_samples, ntk=not args.no_ntk, out=args.out)
+                           batch=args.batch, num_samples=args.num_samples, ntk=not args.no_ntk,
+                           lr_rule=args.lr_rule, reuse_selection=args.reuse_selection, out=args.out)
         print(markdown_table([result]))
     elif args.command == "scale":
         row = run_scale(args.arch, args.depth, args.n_train, args.n_test, args.store, tile=args.tile,

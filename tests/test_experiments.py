@@ -91,6 +91,10 @@ def test_lee2018_width_smoke(lee, tmp_path):
     assert again["trained"] == result["trained"]  # resumed, not retrained
     rows = lee.summary(again)
     assert [r["width"] for r in rows] == [8, 32] and rows[0]["seeds"] == 2
+    one_se = lee.run_width("mlp", [8], [0], ntk=False, lr_rule="one-se", reuse_selection=str(out),
+                           **{**kwargs, "out": None})
+    assert one_se["config"]["lr_rule"] == "one-se"
+    assert one_se["selection"]["8"]["curves"] == result["selection"]["8"]["curves"]  # reused, not retrained
     cnn = lee.run_width("cnn_flatten", [4], [0], depth=1, ntk=False, **{**kwargs, "out": None})
     assert cnn["gp"]["test_accuracy"] > 0.2 and "0" in cnn["trained"]["4"]
     assert "| 8 | 2 |" in lee.markdown_table([again, cnn])
