@@ -24,8 +24,11 @@ entry: common random numbers) are mapped through two exact factors of ``Σ_oo'``
 (:func:`~nngp_gpytorch.numerics.psd_cholesky`): ``L_a = chol(Σ)`` and ``L_b = P·chol(PΣP)``, with ``P`` the
 permutation exchanging the ``u`` and ``v`` coordinates. Each replicate's estimate is ``(m_a + m_b)/2``, the
 means over its ``h`` points under each factor; the value is the mean of the ``R`` replicate estimates and the
-standard error their spread. Cells a padded window lacks enter as independent dummy coordinates whose value is
-−∞. Work is chunked so that the sample tensors stay below ``CHUNK_BYTES``.
+standard error their spread. For a window paired with itself on identical inputs (``u = v``: ``Σ = PΣP``, both
+factors give the same samples) the second factor takes the next ``h`` points of each sequence instead, so those
+entries use all ``2h`` points too (they dominated the Gram's error at half of them). Cells a padded window lacks
+enter as independent dummy coordinates whose value is −∞. Work is chunked so that the sample tensors stay below
+``CHUNK_BYTES``.
 
 **Determinism.** The estimate is a fixed function of the pair's joint covariance ``Σ_oo'`` (and of ``samples``,
 ``qmc_seed``), and it is *symmetric in the two sides*: exchanging ``u`` and ``v`` (``Σ → PΣP``) exchanges the two
@@ -138,7 +141,7 @@ def _average_factors(t: torch.Tensor) -> torch.Tensor:
     return (t[:, 0] + t[:, 1]) / 2
 
 
-def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed: int):
+def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed: int, same: torch.Tensor):
     """Values ``(E,)``, standard errors ``(E,)`` and, with ``dphi``, NTK weights ``(E, w, w)`` for flattened window
     pairs ``sigma`` ``(E, 2w, 2w)`` with masks ``valid`` ``(E, 2w)``.
 
@@ -148,7 +151,8 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
     w = m // 2
     half = max(1, samples // (2 * REPLICATES))  # points per replicate and factor
     n = REPLICATES * half
-    z = sobol_replicates(m, half, REPLICATES, seed, sigma).reshape(n, m).T.contiguous()  # (m, N)
+    both = sobol_replicates(m, 2 * half, REPLICATES, seed, sigma).unflatten(1, (2, half))  # (R, 2, h, m)
+    z, z_next = (both[:, j].reshape(n, m).T.contiguous() for j in range(2))  # (m, N) each
     swap = _side_swap(w, sigma.device)
     monotone = _is_monotone(phi)
     per_entry = 2 * n * m * sigma.element_size() * (4 if dphi is not None else 2)
@@ -161,8 +165,11 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         both = both.unflatten(0, (-1, 2))
         return torch.stack([both[:, 0], both[:, 1][:, swap]], 1).flatten(0, 1)  # L_b's rows in the original order
 
-    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None):
+    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor):
         x = lf @ z  # (2c, m, N): both factors' samples of each entry
+        if bool(same_c.any()):  # u = v: the second factor takes the next points
+            rows = 2 * same_c.nonzero()[:, 0] + 1
+            x = x.index_copy(0, rows, lf[rows] @ z_next)
         if pad_c is not None:
             pad_c = pad_c.repeat_interleave(2, 0)
         f = x if monotone else phi(x)
@@ -190,22 +197,24 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         hv = (iv[:, None, :] == cells).to(x.dtype) * dv[:, None, :]
         return means, _average_factors((hu @ hv.transpose(-1, -2) / n).unflatten(0, (-1, 2)))
 
-    def packed(lf: torch.Tensor, pad_c: torch.Tensor | None) -> torch.Tensor:
-        means, weights = chunk(lf, pad_c)
+    def packed(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor) -> torch.Tensor:
+        means, weights = chunk(lf, pad_c, same_c)
         return means if weights is None else torch.cat([means, weights.flatten(1)], 1)  # (c, R [+ w²])
 
     parts = []
     if torch.is_grad_enabled() and sigma.requires_grad:  # recompute in the backward pass: memory stays a chunk
         for lo in range(0, e, step):
             pad_c = None if pad is None else pad[lo:lo + step]
-            parts.append(Recomputed.apply(lambda sig, p=pad_c: packed(factors(sig), p), sigma[lo:lo + step]))
+            parts.append(Recomputed.apply(lambda sig, p=pad_c, sc=same[lo:lo + step]: packed(factors(sig), p, sc),
+                                          sigma[lo:lo + step]))
     else:  # factorize blocks of >= FACTOR_BLOCK entries at once (the factorization's cost is per call, not per entry)
         block = max(step, FACTOR_BLOCK)
         for lo in range(0, e, block):
             lf = factors(sigma[lo:lo + block])
             for lo2 in range(lo, min(e, lo + block), step):
                 hi2 = min(e, lo2 + step, lo + block)
-                parts.append(packed(lf[2 * (lo2 - lo):2 * (hi2 - lo)], None if pad is None else pad[lo2:hi2]))
+                parts.append(packed(lf[2 * (lo2 - lo):2 * (hi2 - lo)], None if pad is None else pad[lo2:hi2],
+                                    same[lo2:hi2]))
     out = torch.cat(parts)
     means = out[:, :REPLICATES]
     return (means.mean(-1), means.std(-1) / math.sqrt(REPLICATES),
@@ -235,11 +244,13 @@ def _pair_exact(sigma: torch.Tensor, with_ntk: bool):
 
 
 def max_pool_moments(sigma: torch.Tensor, window: int, activation: Activation, samples: int = 2**13,
-                     seed: int = 0, with_ntk: bool = False, valid: torch.Tensor | None = None):
+                     seed: int = 0, with_ntk: bool = False, valid: torch.Tensor | None = None,
+                     same: torch.Tensor | None = None):
     """``E[max_{a<w} φ(u_a)·max_{b<w} φ(v_b)]`` for ``(u, v) ~ N(0, Σ)``, ``Σ`` ``(..., 2w, 2w)`` (first ``w``
     coordinates ``u``), its standard error, and with ``with_ntk`` the weights ``E[φ'(u_a)1[a*]·φ'(v_b)1[b*]]``
     ``(..., w, w)`` (else ``None``). Exact (standard error 0) for ``w = 2`` and ``φ`` = :class:`Identity`, else
-    quasi-Monte Carlo (module docstring). ``valid`` ``(..., 2w)`` marks real cells (default all)."""
+    quasi-Monte Carlo (module docstring). ``valid`` ``(..., 2w)`` marks real cells (default all); ``same`` (bool,
+    broadcastable to ``...``) the pairs whose two windows are the same cells of identical inputs (``u = v``)."""
     m = sigma.shape[-1]
     if m != 2 * window:
         raise ValueError(f"sigma must be (..., 2w, 2w) for w = {window}, got {tuple(sigma.shape)}")
@@ -254,18 +265,21 @@ def max_pool_moments(sigma: torch.Tensor, window: int, activation: Activation, s
     if with_ntk:
         autograd_derivative(activation, activation.describe())(sigma.new_zeros(3))  # a clear error if φ' is missing
         dphi = _elementwise_derivative(activation)
-    value, err, weights = _qmc(sigma.reshape(-1, m, m), valid, activation, dphi, samples, seed)
+    same = torch.zeros((), dtype=torch.bool, device=sigma.device) if same is None else same
+    same = same.to(sigma.device).expand(lead).reshape(-1)
+    value, err, weights = _qmc(sigma.reshape(-1, m, m), valid, activation, dphi, samples, seed, same)
     return (value.reshape(lead), err.reshape(lead),
             weights.reshape(*lead, window, window) if weights is not None else None)
 
 
-def _pool_pairs(ka, kb, kab, tab, index, valid, psi: Activation, layer: MaxPool, with_ntk: bool):
+def _pool_pairs(ka, kb, kab, tab, index, valid, psi: Activation, layer: MaxPool, with_ntk: bool,
+                same: torch.Tensor | None = None):
     """``K'`` (and ``Θ'``) ``(..., O, O)`` of the windows of two sides with self blocks ``ka``, ``kb`` and cross block
     ``kab`` (``(..., P, P)``, broadcastable) of the Gaussian ``g``; ``tab`` the cross block of ``Θ_g``; and the
     standard errors of ``K'``."""
     sigma = _joint_covariance(ka, kb, kab, index, valid)  # (..., O, O, 2w, 2w)
     value, err, weights = max_pool_moments(sigma, index.shape[1], psi, layer.samples, layer.qmc_seed, with_ntk,
-                                           _pair_mask(valid))
+                                           _pair_mask(valid), same)
     theta = (weights * _blocks(tab, index, cross=True)).sum((-1, -2)) if with_ntk else None
     return value, theta, err
 
@@ -283,16 +297,24 @@ def _symmetric_pairs(k12: torch.Tensor, scale: torch.Tensor) -> bool:
     return bool(((k12 - _mirror(k12)).abs() <= 1e-13 * scale).all())
 
 
-def _pool_upper_pairs(k_self, k12, t12, index, valid, psi: Activation, layer: MaxPool, with_ntk: bool):
+def _same_windows(identical: torch.Tensor | None, outputs: int, device) -> torch.Tensor:
+    """``(..., O, O)`` bool: identical inputs (``identical`` ``(...)``; ``None``: a side with itself) at the same
+    output window, where ``u = v``."""
+    eye = torch.eye(outputs, dtype=torch.bool, device=device)
+    return eye if identical is None else identical[..., None, None] & eye
+
+
+def _pool_upper_pairs(k_self, k12, t12, identical, index, valid, psi: Activation, layer: MaxPool, with_ntk: bool):
     """:func:`_pool_pairs` for ``K(X, X)``: self blocks ``k_self`` ``(..., n, P, P)`` of both sides, cross block
     ``k12`` ``(..., n, n, P, P)``. Only the pairs ``i ≤ j`` are estimated; ``K'[j, i] = K'[i, j]ᵀ`` (the estimate is
     symmetric in the two sides, module docstring). Returns ``(..., n, n, O, O)`` tensors and the standard errors of
     the estimated pairs."""
     n = k12.shape[-3]
     rows, cols = torch.triu_indices(n, n, device=k12.device)
+    same = _same_windows(None if identical is None else identical[..., rows, cols], index.shape[0], k12.device)
     value, theta, err = _pool_pairs(k_self[..., rows, :, :], k_self[..., cols, :, :], k12[..., rows, cols, :, :],
                                     t12[..., rows, cols, :, :] if with_ntk else None, index, valid, psi, layer,
-                                    with_ntk)  # (..., E, O, O)
+                                    with_ntk, same)  # (..., E, O, O)
     pair = torch.empty(n, n, dtype=torch.long, device=k12.device)
     pair[rows, cols] = torch.arange(len(rows), device=k12.device)
     pair[cols, rows] = pair[rows, cols]
@@ -325,8 +347,9 @@ def max_pool(layer: MaxPool, state: CovState, ctx) -> CovState:
                              pre_activation=None)
     if with_ntk and g.t12.dim() == 0:
         raise ArchitectureError(f"{layer.describe()} pools features without a trainable layer below it")
+    own = _same_windows(None, index.shape[0], g.k12.device)
     k11, t11, _ = _pool_pairs(g.k11, g.k11, g.k11, g.t11 if with_ntk else None, index, valid, psi, layer,
-                              with_ntk)
+                              with_ntk, own)
     # K(X, X): the second side's self blocks are the first side's (laid out (1, n) instead of (n, 1)); reuse them
     # rather than estimate the same expectations again, and estimate only the pairs i <= j of the cross block
     swap = (lambda k: k.transpose(-3, -4)) if g.entry_ndim == 4 else (lambda k: k)
@@ -335,15 +358,17 @@ def max_pool(layer: MaxPool, state: CovState, ctx) -> CovState:
     scale = g.k11.diagonal(dim1=-2, dim2=-1).abs().amax()
     if same_sides and g.entry_ndim == 4 and _symmetric_pairs(g.k12, scale) and (
             not with_ntk or _symmetric_pairs(g.t12, g.t11.diagonal(dim1=-2, dim2=-1).abs().amax())):
-        k12, t12, e12 = _pool_upper_pairs(g.k11[..., :, 0, :, :], g.k12, g.t12, index, valid, psi, layer, with_ntk)
+        k12, t12, e12 = _pool_upper_pairs(g.k11[..., :, 0, :, :], g.k12, g.t12, g.identical, index, valid, psi,
+                                          layer, with_ntk)
     else:
         k12, t12, e12 = _pool_pairs(g.k11, g.k22, g.k12, g.t12 if with_ntk else None, index, valid, psi, layer,
-                                    with_ntk)
+                                    with_ntk, _same_windows(g.identical, index.shape[0], g.k12.device)
+                                    if g.identical is not None else None)
     if same_sides:
         k22, t22 = swap(k11), (swap(t11) if with_ntk else None)
     else:
         k22, t22, _ = _pool_pairs(g.k22, g.k22, g.k22, g.t22 if with_ntk else None, index, valid, psi, layer,
-                                  with_ntk)
+                                  with_ntk, own)
     if bool((e12 > 0).any()):
         scale = k11.diagonal(dim1=-2, dim2=-1).abs().amax().clamp_min(torch.finfo(k11.dtype).tiny)
         worst = float((e12 / scale).detach().max())
