@@ -109,6 +109,16 @@ def _add(dst, src):
 
 
 @_jit(inline="always")
+def _source(x, offset, stride, n_in, circular):
+    """The input index ``s·x + offset`` an output ``x`` reads through one tap: wrapped when ``circular``, −1 when it
+    falls in a zero padding."""
+    xi = stride * x + offset
+    if circular:
+        return xi % n_in
+    return xi if 0 <= xi < n_in else -1
+
+
+@_jit(inline="always")
 def _tap_row(src, dst, outer, n_in, n_out, inner, offset, stride, circular):
     """``dst[o, x, i] += src[o, s·x + offset, i]`` over flat ``[outer, n, inner]`` rows (out of range: skipped, or
     wrapped when ``circular``); stride 1 without wrapping is one contiguous run per ``o``."""
@@ -120,10 +130,8 @@ def _tap_row(src, dst, outer, n_in, n_out, inner, offset, stride, circular):
                 _add(dst[a0:a0 + length], src[b0:b0 + length])
             continue
         for x in range(n_out):
-            xi = stride * x + offset
-            if circular:
-                xi %= n_in
-            elif xi < 0 or xi >= n_in:
+            xi = _source(x, offset, stride, n_in, circular)
+            if xi < 0:
                 continue
             a0, b0 = (o * n_out + x) * inner, (o * n_in + xi) * inner
             for e in range(inner):
@@ -145,10 +153,8 @@ def _tap_stage(src, dst, outer, n_in, n_out, inner, k, stride, dilation, low, ci
         o, x, i = r // (n_out * inner), (r // inner) % n_out, r % inner
         dr = dst[r * row_out:(r + 1) * row_out]
         for beta in range(k):
-            xi = stride * x + dilation * beta - low
-            if circular:
-                xi %= n_in
-            elif xi < 0 or xi >= n_in:
+            xi = _source(x, dilation * beta - low, stride, n_in, circular)
+            if xi < 0:
                 continue
             start = ((o * n_in + xi) * inner + i) * row_in
             _tap_row(src[start:start + row_in], dr, outer, n_in, n_out, inner, dilation * beta - low, stride,
@@ -215,10 +221,8 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, relu,
         if carry:
             tmid[:c_in * p_mid] = 0.0
         for beta in range(kb):
-            bi = sb * b + db * beta - lob
-            if cb:
-                bi %= b_in
-            elif bi < 0 or bi >= b_in:
+            bi = _source(b, db * beta - lob, sb, b_in, cb)
+            if bi < 0:
                 continue
             for ci in range(c_in):
                 r = (bi * c_in + ci) * p_in
@@ -234,10 +238,8 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, relu,
             if carry:
                 trow[:] = 0.0
             for beta in range(kc):
-                ci = sc * c + dc * beta - loc
-                if cc:
-                    ci %= c_in
-                elif ci < 0 or ci >= c_in:
+                ci = _source(c, dc * beta - loc, sc, c_in, cc)
+                if ci < 0:
                     continue
                 _tap_row(mid[ci * p_mid:(ci + 1) * p_mid], row, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
                 if carry:

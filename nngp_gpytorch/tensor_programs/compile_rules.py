@@ -358,12 +358,17 @@ def token_dense(layer: TokenDense, flow: Flow, c: Compiler, path: str, final: bo
     return Flow(vecs=tuple(((1.0, c.lincomb(terms + bias)),) for terms in vecs), spatial=(len(vecs),))
 
 
-@compile_rule(SelfAttention)
-def self_attention(layer: SelfAttention, flow: Flow, c: Compiler, path: str, final: bool) -> Flow:
+def _tokens(layer, flow: Flow, path: str) -> None:
+    """What attention and sequence readouts need: unmasked token features, already mapped by a token layer."""
     _unmasked(layer, path)
     _no_raw(layer, flow, path)
     if len(flow.spatial) != 1:
         raise CompileError(f"{path}: {layer.describe()} needs token features, got {flow.spatial or 'flat features'}")
+
+
+@compile_rule(SelfAttention)
+def self_attention(layer: SelfAttention, flow: Flow, c: Compiler, path: str, final: bool) -> Flow:
+    _tokens(layer, flow, path)
     keys = [c.gaussian(vec, path, layer) for vec in flow.vecs]
     out = []
     for t, key in enumerate(keys):
@@ -380,10 +385,7 @@ def self_attention(layer: SelfAttention, flow: Flow, c: Compiler, path: str, fin
 
 @compile_rule(SequenceReadout)
 def sequence_readout(layer: SequenceReadout, flow: Flow, c: Compiler, path: str, final: bool) -> Flow:
-    _unmasked(layer, path)
-    _no_raw(layer, flow, path)
-    if len(flow.spatial) != 1:
-        raise CompileError(f"{path}: {layer.describe()} needs token features, got {flow.spatial or 'flat features'}")
+    _tokens(layer, flow, path)
     if layer.readout == "last":
         return Flow(vecs=(flow.vecs[-1],))
     return Flow(vecs=(c.sum([(1.0 / len(flow.vecs), vec) for vec in flow.vecs]),))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..arch import Activation, Erf, ReLU, Tanh
-from .gated_ntk import gated_program
+from .gated_ntk import gated_program, readout_over_time
 from .program import Program, Var
 
 
@@ -54,16 +54,6 @@ def mlp_program(depth: int, input_dim: int, activation: Activation | None = None
     return p
 
 
-def _readout(p: Program, hs: list[Var], readout: str, readout_var: float, readout_bias_var: float) -> None:
-    if readout == "last":
-        terms = hs[-1]
-    elif readout == "mean":
-        terms = [(1.0 / len(hs), h) for h in hs]
-    else:
-        raise ValueError(f"readout must be 'last' or 'mean', got {readout!r}")
-    p.readout(terms, var="readout_var", init=readout_var, bias="readout_bias_var", bias_init=readout_bias_var)
-
-
 def rnn_program(length: int, token_dim: int, activation: Activation | None = None, readout: str = "last",
                 input_var: float = 1.0, hidden_var: float = 1.0, bias_var: float = 0.0,
                 readout_var: float = 1.0, readout_bias_var: float = 0.0) -> Program:
@@ -80,7 +70,7 @@ def rnn_program(length: int, token_dim: int, activation: Activation | None = Non
         terms = [p.matmul(u, x), b] + ([p.matmul(w, hs[-1])] if hs else [])
         g = p.lincomb(*terms, name=f"g{t + 1}")
         hs.append(p.nonlin(act, g, name=f"h{t + 1}"))
-    _readout(p, hs, readout, readout_var, readout_bias_var)
+    readout_over_time(p, hs, readout, readout_var, readout_bias_var)
     return p
 
 

@@ -82,7 +82,7 @@ def gated_program(cell: str, length: int, token_dim: int, readout: str = "last",
     if masked:
         _masked_readout(p, hs, ms, readout, readout_var, readout_bias_var)
     else:
-        _readout(p, hs, readout, readout_var, readout_bias_var)
+        readout_over_time(p, hs, readout, readout_var, readout_bias_var)
     return p
 
 
@@ -129,7 +129,9 @@ def _lstm_steps(p: Program, xs, mats, sh) -> list[Var]:
     return hs
 
 
-def _readout(p: Program, hs: list[Var], readout: str, readout_var: float, readout_bias_var: float) -> None:
+def readout_over_time(p: Program, hs: list[Var], readout: str, readout_var: float, readout_bias_var: float) -> None:
+    """The program's readout of the hidden states ``hs``: the last one (``"last"``) or their mean (``"mean"``),
+    variances ``readout_var``/``readout_bias_var`` (shared by the recurrent example programs)."""
     if readout == "last":
         terms = hs[-1]
     elif readout == "mean":
@@ -257,4 +259,4 @@ class LSTMNTKKernel(_GatedNTK):
     _cell = "lstm"
 
 
-__all__ = ["GRUNTKKernel", "LSTMNTKKernel"]
+__all__ = ["GRUNTKKernel", "LSTMNTKKernel", "gated_program", "readout_over_time"]
