@@ -137,6 +137,12 @@ def test_moments_are_symmetric_in_the_two_sides(activation):
     """The estimate is a function of the pair's covariance that does not depend on which side comes first:
     exchanging u and v gives the same value and standard error and the transposed NTK weights (to rounding)."""
     sigma = torch.stack([_random_covariance(6, s) for s in range(5)])
+    # a tie of the canonical order: the v side rescaled to u's total variance, cross block not symmetric
+    scale = torch.ones(6, dtype=torch.float64)
+    scale[3:] = (sigma[0].diagonal()[:3].sum() / sigma[0].diagonal()[3:].sum()).sqrt()
+    tie = sigma[0] * scale[:, None] * scale[None, :]
+    assert abs(float(tie.diagonal()[:3].sum() - tie.diagonal()[3:].sum())) < 1e-12
+    sigma = torch.cat([sigma, tie[None]])
     value, err, weights = max_pool_moments(sigma, 3, activation, samples=2**10, with_ntk=True)
     value_s, err_s, weights_s = max_pool_moments(_swap_sides(sigma, 3), 3, activation, samples=2**10, with_ntk=True)
     torch.testing.assert_close(value_s, value, rtol=1e-13, atol=0)

@@ -19,25 +19,24 @@ through its maximal entry), and ``Θ_g`` the NTK of ``g``.
     E[1[u₁ > u₂]·1[v₁ > v₂]] = ¼ + arcsin(ρ)/(2π),   ρ = corr(d_u, d_v)        (orthant probabilities)
 
 **Otherwise**: randomized quasi-Monte Carlo. ``R = 4`` independently Owen-scrambled Sobol sequences of
-``h = samples/(2R)`` points each (:func:`~nngp_gpytorch.numerics.sobol_replicates`; the same points for every
-entry: common random numbers) are mapped through two exact factors of ``Σ_oo'``
-(:func:`~nngp_gpytorch.numerics.psd_cholesky`): ``L_a = chol(Σ)`` and ``L_b = P·chol(PΣP)``, with ``P`` the
-permutation exchanging the ``u`` and ``v`` coordinates. Each replicate's estimate is ``(m_a + m_b)/2``, the
-means over its ``h`` points under each factor; the value is the mean of the ``R`` replicate estimates and the
-standard error their spread. For a window paired with itself on identical inputs (``u = v``: ``Σ = PΣP``, both
-factors give the same samples) the second factor takes the next ``h`` points of each sequence instead, so those
-entries use all ``2h`` points too (they dominated the Gram's error at half of them). Cells a padded window lacks
-enter as independent dummy coordinates whose value is −∞. Work is chunked so that the sample tensors stay below
-``CHUNK_BYTES``.
+``samples/R`` points each (:func:`~nngp_gpytorch.numerics.sobol_replicates`; the same points for every entry:
+common random numbers) are mapped through an exact factor of ``Σ_oo'``
+(:func:`~nngp_gpytorch.numerics.psd_cholesky`); the value is the mean over all points and the standard error the
+spread of the ``R`` replicate means. Cells a padded window lacks enter as independent dummy coordinates whose value
+is −∞. Work is chunked so that the sample tensors stay below ``CHUNK_BYTES``.
 
-**Determinism.** The estimate is a fixed function of the pair's joint covariance ``Σ_oo'`` (and of ``samples``,
-``qmc_seed``), and it is *symmetric in the two sides*: exchanging ``u`` and ``v`` (``Σ → PΣP``) exchanges the two
-factors (``chol(PΣP)`` and ``P·chol(Σ)``), so ``m_a`` and ``m_b`` trade places and ``(m_a + m_b)/2`` is unchanged
-(the NTK weights are transposed). A Cholesky factor alone is not symmetric: ordering the ``u`` coordinates first
-gives a different QMC estimate than ordering ``v`` first (they differed by 2e-3 relative on a window of three),
-so ``K(X, X)``, averaged with its transpose for exact symmetry, disagreed with ``K(X1, X2)`` on the same inputs
-by that much. Now a block of ``K(X, X)`` equals the cross kernel, and ``K(X2, X1) = K(X1, X2)ᵀ``, to the
-rounding of the covariances computed below the pool (~1e-15 relative), far below the QMC error.
+**Determinism and symmetry.** The estimate is a fixed function of the pair's joint covariance ``Σ_oo'`` (and of
+``samples``, ``qmc_seed``), and it is *symmetric in the two sides*. A Cholesky factor alone is not: ordering the
+``u`` coordinates first gives a different QMC estimate than ordering ``v`` first (2e-3 relative apart on a
+window of three), and ``K(X, X)``, averaged with its transpose for exact symmetry, disagreed with ``K(X1, X2)``
+on the same inputs by that much. So the factor is taken in a *canonical order*: the side with the larger total
+variance ``tr Σ_uu`` vs ``tr Σ_vv`` first (``chol(Σ)``, or ``P·chol(PΣP)`` with ``P`` the permutation exchanging
+the sides); exchanging the sides gives the same samples with ``u`` and ``v`` exchanged. Where the traces tie
+(within ``TIE_TOL`` relative) both factors are used, on the first and second half of each replicate's points when
+the pair is a window with itself on identical inputs (``u = v``: both factors give the same samples), on the same
+``samples/(2R)`` points otherwise (the mean of the two is symmetric). A block of ``K(X, X)`` therefore equals the
+cross kernel, and ``K(X2, X1) = K(X1, X2)ᵀ``, to the rounding of the covariances below the pool (~1e-16 relative
+measured), far below the QMC error; the accuracy per sample is that of one factor (as before the fix).
 
 **K(X, X).** When both sides hold the same inputs (equal self blocks and a cross block equal to its own
 transpose, checked by value), only the pairs ``i ≤ j`` are estimated and ``K'[j, i] = K'[i, j]ᵀ`` (over the output
@@ -64,6 +63,8 @@ from .state import CovState
 CHUNK_BYTES = 32 * 2**20
 #: independently scrambled replicates behind the standard error
 REPLICATES = 4
+#: relative gap of the two sides' total variances below which the canonical order is a tie
+TIE_TOL = 1e-9
 #: window pairs whose covariance factors are computed in one call (without autograd)
 FACTOR_BLOCK = 4096
 
@@ -135,6 +136,16 @@ def _side_swap(w: int, device) -> torch.Tensor:
     return torch.cat([torch.arange(w, 2 * w, device=device), torch.arange(w, device=device)])
 
 
+def _canonical_order(sigma: torch.Tensor, w: int) -> torch.Tensor:
+    """``(E,)`` codes for ``sigma`` ``(E, 2w, 2w)``: 0 where side ``u`` has the larger total variance
+    (``tr Σ_uu > tr Σ_vv`` by more than ``TIE_TOL`` relative), 1 where ``v`` has, 2 for a tie. Exchanging the sides
+    exchanges 0 and 1 and keeps 2."""
+    diag = sigma.diagonal(dim1=-2, dim2=-1)
+    tu, tv = diag[:, :w].sum(-1), diag[:, w:].sum(-1)
+    tol = TIE_TOL * torch.maximum(tu.abs(), tv.abs())
+    return torch.where(tu - tv > tol, 0, torch.where(tv - tu > tol, 1, 2))
+
+
 def _average_factors(t: torch.Tensor) -> torch.Tensor:
     """``(a + b)/2`` over axis 1 of ``(c, 2, ...)``: written as one commutative sum so that exchanging the two
     factors (exchanging the sides) gives bit-identical values."""
@@ -154,6 +165,7 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
     both = sobol_replicates(m, 2 * half, REPLICATES, seed, sigma).unflatten(1, (2, half))  # (R, 2, h, m)
     z, z_next = (both[:, j].reshape(n, m).T.contiguous() for j in range(2))  # (m, N) each
     swap = _side_swap(w, sigma.device)
+    order = _canonical_order(sigma.detach(), w)  # (E,)
     monotone = _is_monotone(phi)
     per_entry = 2 * n * m * sigma.element_size() * (4 if dphi is not None else 2)
     step = max(1, CHUNK_BYTES // per_entry)
@@ -165,11 +177,15 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         both = both.unflatten(0, (-1, 2))
         return torch.stack([both[:, 0], both[:, 1][:, swap]], 1).flatten(0, 1)  # L_b's rows in the original order
 
-    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor):
-        x = lf @ z  # (2c, m, N): both factors' samples of each entry
-        if bool(same_c.any()):  # u = v: the second factor takes the next points
-            rows = 2 * same_c.nonzero()[:, 0] + 1
-            x = x.index_copy(0, rows, lf[rows] @ z_next)
+    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor, order_c: torch.Tensor):
+        la, lb = lf[0::2], lf[1::2]  # (c, m, m) each
+        first = torch.where((order_c == 1)[:, None, None], lb, la)  # the canonical factor, or L_a on a tie
+        second = torch.where((order_c == 0)[:, None, None], la, lb)
+        x = torch.stack([first @ z, second @ z_next], 1).flatten(0, 1)  # (2c, m, N): two slots per entry
+        tied = (order_c == 2) & ~same_c  # both factors on the same points (the symmetric average)
+        if bool(tied.any()):
+            rows = tied.nonzero()[:, 0]
+            x = x.index_copy(0, 2 * rows + 1, lb[rows] @ z)
         if pad_c is not None:
             pad_c = pad_c.repeat_interleave(2, 0)
         f = x if monotone else phi(x)
@@ -197,16 +213,17 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         hv = (iv[:, None, :] == cells).to(x.dtype) * dv[:, None, :]
         return means, _average_factors((hu @ hv.transpose(-1, -2) / n).unflatten(0, (-1, 2)))
 
-    def packed(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor) -> torch.Tensor:
-        means, weights = chunk(lf, pad_c, same_c)
+    def packed(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor, order_c: torch.Tensor):
+        means, weights = chunk(lf, pad_c, same_c, order_c)
         return means if weights is None else torch.cat([means, weights.flatten(1)], 1)  # (c, R [+ w²])
 
     parts = []
     if torch.is_grad_enabled() and sigma.requires_grad:  # recompute in the backward pass: memory stays a chunk
         for lo in range(0, e, step):
             pad_c = None if pad is None else pad[lo:lo + step]
-            parts.append(Recomputed.apply(lambda sig, p=pad_c, sc=same[lo:lo + step]: packed(factors(sig), p, sc),
-                                          sigma[lo:lo + step]))
+            parts.append(Recomputed.apply(
+                lambda sig, p=pad_c, sc=same[lo:lo + step], oc=order[lo:lo + step]: packed(factors(sig), p, sc, oc),
+                sigma[lo:lo + step]))
     else:  # factorize blocks of >= FACTOR_BLOCK entries at once (the factorization's cost is per call, not per entry)
         block = max(step, FACTOR_BLOCK)
         for lo in range(0, e, block):
@@ -214,7 +231,7 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
             for lo2 in range(lo, min(e, lo + block), step):
                 hi2 = min(e, lo2 + step, lo + block)
                 parts.append(packed(lf[2 * (lo2 - lo):2 * (hi2 - lo)], None if pad is None else pad[lo2:hi2],
-                                    same[lo2:hi2]))
+                                    same[lo2:hi2], order[lo2:hi2]))
     out = torch.cat(parts)
     means = out[:, :REPLICATES]
     return (means.mean(-1), means.std(-1) / math.sqrt(REPLICATES),
