@@ -6,10 +6,10 @@ one-hot (``one_hot − 0.1``); prediction: the argmax of the 10 outputs. Validat
 points. Everything chosen on it is then refit on all training points.
 
 * **NNGP** (GP regression, posterior mean): noise chosen on the validation split from ``NOISES`` × the mean prior
-  variance (as ``experiments/mnist1d_kernels.py``). For the MLP the depth is chosen on the same split from
-  ``--depths`` by the one-standard-error rule (the shallowest depth whose validation accuracy is within one binomial
-  standard error of the best); σw² = 2, σb² = 0.1 are fixed. The 1-D CNN is fixed: 3 × Conv(5, same) + ReLU, Flatten,
-  Dense.
+  variance (as ``experiments/mnist1d_kernels.py``); σw² = 2, σb² = 0.1 fixed. MLP depth: ``--depth`` (the documented
+  runs fix 3), or, omitted, chosen on the same split from ``--depths`` by the one-standard-error rule (the shallowest
+  depth whose validation accuracy is within one binomial standard error of the best). The 1-D CNN is 3 × Conv(5,
+  same) + ReLU, Flatten, Dense (``--depth`` convolutions, default 3).
 * **Trained finite networks** of the same description (``finite_network``: every ``Dense``/``Conv`` of the kernel's
   architecture becomes a ``torch.nn.Linear``/``Conv1d`` of ``width`` units/channels) in the **standard
   parameterization**, initialized from the kernel's variances (weights ``N(0, σw²/fan_in)``, biases ``N(0, σb²)``:
@@ -30,17 +30,21 @@ points. Everything chosen on it is then refit on all training points.
   ``‖x‖² = d``: for the (nearly homogeneous) ReLU kernels the prior variance grows with ``‖x‖²``, and on mnist1d the
   larger-norm sequences are the easier ones, which turns the raw inputs' variance–error relation around.
 
-Results go to a JSON file after every (width, seed) cell; rerunning the same command skips finished cells.
+Results go to a JSON file after every (width, seed) cell; rerunning the same command skips finished cells. The
+documented runs (``docs/experiments.md``, "Lee et al. 2018's protocol"):
 
-    python experiments/lee2018_width.py width --arch mlp --widths 100 300 1000 3000 --seeds 0 1 2 \\
+    python experiments/lee2018_width.py width --arch mlp --depth 3 --widths 100 300 1000 3000 --seeds 0 1 2 \\
         --out docs/img/lee2018_width_mlp.json
+    python experiments/lee2018_width.py width --arch mlp --depth 3 --widths 1000 3000 300 100 --seeds 0 1 2 \\
+        --lr-rule one-se --reuse-selection docs/img/lee2018_width_mlp.json --out docs/img/lee2018_width_mlp_one_se.json
     python experiments/lee2018_width.py width --arch cnn_flatten --widths 16 32 64 128 --seeds 0 1 2 \\
         --out docs/img/lee2018_width_cnn_flatten.json
-    python experiments/lee2018_width.py scale --arch mlp --depth 2 --n-train 10000 --store /tmp/lee2018-10k-mlp \\
-        --out docs/img/lee2018_scale.json
     python experiments/lee2018_width.py calibration --out docs/img/lee2018_calibration.json \\
         --png docs/img/lee2018_calibration.png
-    python experiments/lee2018_width.py report docs/img/lee2018_width_mlp.json docs/img/lee2018_width_cnn_flatten.json
+    python experiments/lee2018_width.py scale --arch mlp --depth 3 --n-train 10000 --store /tmp/lee2018-10k-mlp \\
+        --out docs/img/lee2018_scale.json          # and --arch cnn_flatten; and --n-train 4000
+    python experiments/lee2018_width.py report docs/img/lee2018_width_mlp.json docs/img/lee2018_width_mlp_one_se.json \\
+        docs/img/lee2018_width_cnn_flatten.json
 
 Published trained-network accuracies on mnist1d's 4,000 training points (Greydanus 2020): logistic 32%, MLP 68%,
 CNN 94%, GRU 91%.
@@ -397,7 +401,8 @@ def _save(result: dict[str, Any], out: str | None) -> None:
 
 
 def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 1000, n_test: int = 1000,
-              depth: int | None = None, depths: tuple[int, ...] = (1, 2, 3, 4, 5), lrs: tuple[float, ...] = (1e-3,),
+              depth: int | None = None, depths: tuple[int, ...] = (1, 2, 3, 4, 5),
+              lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
               max_epochs: int = 60, batch: int = 100, num_samples: int = NUM_SAMPLES, ntk: bool = True,
               lr_rule: str = "best", reuse_selection: str | None = None, out: str | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -733,7 +738,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--depth", type=int, default=None, help="fixed depth (default: MLP chosen on validation, CNN 3)")
     p.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="MLP depths to choose from")
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3], help="Adam learning rates to choose from")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
+                   help="Adam learning rates to choose from")
     p.add_argument("--max-epochs", type=int, default=60, help="epochs of the validation (selection) run")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="mnist1d sequences generated")
