@@ -10,11 +10,16 @@ Families (``ArchitectureCase.family``):
 * ``"spatial"`` — conv nets in 1–3 spatial dimensions with stride/dilation/padding, average and max pooling,
   residual convs, layer norm and dropout, read out by ``Flatten`` or ``GlobalAvgPool``;
 * ``"sequence"`` — transformers (1–2 blocks, causal or not), Elman RNNs, GRUs and LSTMs on short sequences;
-* ``"graph"`` — graph convolutions on a random small graph (transductive: the inputs are all nodes' features).
+* ``"graph"`` — graph convolutions on a random small graph (transductive: the inputs are all nodes' features);
+* ``"batchnorm"`` — ``Dense → BatchNorm(φ)`` blocks (φ positively homogeneous: ReLU, LeakyReLU, Abs, Identity,
+  Step, Sign) read out by ``Dense``, on one declared batch: all the case's inputs are one forward pass of each
+  finite network (batch statistics over them), and the kernel is the set kernel of that batch
+  (:func:`one_batch_kernel`).
 
 Draws that the architecture validation refuses are filtered out, so every case is a valid network. Shrinking
 goes to the first alternative of each choice: a one-block ReLU MLP, a one-conv net, a one-block transformer.
-Batch norm is left out: its inputs carry batch ids and its kernel is over sets (``tests/test_batchnorm*``).
+Batch norm's kernel is over sets (its GPyTorch rows carry batch ids, ``docs/batchnorm.md``); the grammar checks
+it on one batch per case, the set the finite twin normalizes over.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from .spatial import SMOOTH, conv_layers
 GRAMMAR_ACTIVATIONS = (A.ReLU(), A.Erf(), A.Tanh(), A.Abs(), A.GELU(), A.LeakyReLU(0.2), A.Identity())
 
 #: finite-network budget per family: (networks, width)
-BUDGETS = {"flat": (512, 512), "spatial": (256, 256), "sequence": (256, 256), "graph": (256, 512)}
+BUDGETS = {"flat": (512, 512), "spatial": (256, 256), "sequence": (256, 256), "graph": (256, 512),
+           "batchnorm": (256, 512)}
+#: positively homogeneous activations that BatchNorm accepts (first = what shrinking goes to)
+BATCHNORM_ACTIVATIONS = (A.ReLU(), A.Identity(), A.LeakyReLU(0.2), A.Abs(), A.Step(), A.Sign())
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,16 @@ class ArchitectureCase:
     weight_var: float = 1.5
     bias_var: float = 0.1
     budget: tuple[int, int] = field(default=(256, 256))
+    #: ``True`` for a set kernel over one batch (all inputs): verified with :func:`one_batch_kernel`
+    one_batch: bool = False
 
     def verify_kwargs(self) -> dict:
         networks, width = self.budget
-        return dict(networks=networks, width=width, weight_var=self.weight_var, bias_var=self.bias_var,
-                    input_shape=self.input_shape)
+        kwargs = dict(networks=networks, width=width, weight_var=self.weight_var, bias_var=self.bias_var,
+                      input_shape=self.input_shape)
+        if self.one_batch:
+            kwargs["analytic"] = one_batch_kernel
+        return kwargs
 
     def __repr__(self) -> str:
         return (f"ArchitectureCase({self.family}: {self.architecture.describe()}, input_shape={self.input_shape}, "
@@ -193,10 +206,39 @@ def graph_cases(draw) -> ArchitectureCase:
     return ArchitectureCase("graph", net, x, None, w, b, BUDGETS["graph"])
 
 
+# ---------------------------------------------------------------------------------------------- batch norm
+
+
+def one_batch_kernel(architecture: A.Layer, x: torch.Tensor, hyper) -> torch.Tensor:
+    """The set kernel of ``architecture`` with all ``k`` rows of ``x`` ``(k, d)`` in one batch (the ``analytic``
+    of :func:`verification.verify` for batch-norm cases)."""
+    from nngp_gpytorch.algebra.batchnorm import evaluate_batches
+
+    with torch.no_grad():
+        return evaluate_batches(architecture, x, (x.shape[-2],), hyper)
+
+
+@st.composite
+def batchnorm_cases(draw) -> ArchitectureCase:
+    """``Dense → BatchNorm(φ)`` × 1–2 then ``Dense`` (an optional plain activation block between them) on one batch
+    of 3–6 distinct inputs of 2–4 features."""
+    layers: list[A.Layer] = [A.Dense()]
+    for i in range(draw(st.integers(1, 2))):
+        if i:
+            layers.append(A.Dense())
+        layers.append(A.BatchNorm(draw(st.sampled_from(BATCHNORM_ACTIVATIONS))))
+    layers.append(A.Dense())
+    net = A.Serial(*layers)
+    w, b = _variances(draw)
+    x = _inputs(draw, draw(st.integers(3, 6)), draw(st.integers(2, 4)), duplicate=False)
+    return ArchitectureCase("batchnorm", net, x, None, w, b, BUDGETS["batchnorm"], one_batch=True)
+
+
 def architecture_cases() -> st.SearchStrategy[ArchitectureCase]:
     """Any family (flat first, so shrinking ends at an MLP)."""
-    return st.one_of(flat_cases(), spatial_architecture_cases(), sequence_cases(), graph_cases())
+    return st.one_of(flat_cases(), spatial_architecture_cases(), sequence_cases(), graph_cases(), batchnorm_cases())
 
 
-__all__ = ["BUDGETS", "GRAMMAR_ACTIVATIONS", "ArchitectureCase", "architecture_cases", "flat_blocks", "flat_cases",
-           "graph_cases", "sequence_cases", "spatial_architecture_cases"]
+__all__ = ["BATCHNORM_ACTIVATIONS", "BUDGETS", "GRAMMAR_ACTIVATIONS", "ArchitectureCase", "architecture_cases",
+           "batchnorm_cases", "flat_blocks", "flat_cases", "graph_cases", "one_batch_kernel", "sequence_cases",
+           "spatial_architecture_cases"]
