@@ -146,10 +146,10 @@ def _canonical_order(sigma: torch.Tensor, w: int) -> torch.Tensor:
     return torch.where(tu - tv > tol, 0, torch.where(tv - tu > tol, 1, 2))
 
 
-def _average_factors(t: torch.Tensor) -> torch.Tensor:
-    """``(a + b)/2`` over axis 1 of ``(c, 2, ...)``: written as one commutative sum so that exchanging the two
-    factors (exchanging the sides) gives bit-identical values."""
-    return (t[:, 0] + t[:, 1]) / 2
+def _average_factors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a + b)/2``: one commutative sum, so that exchanging the two factors (exchanging the sides) gives
+    bit-identical values."""
+    return (a + b) / 2
 
 
 def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed: int, same: torch.Tensor):
@@ -177,17 +177,8 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         both = both.unflatten(0, (-1, 2))
         return torch.stack([both[:, 0], both[:, 1][:, swap]], 1).flatten(0, 1)  # L_b's rows in the original order
 
-    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor, order_c: torch.Tensor):
-        la, lb = lf[0::2], lf[1::2]  # (c, m, m) each
-        first = torch.where((order_c == 1)[:, None, None], lb, la)  # the canonical factor, or L_a on a tie
-        second = torch.where((order_c == 0)[:, None, None], la, lb)
-        x = torch.stack([first @ z, second @ z_next], 1).flatten(0, 1)  # (2c, m, N): two slots per entry
-        tied = (order_c == 2) & ~same_c  # both factors on the same points (the symmetric average)
-        if bool(tied.any()):
-            rows = tied.nonzero()[:, 0]
-            x = x.index_copy(0, 2 * rows + 1, lb[rows] @ z)
-        if pad_c is not None:
-            pad_c = pad_c.repeat_interleave(2, 0)
+    def one_slot(x: torch.Tensor, pad_c: torch.Tensor | None):
+        """Replicate means ``(c, R)`` and NTK weights ``(c, w, w)`` (or ``None``) of samples ``x`` ``(c, m, N)``."""
         f = x if monotone else phi(x)
         if pad_c is not None:
             f = f + pad_c[:, :, None]
@@ -200,7 +191,7 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
                 fu, fv = torch.maximum(fu, f[:, j]), torch.maximum(fv, f[:, w + j])
         if monotone:
             fu, fv = phi(fu), phi(fv)
-        means = _average_factors((fu * fv).reshape(-1, 2, REPLICATES, half).mean(-1))  # (c, R)
+        means = (fu * fv).reshape(-1, REPLICATES, half).mean(-1)  # (c, R)
         if dphi is None:
             return means, None
         if monotone:  # φ' at the maximal cell's value
@@ -211,7 +202,20 @@ def _qmc(sigma: torch.Tensor, valid: torch.Tensor, phi, dphi, samples: int, seed
         cells = torch.arange(w, device=x.device)[None, :, None]
         hu = (iu[:, None, :] == cells).to(x.dtype) * du[:, None, :]  # (c, w, N)
         hv = (iv[:, None, :] == cells).to(x.dtype) * dv[:, None, :]
-        return means, _average_factors((hu @ hv.transpose(-1, -2) / n).unflatten(0, (-1, 2)))
+        return means, hu @ hv.transpose(-1, -2) / n
+
+    def chunk(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor, order_c: torch.Tensor):
+        la, lb = lf[0::2], lf[1::2]  # (c, m, m) each
+        first = torch.where((order_c == 1)[:, None, None], lb, la)  # the canonical factor, or L_a on a tie
+        second = torch.where((order_c == 0)[:, None, None], la, lb)
+        means, weights = one_slot(first @ z, pad_c)  # the first slot: the first half of each replicate's points
+        x = second @ z_next  # the second slot: the next points (the same canonical factor, or L_b on a tie)
+        tied = (order_c == 2) & ~same_c  # both factors on the same points (the symmetric average)
+        if bool(tied.any()):
+            rows = tied.nonzero()[:, 0]
+            x = x.index_copy(0, rows, lb[rows] @ z)
+        means_2, weights_2 = one_slot(x, pad_c)
+        return _average_factors(means, means_2), None if weights is None else _average_factors(weights, weights_2)
 
     def packed(lf: torch.Tensor, pad_c: torch.Tensor | None, same_c: torch.Tensor, order_c: torch.Tensor):
         means, weights = chunk(lf, pad_c, same_c, order_c)
