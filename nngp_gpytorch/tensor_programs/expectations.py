@@ -28,8 +28,14 @@ from dataclasses import dataclass, replace
 import torch
 import torch.utils.checkpoint
 
-from ..numerics import fix_eigenvector_signs, normal_product_rule, psd_cholesky, sobol_replicates
-from .kinks import kinked_coordinates, split_product_nodes
+from ..numerics import (
+    fix_eigenvector_signs,
+    kinked_coordinates,
+    normal_product_rule,
+    psd_cholesky,
+    sobol_replicates,
+    split_product_nodes,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,9 @@ class Accuracy:
         max_chunk_elements: memory bound (number of function evaluations held at once).
         qmc_pca: map Sobol coordinates to principal components of ``Σ`` (largest first), which lowers the
             effective dimension and the RQMC error (Acworth, Broadie & Glasserman 1998).
-        split_kinks: split product rules at the kinks of coordinates found non-smooth at 0 (:mod:`.kinks`:
-            ReLU, abs, step, sign, max(·, 0) factors), which restores their geometric convergence.
+        split_kinks: split product rules at the kinks of coordinates found non-smooth at 0 (kink-aligned rules of
+            :mod:`nngp_gpytorch.numerics`: ReLU, abs, step, sign, max(·, 0) factors), which restores their geometric
+            convergence.
         target: relative accuracy asked of the Gauss–Hermite part (:mod:`.error_control`): the kernel is also
             computed with every product rule at half its degree, ``|K_n − K_{n/2}|`` is reported as the
             quadrature error, and while it exceeds ``target·max|K|`` the degrees are doubled (at most
