@@ -20,3 +20,18 @@ def _seed_torch():
     # Not 0 or another small seed: tests draw their own data from seeded generators, and unseeded draws must
     # not coincide with those (with seed 0 a "random" point equalled a declared batch-norm point).
     torch.manual_seed(987654321)
+
+
+@pytest.fixture
+def paired_inputs():
+    """``make(d)``: ``(x1, x2)`` of shapes ``(6, d)`` and ``(4, d)`` in float64, seeded by ``d``, with ``x2[1] = x1[2]``
+    (a duplicated input: correlation exactly 1 at equal positions)."""
+
+    def make(d: int):
+        g = torch.Generator().manual_seed(d)
+        x1 = torch.randn(6, d, dtype=torch.float64, generator=g)
+        x2 = torch.randn(4, d, dtype=torch.float64, generator=g)
+        x2[1] = x1[2]
+        return x1, x2
+
+    return make

@@ -30,14 +30,6 @@ CLOSED_FORM = [
 ]
 
 
-def _inputs(d: int):
-    g = torch.Generator().manual_seed(d)
-    x1 = torch.randn(6, d, dtype=torch.float64, generator=g)
-    x2 = torch.randn(4, d, dtype=torch.float64, generator=g)
-    x2[1] = x1[2]  # a duplicated input: correlation exactly 1 at equal positions
-    return x1, x2
-
-
 def test_fusion_pass_rewrites_only_conv_runs_ending_in_gap_or_flatten():
     net = A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense(), A.ReLU(), A.Dense())
     fused = fuse_conv_stacks(net)
@@ -50,9 +42,9 @@ def test_fusion_pass_rewrites_only_conv_runs_ending_in_gap_or_flatten():
 
 @pytest.mark.parametrize("net,shape", CLOSED_FORM, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
 @pytest.mark.parametrize("ntk", [False, True])
-def test_engine_equals_the_layer_by_layer_algebra(net, shape, ntk):
+def test_engine_equals_the_layer_by_layer_algebra(net, shape, ntk, paired_inputs):
     d = int(torch.Size(shape).numel())
-    x1, x2 = _inputs(d)
+    x1, x2 = paired_inputs(d)
     for a, b, diag in ((x1, x1, False), (x1, x2, False), (x1, x1, True), (x1[:4], x2, True)):
         k0, t0 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape, optimize=False)
         k1, t1 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape)
@@ -63,10 +55,10 @@ def test_engine_equals_the_layer_by_layer_algebra(net, shape, ntk):
     assert torch.equal(k, k.mT)  # pairs i ≤ j mirrored: exactly symmetric
 
 
-def test_engine_values_do_not_depend_on_the_chunking(monkeypatch):
+def test_engine_values_do_not_depend_on_the_chunking(monkeypatch, paired_inputs):
     # a quadrature dual (tanh): its adaptive degree is fixed per layer from both sides' largest variance
     net, shape = A.Serial(A.Conv(3), A.Tanh(), A.Conv(3), A.Tanh(), A.GlobalAvgPool(), A.Dense()), (2, 5, 5)
-    x1, x2 = _inputs(50)
+    x1, x2 = paired_inputs(50)
     big = evaluate(net, x1, x2, H, with_ntk=True, input_shape=shape)
     monkeypatch.setattr(conv_stack, "CPU_CHUNK_BYTES", 1)  # one pair per chunk
     small = evaluate(net, x1, x2, H, with_ntk=True, input_shape=shape)
@@ -75,9 +67,9 @@ def test_engine_values_do_not_depend_on_the_chunking(monkeypatch):
     torch.testing.assert_close(big[0], generic[0], rtol=1e-6, atol=0)  # the generic path's degree is per block
 
 
-def test_engine_gradients_match_the_layer_by_layer_algebra():
+def test_engine_gradients_match_the_layer_by_layer_algebra(paired_inputs):
     net, shape = A.cnn(depth=2, readout="gap"), (2, 5, 4)
-    x1, x2 = _inputs(40)
+    x1, x2 = paired_inputs(40)
 
     def grads(optimize):
         w = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
@@ -96,9 +88,9 @@ def test_chunks_hold_a_bounded_number_of_pairs():
     assert flat == conv_stack.CPU_CHUNK_BYTES // per_pair
 
 
-def test_every_kernel_tiles_within_max_memory_with_identical_values():
+def test_every_kernel_tiles_within_max_memory_with_identical_values(paired_inputs):
     mlp = A.mlp(depth=3, activation=A.Erf())
-    x1, x2 = _inputs(7)
+    x1, x2 = paired_inputs(7)
     plain = NTKKernel(mlp, weight_var=1.5, bias_var=0.1, max_memory=None, dtype=torch.float64)
     tiled = NTKKernel(mlp, weight_var=1.5, bias_var=0.1, max_memory=16 * 8 * 6, dtype=torch.float64)
     assert tiled.entries_per_pair() == 1 and tiled.tile_sizes(6, 4, torch.float64) == (2, 3)

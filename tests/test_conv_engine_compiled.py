@@ -33,14 +33,6 @@ RELU_STACKS = [
 ]
 
 
-def _inputs(d: int):
-    g = torch.Generator().manual_seed(d)
-    x1 = torch.randn(6, d, dtype=torch.float64, generator=g)
-    x2 = torch.randn(4, d, dtype=torch.float64, generator=g)
-    x2[1] = x1[2]  # a duplicated input: correlation exactly 1 at equal positions
-    return x1, x2
-
-
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the compiled engine's calls (so a test knows the compiled path ran)."""
@@ -58,9 +50,9 @@ def calls(monkeypatch):
 
 @pytest.mark.parametrize("net,shape", RELU_STACKS, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
 @pytest.mark.parametrize("ntk", [False, True])
-def test_compiled_loops_equal_the_torch_path(net, shape, ntk, calls, monkeypatch):
+def test_compiled_loops_equal_the_torch_path(net, shape, ntk, calls, monkeypatch, paired_inputs):
     d = int(torch.Size(shape).numel())
-    x1, x2 = _inputs(d)
+    x1, x2 = paired_inputs(d)
     for a, b, diag in ((x1, x1, False), (x1, x2, False), (x1, x1, True), (x1[:4], x2, True)):
         with torch.no_grad():
             k1, t1 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape)
