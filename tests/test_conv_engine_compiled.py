@@ -1,7 +1,7 @@
 """The compiled CPU loops of the positional engine (algebra/conv_stack_jit) against the engine's torch path.
 
 Both compute the same recurrences in a different order (per pair in cache vs per chunk of pairs), so they must agree
-to rounding: 1e-13 relative in float64 on ReLU/linear conv stacks of every geometry the engine takes (1-, 2-, 3-D,
+to rounding: 1e-13 relative in float64 on ReLU/erf/linear conv stacks of every geometry the engine takes (1-, 2-, 3-D,
 stride, dilation, same/valid/circular padding, convs without an activation, GAP and Flatten), NNGP and NTK, full
 blocks, ``K(X, X)``, diagonals and duplicated inputs; float32 within float32 rounding of float64.
 """
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not conv_stack_jit.AVAILABLE, reason="numba is n
 
 H = Hyperparameters.constant(1.7, 0.2)
 
-RELU_STACKS = [
+STACKS = [
     (A.cnn(depth=3, readout="gap"), (3, 6, 5)),
     (A.cnn(depth=2, readout="flatten"), (2, 7, 6)),
     (A.Serial(A.Conv(3, stride=2), A.ReLU(), A.Conv((2, 3), dilation=2, padding="valid"), A.ReLU(),
@@ -30,6 +30,9 @@ RELU_STACKS = [
      (2, 17)),
     (A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.GlobalAvgPool(), A.ReLU(), A.Dense()), (1, 4, 5, 3)),
     (A.Serial(A.Conv(3, stride=(1, 2)), A.Conv(2, padding="valid"), A.ReLU(), A.Flatten(), A.Dense()), (2, 6, 7)),
+    (A.Serial(A.Conv(3), A.Erf(), A.Conv(3, stride=2), A.ReLU(), A.Conv(3), A.Erf(), A.GlobalAvgPool(), A.Dense()),
+     (2, 7, 6)),
+    (A.Serial(A.Conv(3, padding="circular"), A.Erf(), A.Conv(3), A.Erf(), A.Flatten(), A.Dense()), (3, 9)),
 ]
 
 
@@ -48,7 +51,7 @@ def calls(monkeypatch):
     return counter
 
 
-@pytest.mark.parametrize("net,shape", RELU_STACKS, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
+@pytest.mark.parametrize("net,shape", STACKS, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
 @pytest.mark.parametrize("ntk", [False, True])
 def test_compiled_loops_equal_the_torch_path(net, shape, ntk, calls, monkeypatch, paired_inputs):
     d = int(torch.Size(shape).numel())
@@ -95,6 +98,20 @@ def test_float32_agrees_with_float64_and_stays_positive_definite():
     torch.testing.assert_close(k32.double(), k64, rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(t32.double(), t64, rtol=2e-6, atol=1e-7)
     assert torch.linalg.eigvalsh(k32.double()).min() > 0
+
+
+def test_other_activations_take_the_torch_path(calls):
+    net = A.Serial(A.Conv(3), A.Tanh(), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    x = torch.randn(3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        evaluate(net, x, x, H, input_shape=(2, 4, 4))
+    assert calls["n"] == 0
+
+
+def test_arcsin_polynomial_matches_libm():
+    x = torch.linspace(-1.0, 1.0, 20_001, dtype=torch.float64)
+    ours = torch.tensor([conv_stack_jit.arcsin(float(v)) for v in x], dtype=torch.float64)
+    assert (ours - torch.arcsin(x)).abs().max() < 1e-15
 
 
 def test_arccos_polynomial_matches_libm():

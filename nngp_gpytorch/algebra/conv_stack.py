@@ -27,12 +27,9 @@ The rule applies when the run starts from the raw inputs of a kernel without bat
 
 from __future__ import annotations
 
-import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..arch import Activation, ArchitectureError, Layer, ReLU
@@ -41,6 +38,7 @@ from ..arch.pool import Flatten, GlobalAvgPool
 from ..duals import dual_for
 from ..duals.dense_maps import affine as fused_affine
 from . import conv_stack_jit as jit
+from .conv_stack_compiled import CompiledRun
 from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
 from .state import CovState
@@ -53,7 +51,7 @@ GPU_CHUNK_BYTES = 1 << 30
 #: tensors of one chunk's size alive at once (K, Θ, the pre-activation, the dual's temporaries)
 LIVE_TENSORS = 10
 #: run chunks through the compiled loops of :mod:`.conv_stack_jit` where they apply (numba installed, a CPU, no
-#: autograd, every activation a ReLU); False: always the torch path (tests compare the two)
+#: autograd, every activation a ReLU or erf); False: always the torch path (tests compare the two)
 COMPILED = True
 #: pairs per call of the compiled loops (their memory is per-thread scratch, not per chunk)
 COMPILED_CHUNK_PAIRS = 1024
@@ -258,78 +256,16 @@ def _cross_chunk(a: _Side, b: _Side, same: torch.Tensor | None, groups: list[_Gr
     return k.mean(dims), (t.mean(dims) if with_ntk else None)
 
 
-def _compiled_applies(a: _Side, b: _Side, groups: list[_Group]) -> bool:
-    """Whether :mod:`.conv_stack_jit` can run this block: numba present, a CPU, float32/64, nothing that autograd
-    must see, and every group linear or a ReLU whose fast roots both sides have."""
-    if not (COMPILED and jit.AVAILABLE and a.x.device.type == "cpu" and a.x.dtype in (torch.float32, torch.float64)):
-        return False
-    tensors = [a.x, b.x] + [t for g in groups for t in (g.weight_var, g.bias_var)]
+def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool) -> CompiledRun | None:
+    """The compiled loops for this block (:class:`.conv_stack_CompiledRun`), or None where they do not apply:
+    ``COMPILED`` off, numba missing, not a CPU, not float32/64, something autograd must see, or an activation the
+    loops do not have (they have ReLU and erf) or a zero pre-activation variance."""
+    if not (COMPILED and jit.AVAILABLE and sa.x.device.type == "cpu" and sa.x.dtype in (torch.float32, torch.float64)):
+        return None
+    tensors = [sa.x, sb.x] + [t for g in groups for t in (g.weight_var, g.bias_var)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return all(g.dual is None or (ra is not None and rb is not None)
-               for g, ra, rb in zip(groups, a.roots, b.roots, strict=True))
-
-
-class _Compiled:
-    """The arrays :func:`.conv_stack_jit.gap_pairs` / ``flatten_pairs`` read, packed once per block: per layer the
-    geometry ``(L, 3, 7)``, ``σw²/k``, ``σb²``, ReLU flags, and per side the roots concatenated over layers."""
-
-    def __init__(self, sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool):
-        self.geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
-        self.geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
-        for i, g in enumerate(groups):
-            nd = len(g.positions_in)
-            for ax, (n, out, k, st, d) in enumerate(zip(g.positions_in, g.positions_out, g.kernel, g.stride,
-                                                         g.dilation, strict=True)):
-                low = conv_output_size(n, k, st, d, g.padding)[1]
-                self.geometry[i, 3 - nd + ax] = (n, out, k, st, d, low, g.padding == "circular")
-        self.w = np.array([float(g.tap_weight) for g in groups])
-        self.b = np.array([float(g.bias_var) for g in groups])
-        self.relu = np.array([ra is not None for ra in sa.roots])
-        self.offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
-        self.qa, self.nqa = self._roots(sa, 0, 1)
-        self.qb, self.iqb = (self.qa, None) if sb is sa else self._roots(sb, 0, 2)
-        if self.iqb is None:
-            self.iqb = self._roots(sa, 2, 2)[0]
-        self.snap = 1.0 - 8 * torch.finfo(sa.x.dtype).eps if with_ntk else 2.0
-        self.x1 = sa.x.numpy()
-        self.x2 = self.x1 if sb is sa else sb.x.numpy()
-        self.run = jit.gap_pairs if full else jit.flatten_pairs
-        self.with_ntk, self.dtype = with_ntk, sa.x.dtype
-
-    @staticmethod
-    def _roots(side: _Side, first: int, second: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = [(torch.ones_like(v), torch.ones_like(v)) if r is None else (r[first], r[second])
-                 for v, r in zip(side.pre, side.roots, strict=True)]
-        return (torch.cat([p[0] for p in parts], -1).double().numpy(),
-                torch.cat([p[1] for p in parts], -1).double().numpy())
-
-    def __call__(self, ia: torch.Tensor, ib: torch.Tensor, same: torch.Tensor | None):
-        """``(K, Θ)`` ``(m,)`` of the pairs ``(ia, ib)``, split over ``torch.get_num_threads()`` threads (the loops
-        release the GIL; each writes its own slice of the result)."""
-        m = ia.shape[0]
-        k, t = np.empty(m), np.empty(m)
-        flags = np.zeros(m, dtype=np.bool_) if same is None else same.numpy()
-        ia, ib = ia.numpy(), ib.numpy()
-
-        def run(lo: int, hi: int) -> None:
-            self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.relu,
-                     self.qa, self.nqa, self.qb, self.iqb, self.offsets, self.snap, self.with_ntk, k[lo:hi], t[lo:hi])
-
-        threads = min(torch.get_num_threads(), m)
-        if threads <= 1:
-            run(0, m)
-        else:
-            bounds = np.linspace(0, m, threads + 1).astype(int)
-            list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
-        k, t = torch.from_numpy(k).to(self.dtype), torch.from_numpy(t).to(self.dtype)
-        return k, (t if self.with_ntk else None)
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A thread pool of ``threads`` workers, kept for the process (one per thread count asked)."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
+        return None
+    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk)
 
 
 def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device) -> int:
@@ -345,7 +281,7 @@ def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: t
 def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk):
     """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
     step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device)
-    compiled = _Compiled(sa, sb, groups, full, with_ntk) if _compiled_applies(sa, sb, groups) else None
+    compiled = _compiled(sa, sb, groups, full, with_ntk)
     if compiled is not None:  # per-pair scratch only: chunks just bound the time between interrupt checks
         step = max(step, COMPILED_CHUNK_PAIRS)
     ks, ts = [], []

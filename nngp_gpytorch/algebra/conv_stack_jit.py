@@ -91,9 +91,35 @@ def arccos(x):
 
 
 @_jit(inline="always")
-def _relu(s, q1, nq1, q2, iq2, snap, ident):
-    """``(K', (π − θ)/2π)`` of the ReLU dual at pre-activation covariance ``s`` (``nq1 = −1/√v``, ``iq2 = 1/√v'``)."""
-    c = min(max(s * nq1 * iq2, -1.0), 1.0)  # −c, as the torch path holds it
+def arcsin(x):
+    """``arcsin x`` for ``x ∈ [−1, 1]`` from the same polynomial (``π/2 − 2·asin √((1 − |x|)/2)`` above 1/2)."""
+    ax = abs(x)
+    small = ax <= 0.5
+    zb = (1.0 - ax) * 0.5
+    z = x * x if small else zb
+    s = ax if small else math.sqrt(zb)
+    a = s + s * z * _asin_r(z)
+    r = a if small else 0.5 * math.pi - 2.0 * a
+    return -r if x < 0.0 else r
+
+
+@_jit(inline="always")
+def _erf(s, q1, iq1, r1, q2, iq2, r2, ident):
+    """``(K', Θ̇)`` of the erf dual (Williams 1997) at pre-activation covariance ``s``: ``(2/π)·arcsin(2k·r·r')`` and
+    ``(4/π)·((1 + 2v)(1 + 2v') − 4k²)^(−1/2)`` with ``r = 1/√(1 + 2v)``, ``k = c·√(v·v')`` (``c = 1`` for identical
+    inputs at the same position, as :func:`~nngp_gpytorch.duals.safe_math.correlation` does)."""
+    c = min(max(s * iq1 * iq2, -1.0), 1.0)
+    c = 1.0 if ident else c
+    k = c * (q1 * q2)
+    a = min(max(2.0 * k * (r1 * r2), -1.0), 1.0)
+    det = max(1.0 / (r1 * r1) * (1.0 / (r2 * r2)) - 4.0 * k * k, 2.2250738585072014e-308)
+    return (2.0 / math.pi) * arcsin(a), (4.0 / math.pi) / math.sqrt(det)
+
+
+@_jit(inline="always")
+def _relu(s, q1, iq1, q2, iq2, snap, ident):
+    """``(K', (π − θ)/2π)`` of the ReLU dual at pre-activation covariance ``s`` (``iq = 1/√v``)."""
+    c = min(max(s * -iq1 * iq2, -1.0), 1.0)  # −c, as the torch path holds it
     c = 1.0 if c >= snap else (-1.0 if c <= -snap else c)
     c = -1.0 if ident else c
     pmt = arccos(c)  # π − θ
@@ -185,9 +211,10 @@ def _taps(buf, spare, geometry, layer, both):
 
 
 @_jit(inline="always")
-def _finish_row(row, trow, p, wl, bl, carry, ntk, relu, q1, nq1, qrow, iqrow, snap, ident):
+def _finish_row(row, trow, p, wl, bl, carry, ntk, act, q1, iq1, r1, qrow, iqrow, rrow, snap, ident):
     """Row ``p`` of a layer after its taps: ``S = σb² + (σw²/k)·U``, ``Θ = S + (σw²/k)·U_Θ`` (``carry``; the first
-    layer's ``Θ = S``), then the ReLU dual (``relu``) in place; ``qrow``/``iqrow`` the second input's roots."""
+    layer's ``Θ = S``), then the dual in place (``act``: 0 none, 1 ReLU, 2 erf); ``q1``, ``iq1``, ``r1`` the first
+    input's ``√v``, ``1/√v``, ``1/√(1 + 2v)`` at ``p``, ``qrow``, ``iqrow``, ``rrow`` the second input's row."""
     for q in range(row.shape[0]):
         row[q] = bl + wl * row[q]
     if carry:
@@ -195,19 +222,29 @@ def _finish_row(row, trow, p, wl, bl, carry, ntk, relu, q1, nq1, qrow, iqrow, sn
             trow[q] = row[q] + wl * trow[q]
     elif ntk:
         trow[:] = row
-    if relu:
+    if act == 1:
         if ntk:
             for q in range(row.shape[0]):
-                kv, dv = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))
+                kv, dv = _relu(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))
                 row[q] = kv
                 trow[q] *= dv
         else:
             for q in range(row.shape[0]):
-                row[q] = _relu(row[q], q1, nq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
+                row[q] = _relu(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
+    elif act == 2:
+        if ntk:
+            for q in range(row.shape[0]):
+                kv, dv = _erf(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))
+                row[q] = kv
+                trow[q] *= dv
+        else:
+            for q in range(row.shape[0]):
+                row[q] = _erf(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))[0]
 
 
 @_jit()
-def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, relu, qa, nqa, qrow, iqrow, snap, ident):
+def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, qa, iqa, ra, qrow, iqrow, rrow, snap,
+                   ident):
     """One layer of a run on at most two spatial axes (``g``: its ``(3, 7)`` geometry, the first axis trivial), row
     block by row block: for each output position row ``b`` of the outer axis, the outer axis's taps of the ``C_in``
     input rows it reads go to ``mid`` (``C_in`` rows of ``B_out·C_in`` columns, in cache), then each output row
@@ -244,16 +281,17 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, relu,
                 _tap_row(mid[ci * p_mid:(ci + 1) * p_mid], row, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
                 if carry:
                     _tap_row(tmid[ci * p_mid:(ci + 1) * p_mid], trow, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
-            _finish_row(row, trow, p, wl, bl, carry, ntk, relu, qa[p], nqa[p], qrow, iqrow, snap, ident)
+            _finish_row(row, trow, p, wl, bl, carry, ntk, act, qa[p], iqa[p], ra[p], qrow, iqrow, rrow, snap, ident)
 
 
 @_jit(nogil=True)
-def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
+def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, out_k, out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
-    ``relu`` ``(L,)``: a ReLU follows the conv; ``qa``/``nqa`` ``(n1, ΣP_l)`` = ``√v``, ``−1/√v`` of the first
-    inputs, ``qb``/``iqb`` ``(n2, ΣP_l)`` = ``√v'``, ``1/√v'``; results into ``out_k``, ``out_t`` ``(m,)``. Layers on
-    at most two spatial axes go row block by row block (:func:`_layer_by_rows`), others axis by axis."""
+    ``act`` ``(L,)``: the activation after each conv (0 none, 1 ReLU, 2 erf); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``:
+    ``√v``, ``1/√v``, ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb``
+    ``(n2, ΣP_l)`` of the second; results into ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go
+    row block by row block (:func:`_layer_by_rows`), others axis by axis."""
     layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
     largest, middle = positions, 1
     for layer in range(layers):
@@ -282,11 +320,11 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
             g, carry = geometry[layer], ntk and layer > 0
             off, wl, bl = offsets[layer], w[layer], b[layer]
             po = offsets[layer + 1] - off
-            q1, nq1 = qa[ia[n], off:off + po], nqa[ia[n], off:off + po]
-            qrow, iqrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po]
+            q1, iq1, r1 = qa[ia[n], off:off + po], iqa[ia[n], off:off + po], ra[ia[n], off:off + po]
+            qrow, iqrow, rrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po], rb[ib[n], off:off + po]
             if g[0, 0] == 1 and g[0, 1] == 1 and g[0, 2] == 1:
-                _layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, carry, ntk, wl, bl, relu[layer], q1, nq1,
-                               qrow, iqrow, snap, same[n])
+                _layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, carry, ntk, wl, bl, act[layer], q1, iq1, r1,
+                               qrow, iqrow, rrow, snap, same[n])
                 kbuf, kspare, tbuf, tspare = kspare, kbuf, tspare, tbuf
                 continue
             kbuf, kspare = _taps(kbuf, kspare, geometry, layer, True)
@@ -294,7 +332,7 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
                 tbuf, tspare = _taps(tbuf, tspare, geometry, layer, True)
             for p in range(po):
                 _finish_row(kbuf[p * po:(p + 1) * po], tbuf[p * po:(p + 1) * po], p, wl, bl, carry, ntk,
-                            relu[layer], q1[p], nq1[p], qrow, iqrow, snap, same[n])
+                            act[layer], q1[p], iq1[p], r1[p], qrow, iqrow, rrow, snap, same[n])
         po = offsets[layers] - offsets[layers - 1]
         sk, st = 0.0, 0.0
         for e in range(po * po):
@@ -307,7 +345,8 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offs
 
 
 @_jit(nogil=True)
-def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, offsets, snap, ntk, out_k, out_t):
+def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, out_k,
+                  out_t):
     """:func:`gap_pairs` in the same-position layout (Flatten readout, ``(1/P)·Σ_p``): ``x1`` ``(n1, C, P)``,
     ``x2`` ``(n2, C, P)``; the taps act on one position axis."""
     layers, channels, positions = geometry.shape[0], x1.shape[1], x1.shape[2]
@@ -343,12 +382,15 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, 
                     trow[p] = row[p] + wl * trow[p]
             elif ntk:
                 trow[:] = row
-            if relu[layer]:
-                q1, nq1 = qa[ia[n], off:off + po], nqa[ia[n], off:off + po]
-                q2, iq2 = qb[ib[n], off:off + po], iqb[ib[n], off:off + po]
-                ident = same[n]
+            if act[layer] != 0:
+                q1, iq1, r1 = qa[ia[n], off:off + po], iqa[ia[n], off:off + po], ra[ia[n], off:off + po]
+                q2, iq2, r2 = qb[ib[n], off:off + po], iqb[ib[n], off:off + po], rb[ib[n], off:off + po]
+                ident, relu = same[n], act[layer] == 1
                 for p in range(po):
-                    kv, dv = _relu(row[p], q1[p], nq1[p], q2[p], iq2[p], snap, ident)
+                    if relu:
+                        kv, dv = _relu(row[p], q1[p], iq1[p], q2[p], iq2[p], snap, ident)
+                    else:
+                        kv, dv = _erf(row[p], q1[p], iq1[p], r1[p], q2[p], iq2[p], r2[p], ident)
                     row[p] = kv
                     trow[p] *= dv
             if layer == layers - 1:
@@ -362,4 +404,4 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, relu, qa, nqa, qb, iqb, 
         out_t[n] = st / po
 
 
-__all__ = ["AVAILABLE", "arccos", "flatten_pairs", "gap_pairs"]
+__all__ = ["AVAILABLE", "arccos", "arcsin", "flatten_pairs", "gap_pairs"]

@@ -1,0 +1,103 @@
+"""The driver of the compiled conv loops (:mod:`.conv_stack_jit`): a block's arrays packed once, calls over threads.
+
+:class:`CompiledRun` turns the engine's per-group data (:mod:`.conv_stack`: geometry, variances, activations, the
+per-input pre-activation variances) into the flat arrays the loops read, and runs a list of pairs through them,
+split over ``torch.get_num_threads()`` threads (the loops release the GIL).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..arch import Erf, ReLU
+from . import conv_stack_jit as jit
+from .taps import conv_output_size
+
+
+class CompiledRun:
+    """The arrays :func:`.conv_stack_jit.gap_pairs` / ``flatten_pairs`` read, packed once per block, and their calls.
+
+    Per layer: the geometry ``(L, 3, 7)`` (module docstring), ``σw²/k``, ``σb²`` and the activation code (0 none,
+    1 ReLU, 2 erf); per side ``√v``, ``1/√v`` and ``1/√(1 + 2v)`` of the pre-activation variances ``v``, concatenated
+    over layers. A call splits its pairs over ``torch.get_num_threads()`` threads (the loops release the GIL; each
+    writes its own slice of the result)."""
+
+    CODES = {"ReLU": 1, "Erf": 2}
+
+    @classmethod
+    def build(cls, x1, pre1, x2, pre2, symmetric: bool, groups, full: bool, with_ntk: bool) -> CompiledRun | None:
+        """The run for inputs ``x1``/``x2`` (the engine's layouts) with per-group variances ``pre1``/``pre2``
+        ``[(n, P_l)]``, or None if an activation has no loop here or a variance is zero (the duals' own conventions
+        for zero-norm inputs apply there)."""
+        codes = []
+        for g in groups:
+            kind = None if g.dual is None else type(g.activation)
+            if kind is not None and kind not in (ReLU, Erf):
+                return None
+            codes.append(0 if kind is None else cls.CODES[kind.__name__])
+        tiny = torch.finfo(x1.dtype).tiny
+        for code, v1, v2 in zip(codes, pre1, pre2, strict=True):
+            if code and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
+                return None
+        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk)
+
+    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk):
+        self.geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
+        self.geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
+        for i, g in enumerate(groups):
+            nd = len(g.positions_in)
+            for ax, (n, out, k, st, d) in enumerate(zip(g.positions_in, g.positions_out, g.kernel, g.stride,
+                                                         g.dilation, strict=True)):
+                low = conv_output_size(n, k, st, d, g.padding)[1]
+                self.geometry[i, 3 - nd + ax] = (n, out, k, st, d, low, g.padding == "circular")
+        self.w = np.array([float(g.tap_weight) for g in groups])
+        self.b = np.array([float(g.bias_var) for g in groups])
+        self.act = np.array(codes, dtype=np.int64)
+        self.offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
+        self.side1 = self._roots(pre1)
+        self.side2 = self.side1 if symmetric else self._roots(pre2)
+        self.snap = 1.0 - 8 * torch.finfo(x1.dtype).eps if with_ntk else 2.0
+        self.x1 = x1.numpy()
+        self.x2 = self.x1 if symmetric else x2.numpy()
+        self.run = jit.gap_pairs if full else jit.flatten_pairs
+        self.with_ntk, self.dtype = with_ntk, x1.dtype
+
+    @staticmethod
+    def _roots(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        v = torch.cat([p.detach().double() for p in pre], -1).clamp_min(0.0)
+        q = v.sqrt()
+        return q.numpy(), (1.0 / q).numpy(), torch.rsqrt(1.0 + 2.0 * v).numpy()
+
+    def __call__(self, ia: torch.Tensor, ib: torch.Tensor, same: torch.Tensor | None):
+        """``(K, Θ)`` ``(m,)`` of the pairs ``(x1[ia], x2[ib])`` (``same``: identical inputs, or None)."""
+        m = ia.shape[0]
+        k, t = np.empty(m), np.empty(m)
+        flags = np.zeros(m, dtype=np.bool_) if same is None else same.numpy()
+        ia, ib = ia.numpy(), ib.numpy()
+
+        def run(lo: int, hi: int) -> None:
+            self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.act,
+                     *self.side1, *self.side2, self.offsets, self.snap, self.with_ntk, k[lo:hi], t[lo:hi])
+
+        threads = min(torch.get_num_threads(), m)
+        if threads <= 1:
+            run(0, m)
+        else:
+            bounds = np.linspace(0, m, threads + 1).astype(int)
+            list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+        k, t = torch.from_numpy(k).to(self.dtype), torch.from_numpy(t).to(self.dtype)
+        return k, (t if self.with_ntk else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool of ``threads`` workers, kept for the process (one per thread count asked)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
+
+
+__all__ = ["CompiledRun"]
