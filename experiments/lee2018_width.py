@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("mlp", "cnn_flatten")
+ARCHS = ("mlp", "cnn_flatten", "cnn_gap")
 NOISES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # × mean prior variance; as mnist1d_kernels.py
 WEIGHT_VAR, BIAS_VAR = 2.0, 0.1
 VALIDATION_FRACTION = 0.2
@@ -116,6 +116,8 @@ def architecture(name: str, depth: int = 3):
         return A.mlp(depth), None
     if name == "cnn_flatten":
         return A.cnn(depth, kernel_size=5, readout="flatten"), (1, 40)
+    if name == "cnn_gap":  # Novak et al. 2019's CNN-GP with global average pooling
+        return A.cnn(depth, kernel_size=5, readout="gap"), (1, 40)
     raise ValueError(f"unknown architecture {name!r}; choose from {ARCHS}")
 
 
@@ -537,7 +539,8 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
 
 
 def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, tile: int = 2048,
-              num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True) -> dict[str, Any]:
+              num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True,
+              threads: int = 1) -> dict[str, Any]:
     """The NNGP at large ``n_train`` through :func:`nngp_gpytorch.scale.fit_predict` in this process
     (``client="inline"``; float32 tile store, noise by validation accuracy on the first ``noise_subset`` points, the
     solve chosen by ``"auto"``): test accuracy, wall time per phase and in all, this process's CPU time (the wall time
@@ -545,7 +548,7 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
     from nngp_gpytorch import NNGPKernel
     from nngp_gpytorch.scale import fit_predict
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     start, cpu = time.perf_counter(), time.process_time()
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
     description, input_shape = architecture(arch, depth)
@@ -564,7 +567,7 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
 
 # ------------------------------------------------------------------------------------------- reporting
 
-LABELS = {"mlp": "MLP", "cnn_flatten": "1-D CNN, Flatten"}
+LABELS = {"mlp": "MLP", "cnn_flatten": "1-D CNN, Flatten", "cnn_gap": "1-D CNN, GAP"}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -756,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store", required=True, help="directory of the Zarr Gram stores (resumable)")
     p.add_argument("--tile", type=int, default=2048)
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the compiled conv loops use them too)")
     p.add_argument("--out", default=None, help="JSON file of rows (this row added or replaced)")
     p = sub.add_parser("calibration", help="NNGP predictive variance vs squared error (Lee et al. 2018, Fig. 3)")
     p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
@@ -778,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown_table([result]))
     elif args.command == "scale":
         row = run_scale(args.arch, args.depth, args.n_train, args.n_test, args.store, tile=args.tile,
-                        num_samples=args.num_samples)
+                        num_samples=args.num_samples, threads=args.threads)
         print(json.dumps(row, indent=1))
         if args.out:
             rows = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
