@@ -76,14 +76,20 @@ def _asin_r(z):
 
 
 @_jit(inline="always")
-def arccos(x):
-    """``arccos x`` for ``x ∈ [−1, 1]``, branch-free (selects), so loops over it vectorize."""
-    ax = abs(x)
+def _asin_reduced(ax):
+    """``(asin s, small)`` for ``ax = |x| ≤ 1``: ``s = ax`` when ``small`` (``ax ≤ 1/2``), else ``s = √((1 − ax)/2)``,
+    with ``asin s = s + s·z·R(z)``, ``z = s²``: the one polynomial both inverse functions use."""
     small = ax <= 0.5
     zb = (1.0 - ax) * 0.5
-    z = x * x if small else zb
+    z = ax * ax if small else zb
     s = ax if small else math.sqrt(zb)
-    a = s + s * z * _asin_r(z)  # asin s
+    return s + s * z * _asin_r(z), small
+
+
+@_jit(inline="always")
+def arccos(x):
+    """``arccos x`` for ``x ∈ [−1, 1]``, branch-free (selects), so loops over it vectorize."""
+    a, small = _asin_reduced(abs(x))
     neg = x < 0.0
     r_small = 0.5 * math.pi - (-a if neg else a)
     r_big = math.pi - 2.0 * a if neg else 2.0 * a
@@ -93,12 +99,7 @@ def arccos(x):
 @_jit(inline="always")
 def arcsin(x):
     """``arcsin x`` for ``x ∈ [−1, 1]`` from the same polynomial (``π/2 − 2·asin √((1 − |x|)/2)`` above 1/2)."""
-    ax = abs(x)
-    small = ax <= 0.5
-    zb = (1.0 - ax) * 0.5
-    z = x * x if small else zb
-    s = ax if small else math.sqrt(zb)
-    a = s + s * z * _asin_r(z)
+    a, small = _asin_reduced(abs(x))
     r = a if small else 0.5 * math.pi - 2.0 * a
     return -r if x < 0.0 else r
 
