@@ -16,8 +16,7 @@ import torch
 
 from nngp_gpytorch import NNGPKernel
 from nngp_gpytorch import arch as A
-from verification.ensembles import sample_ensemble
-from verification.statistics import mean_test
+from verification.verify import rejection_counts
 
 W, B = 1.5, 0.1
 ALPHA, SEEDS, POWER_SEEDS = 0.01, 100, 40
@@ -39,13 +38,9 @@ def test_calibration_and_power_over_seeds(name, capsys):
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(11))
     right = NNGPKernel(net, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
     wrong = NNGPKernel(mutant, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
-    false_alarms = detections = 0
-    for seed in range(SEEDS):
-        sample = sample_ensemble(net, x, networks=NETWORKS, width=WIDTH, seed=40_000 + seed, weight_var=W,
-                                 bias_var=B)
-        false_alarms += not mean_test(sample.covariances, right, alpha=ALPHA, width=WIDTH).passed
-        if seed < POWER_SEEDS:
-            detections += not mean_test(sample.covariances, wrong, alpha=ALPHA, width=WIDTH).passed
+    false_alarms, detections = rejection_counts(net, x, right, wrong, seeds=SEEDS, power_seeds=POWER_SEEDS,
+                                                alpha=ALPHA, networks=NETWORKS, width=WIDTH, first_seed=40_000,
+                                                weight_var=W, bias_var=B)
     slack = 3 * math.sqrt(ALPHA * (1 - ALPHA) / SEEDS)
     with capsys.disabled():
         print(f"\n{name}: calibration {false_alarms}/{SEEDS} rejections at alpha={ALPHA}; power vs the mutant "

@@ -235,8 +235,7 @@ def test_hyperparameter_gradients_match_finite_differences():
 def test_calibration_and_power_over_seeds(capsys):
     """Calibration: the correct MaxPool kernel is rejected in ≤ α + 3 binomial standard deviations of 120 seeds at
     α = 0.01. Power: the AvgPool kernel of the same network is rejected in ≥ 95% of 40 seeds at α = 0.01."""
-    from verification.ensembles import sample_ensemble
-    from verification.statistics import mean_test
+    from verification.verify import rejection_counts
 
     net = A.Serial(A.Conv(3, padding="same"), A.ReLU(), A.MaxPool(2), A.Flatten(), A.Dense())
     avg = A.Serial(A.Conv(3, padding="same"), A.ReLU(), A.AvgPool(2), A.Flatten(), A.Dense())
@@ -244,13 +243,9 @@ def test_calibration_and_power_over_seeds(capsys):
     x = _inputs(5, shape).float()
     right = NNGPKernel(net, input_shape=shape, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
     wrong = NNGPKernel(avg, input_shape=shape, weight_var=W, bias_var=B).double()(x.double()).to_dense().detach()
-    false_alarms = detections = 0
-    for seed in range(seeds):
-        sample = sample_ensemble(net, x, networks=256, width=256, seed=30_000 + seed, weight_var=W, bias_var=B,
-                                 input_shape=shape)
-        false_alarms += not mean_test(sample.covariances, right, alpha=alpha, width=256).passed
-        if seed < power_seeds:
-            detections += not mean_test(sample.covariances, wrong, alpha=alpha, width=256).passed
+    false_alarms, detections = rejection_counts(net, x, right, wrong, seeds=seeds, power_seeds=power_seeds,
+                                                alpha=alpha, networks=256, width=256, first_seed=30_000, weight_var=W,
+                                                bias_var=B, input_shape=shape)
     slack = 3 * math.sqrt(alpha * (1 - alpha) / seeds)
     with capsys.disabled():
         print(f"\nMaxPool calibration: {false_alarms}/{seeds} rejections at alpha={alpha}; power vs AvgPool "

@@ -127,3 +127,20 @@ def verify_extrapolated(
     result.seconds = time.perf_counter() - start
     result.architecture = architecture.describe()
     return result
+
+
+def rejection_counts(architecture: Layer, inputs: torch.Tensor, right: torch.Tensor, wrong: torch.Tensor, *,
+                     seeds: int, power_seeds: int, alpha: float, networks: int, width: int, first_seed: int,
+                     **sample_options) -> tuple[int, int]:
+    """Calibration and power over seeds: ``(false_alarms, detections)``, the number of the ``seeds`` ensembles
+    (seeds ``first_seed, first_seed + 1, …``) whose :func:`~.statistics.mean_test` at ``alpha`` rejects the correct
+    kernel ``right``, and of the first ``power_seeds`` that reject the mutant ``wrong`` (both ``(n, n)``, for
+    ``inputs``). ``sample_options`` go to :func:`~.ensembles.sample_ensemble` (``weight_var``, ``input_shape``, …)."""
+    false_alarms = detections = 0
+    for seed in range(seeds):
+        sample = sample_ensemble(architecture, inputs, networks=networks, width=width, seed=first_seed + seed,
+                                 **sample_options)
+        false_alarms += not mean_test(sample.covariances, right, alpha=alpha, width=width).passed
+        if seed < power_seeds:
+            detections += not mean_test(sample.covariances, wrong, alpha=alpha, width=width).passed
+    return false_alarms, detections
