@@ -22,6 +22,10 @@ from .orthant import DEFAULT_SAMPLES
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
+#: run the simple RNN through the compiled loops of :mod:`.recurrent_jit` where they apply (numba installed, a CPU,
+#: no autograd, a ReLU, erf or identity activation, no ``batch_shape``); False: always the torch path
+COMPILED = True
+
 
 def bp(p: torch.Tensor, ndim: int) -> torch.Tensor:
     """View a ``batch_shape`` hyperparameter with ``ndim`` trailing singleton axes."""
@@ -155,8 +159,15 @@ def rnn_table(c: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, same: torch.T
 
 @kernel_rule(RNN)
 def rnn_rule(layer: RNN, state: CovState, ctx: RuleContext) -> CovState:
+    variances = recurrent_variances(layer, ctx)
+    if COMPILED:  # the compiled loops where they apply (:mod:`.recurrent_compiled`), else the torch path below
+        from .recurrent_compiled import rnn_compiled
+
+        compiled = rnn_compiled(layer, state, variances)
+        if compiled is not None:
+            return compiled
     seq = SequencePair.from_state(layer, state)
-    (wu, b), (ww, _), (wv, bv) = recurrent_variances(layer, ctx)
+    (wu, b), (ww, _), (wv, bv) = variances
     dual = ctx.dual(layer.activation)
     ntk = state.has_ntk
     T = seq.T
