@@ -9,11 +9,15 @@ points. Everything chosen on it is then refit on all training points.
   variance (as ``experiments/mnist1d_kernels.py``); σw² = 2, σb² = 0.1 fixed. MLP depth: ``--depth`` (the documented
   runs fix 3), or, omitted, chosen on the same split from ``--depths`` by the one-standard-error rule (the shallowest
   depth whose validation accuracy is within one binomial standard error of the best). The 1-D CNN is 3 × Conv(5,
-  same) + ReLU, Flatten, Dense (``--depth`` convolutions, default 3).
+  same) + ReLU, Flatten, Dense (``--depth`` convolutions, default 3); ``cnn_gap`` the same with global average
+  pooling (Novak et al. 2019). ``rnn``: the RNN-GP of ``experiments/mnist1d_kernels.py`` (erf Elman RNN,
+  σu² = σw² = σv² = 2, σb² = 0.1, no readout bias, mean readout over the 40 steps, one feature per token).
 * **Trained finite networks** of the same description (``finite_network``: every ``Dense``/``Conv`` of the kernel's
   architecture becomes a ``torch.nn.Linear``/``Conv1d`` of ``width`` units/channels) in the **standard
   parameterization**, initialized from the kernel's variances (weights ``N(0, σw²/fan_in)``, biases ``N(0, σb²)``:
-  the finite network whose infinite-width prior is this NNGP). Trained by Adam (mini-batches of 100, no weight decay)
+  the finite network whose infinite-width prior is this NNGP; the RNN: an Elman network with ``U ~ N(0, σu²/D)``,
+  ``W ~ N(0, σw²/width)``, ``b ~ N(0, σb²)`` shared over time and the readout ``N(0, σv²/width)`` on the same
+  time-readout of ``φ(h_t)`` as the kernel). Trained by Adam (mini-batches of 100, no weight decay)
   on ``½·Σ_classes (f − y)²`` averaged over the batch. The learning rate (from ``--lrs``) and the number of epochs are
   chosen on the validation split with seed 0 (train on the first 80%, best validation accuracy over epochs); then
   every seed is trained on all training points for that many epochs and its test accuracy reported. A learning
@@ -39,6 +43,10 @@ documented runs (``docs/experiments.md``, "Lee et al. 2018's protocol"):
         --lr-rule one-se --reuse-selection docs/img/lee2018_width_mlp.json --out docs/img/lee2018_width_mlp_one_se.json
     python experiments/lee2018_width.py width --arch cnn_flatten --widths 16 32 64 128 --seeds 0 1 2 \\
         --out docs/img/lee2018_width_cnn_flatten.json
+    python experiments/lee2018_width.py width --arch cnn_gap --depth 3 --widths 16 32 64 --seeds 0 1 2 \\
+        --lr-rule one-se --out docs/img/lee2018_width_cnn_gap.json
+    python experiments/lee2018_width.py width --arch rnn --widths 64 256 1024 --seeds 0 1 2 --lr-rule one-se \\
+        --out docs/img/lee2018_width_rnn.json
     python experiments/lee2018_width.py calibration --out docs/img/lee2018_calibration.json \\
         --png docs/img/lee2018_calibration.png
     python experiments/lee2018_width.py scale --arch mlp --depth 3 --n-train 10000 --store /tmp/lee2018-10k-mlp \\
@@ -64,7 +72,7 @@ from typing import Any
 
 import torch
 
-ARCHS = ("mlp", "cnn_flatten", "cnn_gap")
+ARCHS = ("mlp", "cnn_flatten", "cnn_gap", "rnn")
 NOISES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # × mean prior variance; as mnist1d_kernels.py
 WEIGHT_VAR, BIAS_VAR = 2.0, 0.1
 VALIDATION_FRACTION = 0.2
@@ -118,6 +126,8 @@ def architecture(name: str, depth: int = 3):
         return A.cnn(depth, kernel_size=5, readout="flatten"), (1, 40)
     if name == "cnn_gap":  # Novak et al. 2019's CNN-GP with global average pooling
         return A.cnn(depth, kernel_size=5, readout="gap"), (1, 40)
+    if name == "rnn":  # the RNN-GP of experiments/mnist1d_kernels.py: erf Elman RNN, mean readout, 40 tokens of 1
+        return A.rnn(A.Erf(), readout="mean"), (40, 1)
     raise ValueError(f"unknown architecture {name!r}; choose from {ARCHS}")
 
 
@@ -130,6 +140,40 @@ class _Elementwise(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
+
+
+class _ElmanRNN(torch.nn.Module):
+    """The finite twin of an :class:`~nngp_gpytorch.arch.RNN` description without its readout, as the kernel rule
+    (``nngp_gpytorch/algebra/recurrent.py``) writes it: pre-activations ``g_1 = U·x_1 + b``,
+    ``g_t = U·x_t + b + W·φ(g_{t−1})``, features ``Σ_t w_t·φ(g_t)`` with the kernel's readout weights
+    (``nngp_gpytorch.sequences.readout_weights``: ``1/T`` each for ``"mean"``, one-hot at ``T`` for ``"last"``).
+    Standard parameterization: ``U ~ N(0, σu²/D)``, ``W ~ N(0, σw²/width)``, ``b ~ N(0, σb²)``, shared over time.
+    Inputs ``(n, T, D)``; outputs ``(n, width)``."""
+
+    def __init__(self, layer, tokens: int, token_dim: int, width: int, input_var: float, hidden_var: float,
+                 bias_var: float, generator: torch.Generator) -> None:
+        super().__init__()
+        from nngp_gpytorch.sequences import readout_weights
+
+        self.layer = layer
+        scale = math.sqrt(input_var / token_dim)
+        self.U = torch.nn.Parameter(torch.randn(token_dim, width, generator=generator) * scale)
+        self.W = torch.nn.Parameter(torch.randn(width, width, generator=generator) * math.sqrt(hidden_var / width))
+        self.b = torch.nn.Parameter(torch.randn(width, generator=generator) * math.sqrt(bias_var))
+        weights = readout_weights(torch.tensor([tokens]), tokens, layer.readout, torch.float32)[0]
+        self.register_buffer("readout_weights", weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.readout_weights.to(x.dtype)
+        drive = x @ self.U.to(x.dtype) + self.b.to(x.dtype)  # (n, T, width): U·x_t + b for every step at once
+        hidden = self.W.to(x.dtype)
+        h = self.layer.activation(drive[:, 0])
+        out = w[0] * h
+        for t in range(1, drive.shape[1]):
+            h = self.layer.activation(drive[:, t] + h @ hidden)
+            if w[t] != 0:
+                out = out + w[t] * h
+        return out
 
 
 class _GlobalAvgPool(torch.nn.Module):
@@ -151,10 +195,12 @@ def finite_network(description, width: int, input_dim: int, input_shape: tuple[i
     ``width → ∞`` (``tests/test_experiments.py`` checks it). Inputs arrive flat, ``(n, input_dim)``;
     ``input_shape`` ``(C, T)`` reshapes them for 1-D convolutions.
     """
-    from nngp_gpytorch.arch import Activation, Conv, Dense, Flatten, GlobalAvgPool, Serial
+    from nngp_gpytorch.arch import RNN, Activation, Conv, Dense, Flatten, GlobalAvgPool, Serial
 
     layers = description.layers if isinstance(description, Serial) else (description,)
     generator = torch.Generator().manual_seed(int(seed))
+    if isinstance(description, RNN):
+        return _rnn_network(description, width, input_dim, input_shape, weight_var, bias_var, outputs, generator)
     modules: list[torch.nn.Module] = []
     flat: int | None = input_dim
     channels, spatial = None, ()
@@ -199,10 +245,37 @@ def finite_network(description, width: int, input_dim: int, input_shape: tuple[i
     return torch.nn.Sequential(*modules)
 
 
+def _rnn_network(layer, width: int, input_dim: int, input_shape: tuple[int, ...] | None, weight_var: float,
+                 bias_var: float, outputs: int, generator: torch.Generator) -> torch.nn.Sequential:
+    """``finite_network`` of an :class:`~nngp_gpytorch.arch.RNN` description: ``Unflatten`` to ``(T, D)``, the
+    Elman network (:class:`_ElmanRNN`) and the readout ``Linear(width, outputs)`` with weights ``N(0, σv²/width)``
+    and bias ``N(0, σvb²)``. Variances: the layer's own where it fixes them, else ``weight_var`` (σu², σw², σv²)
+    and ``bias_var`` (σb²) — the kernel's shared hyperparameters."""
+    if input_shape is None or len(input_shape) != 2 or math.prod(input_shape) != input_dim:
+        raise ValueError(f"an RNN needs input_shape=(T, D) with T·D = {input_dim}, got {input_shape}")
+    if layer.masked:
+        raise ValueError("finite_network builds unmasked (equal-length) sequences only")
+    (wu, b), (ww, _), (wv, bv) = _rnn_variances(layer, weight_var, bias_var)
+    width = layer.width or width
+    readout = torch.nn.Linear(width, outputs)
+    elman = _ElmanRNN(layer, input_shape[0], input_shape[1], width, wu, ww, b, generator)
+    with torch.no_grad():
+        readout.weight.copy_(torch.randn(readout.weight.shape, generator=generator) * math.sqrt(wv / width))
+        readout.bias.copy_(torch.randn(readout.bias.shape, generator=generator) * math.sqrt(bv))
+    return torch.nn.Sequential(torch.nn.Unflatten(1, tuple(input_shape)), elman, readout)
+
+
+def _rnn_variances(layer, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR):
+    """``((σu², σb²), (σw², ·), (σv², σvb²))`` of an RNN description with shared hyperparameters."""
+    return tuple((weight_var if w is None else w, bias_var if b is None else b) for w, b in layer.slot_requests())
+
+
 def readout_variances(description) -> tuple[float, float]:
     """``(σw², σb²)`` of the description's last affine layer (the readout)."""
-    from nngp_gpytorch.arch import Conv, Dense, Serial
+    from nngp_gpytorch.arch import RNN, Conv, Dense, Serial
 
+    if isinstance(description, RNN):
+        return _rnn_variances(description)[2]
     layers = description.layers if isinstance(description, Serial) else (description,)
     last = [layer for layer in layers if isinstance(layer, Dense | Conv)][-1]
     return (WEIGHT_VAR if last.weight_var is None else last.weight_var,
@@ -449,7 +522,7 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
             for lr, curve in chosen["curves"].items():
                 partial.setdefault(lr, dict(curve=curve, seconds=0.0, reused=reuse_selection))
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
-    if depth is None:
+    if depth is None and arch != "rnn":  # the RNN has no depth (the command line passes 3, unused)
         if arch != "mlp":
             raise ValueError("depth=None (chosen on validation) is implemented for the MLP only")
         if "depth_selection" not in result:
@@ -558,7 +631,8 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
     kernel = NNGPKernel(description, **kwargs)
     fitted = fit_predict(kernel, x, targets_of(y), xt, store=store, noise="validation", tile=tile, client="inline",
                          progress=progress, noise_subset=min(noise_subset, n_train))
-    return dict(arch=arch, depth=depth, n_train=n_train, n_test=n_test, num_samples=num_samples,
+    return dict(arch=arch, depth=None if arch == "rnn" else depth, n_train=n_train, n_test=n_test,
+                num_samples=num_samples,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
                 method=fitted.prediction.solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
@@ -567,7 +641,8 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
 
 # ------------------------------------------------------------------------------------------- reporting
 
-LABELS = {"mlp": "MLP", "cnn_flatten": "1-D CNN, Flatten", "cnn_gap": "1-D CNN, GAP"}
+LABELS = {"mlp": "MLP", "cnn_flatten": "1-D CNN, Flatten", "cnn_gap": "1-D CNN, GAP",
+          "rnn": "erf Elman RNN, mean readout"}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -597,7 +672,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
 def _title(result: dict[str, Any]) -> str:
     config = result["config"]
     rule = ", lr: smallest within 1 SE" if config.get("lr_rule") == "one-se" else ""
-    return f"{LABELS.get(config['arch'], config['arch'])}, depth {result['depth']}{rule}"
+    depth = "" if config["arch"] == "rnn" else f", depth {result['depth']}"
+    return f"{LABELS.get(config['arch'], config['arch'])}{depth}{rule}"
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
@@ -739,7 +815,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--depth", type=int, default=None, help="fixed depth (default: MLP chosen on validation, CNN 3)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="fixed depth (default: MLP chosen on validation, CNN 3; unused by the RNN)")
     p.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="MLP depths to choose from")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
                    help="Adam learning rates to choose from")
@@ -753,7 +830,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON results (resumed if it exists)")
     p = sub.add_parser("scale", help="the NNGP at large N through nngp_gpytorch.scale")
     p.add_argument("--arch", choices=ARCHS, default="mlp")
-    p.add_argument("--depth", type=int, required=True)
+    p.add_argument("--depth", type=int, default=None, help="required except for the RNN (no depth)")
     p.add_argument("--n-train", type=int, default=10_000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--store", required=True, help="directory of the Zarr Gram stores (resumable)")
@@ -781,7 +858,10 @@ def main(argv: list[str] | None = None) -> None:
                            lr_rule=args.lr_rule, reuse_selection=args.reuse_selection, out=args.out)
         print(markdown_table([result]))
     elif args.command == "scale":
-        row = run_scale(args.arch, args.depth, args.n_train, args.n_test, args.store, tile=args.tile,
+        if args.depth is None and args.arch != "rnn":
+            parser.error(f"scale --arch {args.arch} needs --depth")
+        depth = 3 if args.depth is None else args.depth  # the RNN ignores it
+        row = run_scale(args.arch, depth, args.n_train, args.n_test, args.store, tile=args.tile,
                         num_samples=args.num_samples, threads=args.threads)
         print(json.dumps(row, indent=1))
         if args.out:
