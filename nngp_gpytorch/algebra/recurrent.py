@@ -19,6 +19,7 @@ import torch
 from ..arch.recurrent import RNN, RecurrentLayer
 from ..sequences import readout_weights, split_sequences
 from .orthant import DEFAULT_SAMPLES
+from .recurrent_compiled import rnn_compiled
 from .registry import RuleContext, kernel_rule
 from .state import CovState
 
@@ -161,8 +162,6 @@ def rnn_table(c: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, same: torch.T
 def rnn_rule(layer: RNN, state: CovState, ctx: RuleContext) -> CovState:
     variances = recurrent_variances(layer, ctx)
     if COMPILED:  # the compiled loops where they apply (:mod:`.recurrent_compiled`), else the torch path below
-        from .recurrent_compiled import rnn_compiled
-
         compiled = rnn_compiled(layer, state, variances)
         if compiled is not None:
             return compiled
