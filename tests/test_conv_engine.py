@@ -27,6 +27,12 @@ CLOSED_FORM = [
               A.Conv(3, padding="circular"), A.GlobalAvgPool(), A.Dense(), A.ReLU(), A.Dense()), (2, 11, 13)),
     (A.Serial(A.Conv(5), A.ReLU(), A.Conv(5, stride=2), A.ReLU(), A.Flatten(), A.Dense()), (2, 17)),
     (A.Serial(A.Conv(3), A.ReLU(), A.Conv(3), A.GlobalAvgPool(), A.ReLU(), A.Dense()), (1, 4, 5, 3)),
+    # average pools between the convolutions (Myrtle-style CNN-GPs): valid/same/circular, stride ≠ window, 1-3-D
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Erf(), A.AvgPool(2, stride=1, padding="same"),
+              A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense()), (2, 8, 7)),
+    (A.Serial(A.Conv(3), A.LeakyReLU(0.1), A.AvgPool(3, stride=2, padding="circular"), A.Conv(2), A.ReLU(),
+              A.AvgPool(2), A.GlobalAvgPool(), A.Dense()), (2, 11)),
+    (A.Serial(A.Conv(2), A.ReLU(), A.AvgPool((2, 1, 2)), A.Conv(3), A.GlobalAvgPool(), A.Dense()), (1, 4, 3, 5)),
 ]
 
 
@@ -36,7 +42,13 @@ def test_fusion_pass_rewrites_only_conv_runs_ending_in_gap_or_flatten():
     assert isinstance(fused.layers[0], ConvStack) and len(fused.layers[0].layers) == 5
     assert fused.layers[1:] == net.layers[5:]
     pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
-    assert not isinstance(fuse_conv_stacks(pooled).layers[0], ConvStack)  # the first run does not reach a readout
+    assert isinstance(fuse_conv_stacks(pooled).layers[0], ConvStack)  # pools between convs, GAP readout
+    # not fused: pools before a Flatten (the engine's Flatten keeps same-position entries only), a quadrature dual
+    # in a pooled run (its adaptive degree would depend on the chunk of inputs), a pool before the first conv
+    for layers in ((A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Flatten()),
+                   (A.Conv(3), A.Tanh(), A.AvgPool(2), A.Conv(3), A.GlobalAvgPool()),
+                   (A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool())):
+        assert not isinstance(fuse_conv_stacks(A.Serial(*layers, A.Dense())).layers[0], ConvStack)
     assert fuse_conv_stacks(A.mlp(depth=2)) == A.mlp(depth=2)
 
 
@@ -67,8 +79,11 @@ def test_engine_values_do_not_depend_on_the_chunking(monkeypatch, paired_inputs)
     torch.testing.assert_close(big[0], generic[0], rtol=1e-6, atol=0)  # the generic path's degree is per block
 
 
-def test_engine_gradients_match_the_layer_by_layer_algebra(paired_inputs):
-    net, shape = A.cnn(depth=2, readout="gap"), (2, 5, 4)
+@pytest.mark.parametrize("net", [A.cnn(depth=2, readout="gap"),
+                                 A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(),
+                                          A.Dense())], ids=["cnn", "pooled"])
+def test_engine_gradients_match_the_layer_by_layer_algebra(net, paired_inputs):
+    shape = (2, 5, 4)
     x1, x2 = paired_inputs(40)
 
     def grads(optimize):
@@ -107,7 +122,9 @@ def test_generic_conv_kernel_memory_estimate_follows_the_layout():
     flat_seq = A.Serial(A.Conv(5), A.ReLU(), A.Conv(5), A.ReLU(), A.Flatten(), A.Dense())
     assert entries_per_pair(flat_seq, (1, 40)) == 1  # the engine chunks its own pairs
     pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
-    assert entries_per_pair(pooled, (3, 8, 8)) == 64 * 64
+    assert entries_per_pair(pooled, (3, 8, 8)) == 1  # in the engine
+    pooled_flatten = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.Flatten(), A.Dense())
+    assert entries_per_pair(pooled_flatten, (3, 8, 8)) == 64 * 64  # layer by layer, full spatial covariances
     assert tile_sizes(1000, 1000, 64 << 20, 64 * 64, torch.float64) == (11, 11)
     kernel = NNGPKernel(flat_seq, input_shape=(1, 40), weight_var=2.0, bias_var=0.1, max_memory="auto")
     assert kernel.tile_budget() == 64 << 20
@@ -137,13 +154,20 @@ def test_bad_max_memory_is_refused(bad):
 
 
 def test_max_memory_below_one_pair_names_the_minimum():
-    kernel = NNGPKernel(A.cnn(depth=1, readout="gap"), input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)
     x = torch.randn(3, 16, dtype=torch.float64)
-    pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.GlobalAvgPool(), A.Dense())
+    pooled = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Flatten(), A.Dense())  # layer by layer
     with pytest.raises(ValueError, match=r"below one tile's minimum of 32768 bytes"):  # 16 · 16² entries · 8 B
         NNGPKernel(pooled, input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)(x).to_dense()
-    kernel(x).to_dense()  # the engine's stacks carry one entry per pair: 1000 bytes is enough
-    big = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    # the engine gets max_memory as its chunk budget: one pair of a GAP run is 10 tensors of P² = 256 entries
+    gap = A.cnn(depth=1, readout="gap")
+    with pytest.raises(ValueError, match=r"minimum of 20480 bytes \(one input pair in the conv engine"):
+        NNGPKernel(gap, input_shape=(1, 4, 4), max_memory=20479, dtype=torch.float64)(x).to_dense()
+    with pytest.raises(ValueError, match=r"minimum of 28672 bytes"):  # with Θ: 4 tensors more
+        NTKKernel(gap, input_shape=(1, 4, 4), max_memory=20480, dtype=torch.float64)(x).to_dense()
+    exact = NNGPKernel(gap, input_shape=(1, 4, 4), max_memory=20480, dtype=torch.float64)(x).to_dense()
+    plain = NNGPKernel(gap, input_shape=(1, 4, 4), max_memory=None, dtype=torch.float64)(x).to_dense()
+    torch.testing.assert_close(exact, plain, rtol=1e-15, atol=0)
+    big = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.Flatten(), A.Dense())
     auto = NNGPKernel(big, input_shape=(3, 32, 32), dtype=torch.float64)  # 1024² entries per pair: 128 MiB > 64
     assert auto.tile_sizes(10, 10, torch.float64) == (1, 1)  # "auto" never refuses: one pair per tile
 
@@ -171,7 +195,7 @@ def status(key):  # kB
         return next(int(line.split()[1]) for line in f if line.startswith(key))
 
 torch.set_num_threads(1)
-net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.Flatten(), A.Dense())  # not in the engine
 budget = int(sys.argv[1])
 kernel = NNGPKernel(net, input_shape=(2, 8, 8), weight_var=2.0, bias_var=0.1, max_memory=budget, dtype=torch.float64)
 x = torch.randn(96, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -207,3 +231,52 @@ def test_peak_memory_of_a_full_position_conv_kernel_follows_max_memory():
     assert small < 3 * (16 << 20) + (16 << 20) < untiled / 4, small
     assert large < 3 * (64 << 20) + (16 << 20), large
     assert large > small
+
+
+_ENGINE_PEAK_SCRIPT = """
+import sys, torch
+import nngp_gpytorch.algebra.conv_stack as cs
+from nngp_gpytorch import NNGPKernel, arch as A
+
+def status(key):  # kB
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+torch.set_num_threads(1)
+cs.COMPILED = sys.argv[2] == "compiled"
+net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+kernel = NNGPKernel(net, input_shape=(1, 32, 32), weight_var=2.0, bias_var=0.1, max_memory=int(sys.argv[1]),
+                    dtype=torch.float64)
+x = torch.randn(8, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    kernel(x[:2]).to_dense()
+    before = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    kernel(x).to_dense()
+print((status("VmHWM:") - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("path", ["torch", "compiled"])
+def test_peak_memory_of_the_engine_follows_max_memory(path):
+    """A pooled CNN in the engine on 32×32 inputs: one pair holds P² = 1024² entries (8 MiB per table; the torch
+    path's chunk counts 10 tables per pair), so the 36 pairs of an N = 8 Gram would hold ~2.9 GB at once. With
+    ``max_memory`` the engine's chunks (torch path), its per-input self chains and its threads' scratch (compiled
+    loops) stay within the budget plus a fixed slack: measured growth of the peak RSS after warm-up 102.6 MiB at a
+    100 MB (95.4 MiB) budget and 127.9 MiB at 400 MB (torch path); 0.02 and 95.8 MiB with the compiled loops."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+
+    def peak(budget: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _ENGINE_PEAK_SCRIPT, str(budget), path], capture_output=True,
+                             text=True, check=True, timeout=600)
+        return int(out.stdout.split()[-1])
+
+    slack = 32 << 20  # the result, the inputs' per-layer variances, allocator rounding
+    for budget in (100_000_000, 400_000_000):
+        assert peak(budget) < budget + slack < 36 * 10 * (8 << 20) / 4

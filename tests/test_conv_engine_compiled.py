@@ -33,6 +33,11 @@ STACKS = [
     (A.Serial(A.Conv(3), A.Erf(), A.Conv(3, stride=2), A.ReLU(), A.Conv(3), A.Erf(), A.GlobalAvgPool(), A.Dense()),
      (2, 7, 6)),
     (A.Serial(A.Conv(3, padding="circular"), A.Erf(), A.Conv(3), A.Erf(), A.Flatten(), A.Dense()), (3, 9)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Erf(), A.AvgPool(2, stride=1, padding="same"),
+              A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense()), (2, 8, 7)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(3, stride=2, padding="circular"), A.Conv(2), A.ReLU(), A.AvgPool(2),
+              A.GlobalAvgPool(), A.Dense()), (2, 11)),
+    (A.Serial(A.Conv(2), A.ReLU(), A.AvgPool((2, 1, 2)), A.Conv(3), A.GlobalAvgPool(), A.Dense()), (1, 4, 3, 5)),
 ]
 
 

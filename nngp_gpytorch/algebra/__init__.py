@@ -33,6 +33,7 @@ def evaluate(
     quadrature_degree: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     optimize: bool = True,
+    chunk_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """NNGP ``K(x1, x2)`` (and NTK ``Θ`` if ``with_ntk``) of one output unit of ``architecture``.
 
@@ -45,6 +46,8 @@ def evaluate(
         optimize: run the optimization passes over the description first (:func:`fuse_conv_stacks`,
             :func:`fuse_relu_chains`: the same values, computed faster and in bounded memory); ``False``
             evaluates the layers one by one.
+        chunk_bytes: memory the rules that chunk their own work may hold at once (the fast positional engine's
+            chunks of input pairs; a kernel passes its ``max_memory``); None: their defaults.
 
     Returns:
         ``(K, Θ)`` each ``(..., n1, n2)`` (or ``(..., n)``); ``Θ`` is ``None`` unless ``with_ntk``.
@@ -54,7 +57,7 @@ def evaluate(
     description = architecture
     if optimize:
         architecture = fuse_relu_chains(fuse_conv_stacks(architecture))
-    ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture)
+    ctx = RuleContext(hyper=hyper, with_ntk=with_ntk, architecture=architecture, chunk_bytes=chunk_bytes)
     if quadrature_degree is not None:  # an explicit degree is used as given (smooth in the hyperparameters)
         ctx.quadrature_degree = int(quadrature_degree)
         ctx.adaptive_quadrature = False

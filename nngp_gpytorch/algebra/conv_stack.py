@@ -1,4 +1,6 @@
-r"""The fast positional engine: a run ``Conv, φ, ..., Conv, φ`` ending in a global average pool or a Flatten.
+r"""The fast positional engine: a run ``Conv, φ, ..., Conv, φ`` ending in a global average pool or a Flatten,
+with average pools between the convolutions when it ends in a global average pool (Myrtle-style CNN-GPs,
+Shankar et al. 2020).
 
 Such a run (Novak et al. 2019's CNN-GP; Arora et al. 2019's CNTK with GAP) is most of the cost of every
 conv kernel. Its rule here computes exactly what the layer-by-layer rules compute (:mod:`.conv`,
@@ -19,7 +21,14 @@ conv kernel. Its rule here computes exactly what the layer-by-layer rules comput
 Recurrences (per conv with taps ``β``, ``k = prod(kernel)``; Novak et al. 2019, eq. 8; Arora et al. 2019):
 ``S_l[p, q] = σw²·(1/k)·Σ_β K_{l−1}[s·p + d·β − lo, s·q + d·β − lo] + σb²``,
 ``K_l = V_φ(v_l[p], v_l'[q], S_l)``, ``Θ_l = S_l + σw²·(1/k)·Σ_β Θ̇_{l−1}[...]`` with ``Θ̇_l = V_φ'(S_l)⊙Θ_l``;
-readout ``(1/P²)·Σ_{p,q}`` (GAP) or ``(1/P)·Σ_p [p, p]`` (Flatten).
+readout ``(1/P²)·Σ_{p,q}`` (GAP) or ``(1/P)·Σ_p [p, p]`` (Flatten). An average pool of window ``k`` is
+``K' = A K Aᵀ``, ``Θ' = A Θ Aᵀ``: ``(1/k)²·Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``, both sides' offsets independent
+(no weights shared). It mixes positions, so the variances ``v_l`` after it need each input's full ``P×P`` self
+covariance: a run with pools computes them per input through the layers (``O(n·P²)``, in chunks of inputs) and only
+closed-form duals are fused with pools (a quadrature degree would otherwise depend on the chunk).
+
+Memory: the chunks of pairs are sized from ``ctx.chunk_bytes`` (a kernel's explicit ``max_memory``) or the device
+default; the compiled loops' per-thread scratch (four tables of the widest ``P²``) limits their threads to that budget.
 
 The rule applies when the run starts from the raw inputs of a kernel without batch dimensions; elsewhere
 (batch shapes, a run after another positional layer) it runs the layers one by one with their own rules.
@@ -32,17 +41,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arch import Activation, ArchitectureError, Layer, ReLU
+from ..arch import Abs, Activation, ArchitectureError, Erf, Identity, Layer, LeakyReLU, ReLU, Sign, Step
 from ..arch.conv import Conv
-from ..arch.pool import Flatten, GlobalAvgPool
+from ..arch.pool import AvgPool, Flatten, GlobalAvgPool
 from ..duals import dual_for
-from ..duals.dense_maps import affine as fused_affine
 from . import conv_stack_jit as jit
 from .conv_stack_compiled import CompiledRun
+from .conv_stack_torch import cross_chunk, self_chain, self_chain_pooled
 from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
 from .state import CovState
-from .taps import conv_output_size, tap_axes
+from .taps import conv_output_size
 
 #: bytes of one chunk's live tensors on a CPU (cache-sized: 8 MiB was the fastest of 2–64 MiB at 16×16)
 CPU_CHUNK_BYTES = 8 << 20
@@ -70,16 +79,31 @@ def _is_activation(layer: Layer) -> bool:
     return isinstance(layer, Activation) and not getattr(type(layer), "not_pointwise", None)
 
 
+#: activations whose duals are closed forms (no adaptive quadrature degree to pin across chunks of inputs)
+_CLOSED_FORM = (ReLU, LeakyReLU, Abs, Step, Sign, Erf, Identity)
+
+
 def _stack_length(layers: tuple[Layer, ...], start: int) -> int:
-    """Length of the ``Conv [φ] ... GlobalAvgPool|Flatten`` run at ``start`` (0 if none)."""
-    i = start
-    while i < len(layers) and type(layers[i]) is Conv:
-        i += 1
-        if i < len(layers) and _is_activation(layers[i]):
-            i += 1
-    if i > start and i < len(layers) and type(layers[i]) in (GlobalAvgPool, Flatten):
-        return i + 1 - start
-    return 0
+    """Length of the ``Conv [φ] ... GlobalAvgPool|Flatten`` run at ``start`` (0 if none). Average pools may sit
+    between the convolutions when the run ends in a global average pool and its activations have closed-form duals
+    (the pooled run's per-input variances come from each input's full self covariance, computed in chunks of
+    inputs; a quadrature dual's adaptive degree would then depend on the chunk)."""
+    i, convs, pooled = start, 0, False
+    while i < len(layers):
+        if type(layers[i]) is Conv:
+            convs, i = convs + 1, i + 1
+            if i < len(layers) and _is_activation(layers[i]):
+                i += 1
+        elif type(layers[i]) is AvgPool and convs:
+            pooled, i = True, i + 1
+        else:
+            break
+    if not convs or i >= len(layers) or type(layers[i]) not in (GlobalAvgPool, Flatten):
+        return 0
+    if pooled and (type(layers[i]) is Flatten
+                   or not all(type(layer) in _CLOSED_FORM for layer in layers[start:i] if _is_activation(layer))):
+        return 0
+    return i + 1 - start
 
 
 def fuse_conv_stacks(layer: Layer) -> Layer:
@@ -90,7 +114,9 @@ def fuse_conv_stacks(layer: Layer) -> Layer:
 
 @dataclass
 class _Group:
-    """One ``Conv [φ]``: its tap geometry, variances, dual, and the positions before and after it."""
+    """One ``Conv [φ]`` or ``AvgPool`` (``pool``): its tap geometry, variances, dual, and the positions before and
+    after it. A pool's ``weight_var`` is ``1/k`` and ``bias_var`` 0, so that ``tap_weight = (1/k)²`` turns the sum
+    of both sides' windows into ``A K Aᵀ``."""
 
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
@@ -102,6 +128,7 @@ class _Group:
     bias_var: torch.Tensor
     dual: object | None
     activation: Activation | None = None
+    pool: bool = False
 
     @property
     def tap_weight(self) -> torch.Tensor:
@@ -112,6 +139,14 @@ class _Group:
 def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext) -> list[_Group]:
     groups, layers = [], stack.layers[:-1]
     for i, layer in enumerate(layers):
+        if type(layer) is AvgPool:
+            window, stride, out = layer.geometry(positions)
+            k = math.prod(window)
+            groups.append(_Group(window, stride, (1,) * len(window), layer.padding, positions, out,
+                                 torch.tensor(1.0 / k, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
+                                 None, pool=True))
+            positions = out
+            continue
         if type(layer) is not Conv:
             continue
         try:
@@ -137,30 +172,6 @@ def _applicable(state: CovState, ctx: RuleContext) -> bool:
             and state.k12.dim() == state.entry_ndim)
 
 
-def _tap(x: torch.Tensor, g: _Group, full: bool) -> torch.Tensor:
-    """The conv's tap *sum* on a chunk ``(c, P, P)`` (full) or ``(c, P)`` (same-position); ``1/k`` is in
-    ``g.tap_weight = σw²/k``."""
-    return tap_axes(x, g.positions_in, g.kernel, g.stride, g.dilation, g.padding, full, mean=False)
-
-
-def _self_chain(x: torch.Tensor, groups: list[_Group], with_ntk: bool):
-    """Same-position chain of each input with itself: ``x`` ``(n, P, C)`` → the pre-activation variances of every
-    group ``[(n, P_l)]`` and the final same-position ``(K, Θ)`` ``(n, P_L)`` (Θ None without the NTK)."""
-    k = (x * x).sum(-1) / x.shape[-1]
-    t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
-    pre = []
-    for g in groups:
-        k = fused_affine(_tap(k, g, False), g.tap_weight, g.bias_var)
-        if with_ntk:
-            t = k if t.dim() == 0 else torch.addcmul(k, g.tap_weight, _tap(t, g, False))
-        pre.append(k)
-        if g.dual is not None:
-            if with_ntk:
-                t = g.dual.ntk_diag(k) * t
-            k = g.dual.nngp_diag(k)
-    return pre, k, t
-
-
 def _pin_degrees(groups: list[_Group], pre1: list, pre2: list) -> None:
     """Fix each adaptive quadrature dual's degree from the largest variance of its layer over both sides, so that
     every chunk of pairs uses the degree the whole block would (values independent of the chunking)."""
@@ -168,36 +179,6 @@ def _pin_degrees(groups: list[_Group], pre1: list, pre2: list) -> None:
         if g.dual is not None and getattr(g.dual, "adaptive", False) and hasattr(g.dual, "effective_degree"):
             vmax = max(float(a.detach().max()), float(b.detach().max()))
             g.dual = dual_for(g.activation, g.dual.effective_degree(vmax), adaptive=False)
-
-
-def _eye(p: int, device) -> torch.Tensor:
-    return torch.eye(p, dtype=torch.bool, device=device)
-
-
-_RELU_SCALE = 1.0 / (2.0 * math.pi)  # E[relu(u) relu(v)] = (1/2π)·s·J1(c)
-
-
-def _relu_in_place(k: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, neg_inv_q1: torch.Tensor, inv_q2: torch.Tensor,
-                   t: torch.Tensor | None, ident: torch.Tensor | None):
-    """The ReLU dual (arc-cosine kernel, Cho & Saul 2009) of a chunk without autograd, in place on ``k`` and ``t``:
-    ``K' = (1/2π)·s·(sin θ + (π − θ)·c)``, ``Θ' = (1/2π)·(π − θ)·Θ`` with ``s = q1·q2`` (``q = √v``, given with
-    ``−1/q1`` and ``1/q2``, computed once per input), ``c = clamp(k/s)``, ``θ = arccos c``. The conventions of
-    :mod:`nngp_gpytorch.duals.fused` (identical inputs ``c = 1``; with Θ, ``|c| ≥ 1 − 8·eps`` snapped to ``±1``),
-    with ``sin θ = √(1 − c²)`` (one ``sqrt`` instead of a ``sin``) and ``π − θ = arccos(−c)``: eight passes over
-    the chunk, two of them transcendental."""
-    c = k.mul_(neg_inv_q1).mul_(inv_q2).clamp_(-1.0, 1.0)  # holds −c: arccos(−c) = π − θ
-    if t is not None:
-        snap = 1.0 - 8 * torch.finfo(k.dtype).eps
-        if bool(c.amax() >= snap) or bool(c.amin() <= -snap):
-            c.copy_(torch.where(c >= snap, 1.0, torch.where(c <= -snap, -1.0, c)))
-    if ident is not None:
-        c.masked_fill_(ident, -1.0)
-    pmt = torch.arccos(c)  # π − θ
-    if t is not None:
-        t = t.mul_(pmt).mul_(_RELU_SCALE)
-    j1 = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), c, c, value=-1.0).sqrt_()  # sin θ
-    j1.addcmul_(pmt, c, value=-1.0)  # J1 = sin θ + (π − θ)·c
-    return j1.mul_(q1).mul_(q2 * _RELU_SCALE), t
 
 
 @dataclass
@@ -224,39 +205,8 @@ def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: 
     return _Side(x if full else x.transpose(-1, -2).contiguous(), pre, roots)
 
 
-def _cross_chunk(a: _Side, b: _Side, same: torch.Tensor | None, groups: list[_Group], full: bool, with_ntk: bool):
-    """Flat ``(K, Θ)`` ``(c,)`` of ``c`` pairs ``(a[m], b[m])`` (each side gathered for the chunk); ``same``:
-    ``(c,)`` bool, identical inputs (or None)."""
-    if full:
-        k = a.x @ b.x.transpose(-1, -2) / a.x.shape[-1]
-    else:
-        k = (a.x * b.x).sum(1) / a.x.shape[1]
-    t = torch.zeros((), dtype=k.dtype, device=k.device) if with_ntk else None
-    for g, va, vb, ra, rb in zip(groups, a.pre, b.pre, a.roots, b.roots, strict=True):
-        k = fused_affine(_tap(k, g, full), g.tap_weight, g.bias_var)
-        if with_ntk:
-            t = k.clone() if t.dim() == 0 else torch.addcmul(k, g.tap_weight, _tap(t, g, full))
-        if g.dual is None:
-            continue
-        if full:
-            v1, v2 = va.unsqueeze(-1), vb.unsqueeze(-2)
-            ident = None if same is None else same[:, None, None] & _eye(va.shape[-1], k.device)
-        else:
-            v1, v2 = va, vb
-            ident = None if same is None else same[:, None]
-        if ra is not None and rb is not None and not (k.requires_grad or (with_ntk and t.requires_grad)):
-            if full:
-                ra, rb = tuple(r.unsqueeze(-1) for r in ra), tuple(r.unsqueeze(-2) for r in rb)
-            k, t = _relu_in_place(k, ra[0], rb[0], ra[1], rb[2], t, ident)
-            continue
-        if with_ntk:
-            t = g.dual.ntk(v1, v2, k, ident) * t
-        k = g.dual.nngp(v1, v2, k, ident)
-    dims = (-2, -1) if full else (-1,)
-    return k.mean(dims), (t.mean(dims) if with_ntk else None)
-
-
-def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool) -> CompiledRun | None:
+def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool,
+              budget: int | None) -> CompiledRun | None:
     """The compiled loops for this block (:class:`.conv_stack_CompiledRun`), or None where they do not apply:
     ``COMPILED`` off, numba missing, not a CPU, not float32/64, something autograd must see, or an activation the
     loops do not have (they have ReLU and erf) or a zero pre-activation variance."""
@@ -265,23 +215,36 @@ def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: 
     tensors = [sa.x, sb.x] + [t for g in groups for t in (g.weight_var, g.bias_var)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
-    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk)
+    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk, budget)
 
 
-def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device) -> int:
-    """Pairs per chunk: :data:`LIVE_TENSORS` tensors of ``P²`` (full) or ``P`` entries each within the chunk
-    budget (:data:`CPU_CHUNK_BYTES` on a CPU, :data:`GPU_CHUNK_BYTES` on an accelerator); at least one."""
+def pair_bytes(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype) -> int:
+    """Bytes one input pair holds in a chunk: :data:`LIVE_TENSORS` (4 more with Θ) tensors of ``P²`` (full) or
+    ``P`` entries at the run's input positions (its widest layer: convs and pools never add positions here)."""
     p = math.prod(positions)
-    entries = p * p if full else p
-    budget = CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else GPU_CHUNK_BYTES
     live = LIVE_TENSORS + (4 if with_ntk else 0)
-    return max(1, budget // (live * entries * torch.finfo(dtype).bits // 8))
+    return live * (p * p if full else p) * torch.finfo(dtype).bits // 8
 
 
-def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk):
-    """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks; flat ``(K, Θ)`` of shape ``(m,)``."""
-    step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device)
-    compiled = _compiled(sa, sb, groups, full, with_ntk)
+def stack_pair_bytes(stack: ConvStack, input_shape: tuple[int, ...], with_ntk: bool, dtype: torch.dtype) -> int:
+    """:func:`pair_bytes` of a fused run on inputs of shape ``(C, *spatial)``: the least memory the engine needs."""
+    return pair_bytes(tuple(input_shape[1:]), stack.readout == "gap", with_ntk, dtype)
+
+
+def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device,
+                budget: int | None = None) -> int:
+    """Pairs per chunk within ``budget`` bytes (default :data:`CPU_CHUNK_BYTES` on a CPU, :data:`GPU_CHUNK_BYTES`
+    on an accelerator), :func:`pair_bytes` each; at least one."""
+    if budget is None:
+        budget = CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else GPU_CHUNK_BYTES
+    return max(1, budget // pair_bytes(positions, full, with_ntk, dtype))
+
+
+def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budget: int | None):
+    """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks of at most ``budget`` bytes (None: the
+    device's default); flat ``(K, Θ)`` of shape ``(m,)``."""
+    step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device, budget)
+    compiled = _compiled(sa, sb, groups, full, with_ntk, budget)
     if compiled is not None:  # per-pair scratch only: chunks just bound the time between interrupt checks
         step = max(step, COMPILED_CHUNK_PAIRS)
     ks, ts = [], []
@@ -293,7 +256,7 @@ def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk):
         if compiled is not None:
             k, t = compiled(i, j, sm)
         else:
-            k, t = _cross_chunk(sa.take(i), sb.take(j), sm, groups, full, with_ntk)
+            k, t = cross_chunk(sa.take(i), sb.take(j), sm, groups, full, with_ntk)
         ks.append(k)
         ts.append(t)
         if len(ks) == 64 and not (k.requires_grad or (with_ntk and t.requires_grad)):
@@ -321,8 +284,13 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     full, ntk = stack.readout == "gap", ctx.with_ntk
     x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
     symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
-    pre1, k1, t1 = _self_chain(x1, groups, ntk)
-    pre2, k2, t2 = (pre1, k1, t1) if symmetric else _self_chain(x2, groups, ntk)
+    if any(g.pool for g in groups):  # GAP only: K(x, x) comes from the pairs (x, x) below, not from the chain
+        pooled_step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
+        pre1, k1, t1 = self_chain_pooled(x1, groups, pooled_step), None, None
+        pre2, k2, t2 = (pre1, k1, t1) if symmetric else (self_chain_pooled(x2, groups, pooled_step), None, None)
+    else:
+        pre1, k1, t1 = self_chain(x1, groups, ntk)
+        pre2, k2, t2 = (pre1, k1, t1) if symmetric else self_chain(x2, groups, ntk)
     _pin_degrees(groups, pre1, pre2)
     n1, n2 = x1.shape[0], x2.shape[0]
     dev = x1.device
@@ -333,7 +301,8 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
         if not full:
             return k.mean(-1), (t.mean(-1) if ntk else None)
         idx = torch.arange(side.x.shape[0], device=dev)
-        return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk)
+        return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk,
+                          ctx.chunk_bytes)
 
     diag = state.entry_ndim == 1
     # K(X, X) with GAP: the pairs (i, i) are among the pairs i ≤ j, flagged identical: their values are K(x, x)
@@ -346,7 +315,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             k12, t12 = s11, s11t
         else:
             idx = torch.arange(n1, device=dev)
-            k12, t12 = _run_pairs(side1, side2, idx, idx, state.identical, groups, full, ntk)
+            k12, t12 = _run_pairs(side1, side2, idx, idx, state.identical, groups, full, ntk, ctx.chunk_bytes)
         new = dict(k12=k12, k11=s11, k22=s22)
         if ntk:
             new.update(t12=t12, t11=s11t, t22=s22t)
@@ -357,7 +326,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             ia = torch.arange(n1, device=dev).repeat_interleave(n2)
             ib = torch.arange(n2, device=dev).repeat(n1)
         same = None if state.identical is None else state.identical[ia, ib]
-        k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk)
+        k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk, ctx.chunk_bytes)
         if reuse:
             on_diagonal = ia == ib
             s11 = s22 = k[on_diagonal]
@@ -376,4 +345,4 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
                          pre_activation=None)
 
 
-__all__ = ["ConvStack", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks"]
+__all__ = ["ConvStack", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks", "pair_bytes", "stack_pair_bytes"]

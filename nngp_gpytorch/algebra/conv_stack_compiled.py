@@ -23,30 +23,32 @@ class CompiledRun:
     """The arrays :func:`.conv_stack_jit.gap_pairs` / ``flatten_pairs`` read, packed once per block, and their calls.
 
     Per layer: the geometry ``(L, 3, 7)`` (module docstring), ``σw²/k``, ``σb²`` and the activation code (0 none,
-    1 ReLU, 2 erf); per side ``√v``, ``1/√v`` and ``1/√(1 + 2v)`` of the pre-activation variances ``v``, concatenated
-    over layers. A call splits its pairs over ``torch.get_num_threads()`` threads (the loops release the GIL; each
-    writes its own slice of the result)."""
+    1 ReLU, 2 erf; −1 an average pool, its ``(1/k)²`` in place of ``σw²/k``); per side ``√v``, ``1/√v`` and
+    ``1/√(1 + 2v)`` of the pre-activation variances ``v``, concatenated over layers. A call splits its pairs over
+    ``torch.get_num_threads()`` threads (the loops release the GIL; each writes its own slice of the result)."""
 
     CODES = {"ReLU": 1, "Erf": 2}
 
     @classmethod
-    def build(cls, x1, pre1, x2, pre2, symmetric: bool, groups, full: bool, with_ntk: bool) -> CompiledRun | None:
+    def build(cls, x1, pre1, x2, pre2, symmetric: bool, groups, full: bool, with_ntk: bool,
+              budget: int | None = None) -> CompiledRun | None:
         """The run for inputs ``x1``/``x2`` (the engine's layouts) with per-group variances ``pre1``/``pre2``
         ``[(n, P_l)]``, or None if an activation has no loop here or a variance is zero (the duals' own conventions
-        for zero-norm inputs apply there)."""
+        for zero-norm inputs apply there). ``budget``: bytes the threads' scratch may take (None: no limit); each
+        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries."""
         codes = []
         for g in groups:
             kind = None if g.dual is None else type(g.activation)
             if kind is not None and kind not in (ReLU, Erf):
                 return None
-            codes.append(0 if kind is None else cls.CODES[kind.__name__])
+            codes.append(-1 if g.pool else 0 if kind is None else cls.CODES[kind.__name__])
         tiny = torch.finfo(x1.dtype).tiny
         for code, v1, v2 in zip(codes, pre1, pre2, strict=True):
-            if code and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
+            if code > 0 and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
                 return None
-        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk)
+        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget)
 
-    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk):
+    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None):
         self.geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
         self.geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
         for i, g in enumerate(groups):
@@ -66,6 +68,9 @@ class CompiledRun:
         self.x2 = self.x1 if symmetric else x2.numpy()
         self.run = jit.gap_pairs if full else jit.flatten_pairs
         self.with_ntk, self.dtype = with_ntk, x1.dtype
+        widest = max([math.prod(groups[0].positions_in)] + [math.prod(g.positions_out) for g in groups])
+        scratch = 4 * (widest * widest if full else widest) * x1.element_size()
+        self.max_threads = None if budget is None else max(1, int(budget) // scratch)
 
     @staticmethod
     def _roots(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,7 +89,7 @@ class CompiledRun:
             self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.act,
                      *self.side1, *self.side2, self.offsets, self.snap, self.with_ntk, k[lo:hi], t[lo:hi])
 
-        threads = min(torch.get_num_threads(), m)
+        threads = min(torch.get_num_threads(), m, self.max_threads or m)
         if threads <= 1:
             run(0, m)
         else:

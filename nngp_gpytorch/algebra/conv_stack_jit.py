@@ -18,7 +18,7 @@ buffers that stay in cache, never forming a chunk-sized tensor:
 The arc cosine is a polynomial that vectorizes (``acos x = π/2 − asin x`` for ``|x| ≤ 1/2``, ``2·asin √((1 − |x|)/2)``
 otherwise, and ``asin s = s + s·z·R(z)`` with ``R`` the degree-18 Chebyshev interpolant of ``(asin √z/√z − 1)/z`` on
 ``[0, 1/4]``, built from its positive-term Taylor series): within 1e-15 of libm's. The conventions are the torch
-path's (:func:`.conv_stack._relu_in_place`): identical inputs at the same position get ``c = 1`` exactly; with the
+path's (:func:`.conv_stack_torch.relu_in_place`): identical inputs at the same position get ``c = 1`` exactly; with the
 NTK, ``|c| ≥ 1 − 8·eps`` snaps to ``±1``. Values agree with the torch path to ~1e-15 in float64. Float32 inputs keep
 float32 tables (taps summed in float32, as the torch path does: half the memory traffic) while each entry's affine
 map and dual are evaluated in float64 and rounded once.
@@ -211,6 +211,31 @@ def _taps(buf, spare, geometry, layer, both):
     return buf, spare
 
 
+@_jit()
+def _pool_taps(buf, spare, g):
+    """An average pool's window sums on both sides of a full ``P×P`` buffer (``g``: its ``(3, 7)`` geometry): the
+    flat layout ``[p₀, p₁, p₂, q₀, q₁, q₂]`` gets one one-sided tap stage per non-trivial axis of each side, the two
+    sides' offsets independent (``Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``). Returns the buffer holding the result."""
+    sizes = np.empty(6, np.int64)
+    for ax in range(3):
+        sizes[ax] = g[ax, 0]
+        sizes[3 + ax] = g[ax, 0]
+    for a in range(6):
+        ax = a % 3
+        n_in, n_out, k, s, d, lo, circ = g[ax, 0], g[ax, 1], g[ax, 2], g[ax, 3], g[ax, 4], g[ax, 5], g[ax, 6]
+        if k == 1 and s == 1 and lo == 0 and n_in == n_out:
+            continue
+        outer, inner = 1, 1
+        for e in range(a):
+            outer *= sizes[e]
+        for e in range(a + 1, 6):
+            inner *= sizes[e]
+        _tap_stage(buf, spare, outer, n_in, n_out, inner, k, s, d, lo, circ != 0, False)
+        sizes[a] = n_out
+        buf, spare = spare, buf
+    return buf, spare
+
+
 @_jit(inline="always")
 def _finish_row(row, trow, p, wl, bl, carry, ntk, act, q1, iq1, r1, qrow, iqrow, rrow, snap, ident):
     """Row ``p`` of a layer after its taps: ``S = σb² + (σw²/k)·U``, ``Θ = S + (σw²/k)·U_Θ`` (``carry``; the first
@@ -289,7 +314,8 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, 
 def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, out_k, out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
-    ``act`` ``(L,)``: the activation after each conv (0 none, 1 ReLU, 2 erf); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``:
+    ``act`` ``(L,)``: the activation after each conv (0 none, 1 ReLU, 2 erf; −1: the layer is an average pool,
+    ``w`` = ``(1/k)²``, no bias, no dual); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``:
     ``√v``, ``1/√v``, ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb``
     ``(n2, ΣP_l)`` of the second; results into ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go
     row block by row block (:func:`_layer_by_rows`), others axis by axis."""
@@ -323,6 +349,15 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
             po = offsets[layer + 1] - off
             q1, iq1, r1 = qa[ia[n], off:off + po], iqa[ia[n], off:off + po], ra[ia[n], off:off + po]
             qrow, iqrow, rrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po], rb[ib[n], off:off + po]
+            if act[layer] < 0:  # average pool: K' = A K Aᵀ, Θ' = A Θ Aᵀ
+                kbuf, kspare = _pool_taps(kbuf, kspare, g)
+                for e in range(po * po):
+                    kbuf[e] *= wl
+                if ntk:
+                    tbuf, tspare = _pool_taps(tbuf, tspare, g)
+                    for e in range(po * po):
+                        tbuf[e] *= wl
+                continue
             if g[0, 0] == 1 and g[0, 1] == 1 and g[0, 2] == 1:
                 _layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, carry, ntk, wl, bl, act[layer], q1, iq1, r1,
                                qrow, iqrow, rrow, snap, same[n])

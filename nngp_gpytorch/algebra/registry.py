@@ -112,6 +112,8 @@ class RuleContext:
     adaptive_quadrature: bool = True
     #: the whole architecture being evaluated (lets structured families choose their representation once)
     architecture: Layer | None = None
+    #: bytes a rule that chunks its own work (the fast positional engine) may hold at once; None: its default
+    chunk_bytes: int | None = None
     _duals: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -133,4 +133,22 @@ def tap_axes(x: torch.Tensor, spatial: Sequence[int], kernel: Sequence[int], str
     return x.reshape(*x.shape[:base], -1)
 
 
-__all__ = ["conv_output_size", "tap_axes"]
+def pool_axes(x: torch.Tensor, spatial: Sequence[int], window: Sequence[int], stride: Sequence[int],
+              padding: str) -> torch.Tensor:
+    """The *sum* of an average pool's windows on both sides of a full layout ``(..., P, P)`` over input positions
+    ``spatial``: ``Σ_β Σ_β' x[s·p + β − lo, s·q + β' − lo]`` per axis, the two sides' taps independent (an average
+    pool shares no weights between its window's positions, so every pair of offsets meets; a convolution's taps meet
+    only at matching offsets, :func:`tap_axes`). Times ``(1/k)²`` this is ``A K Aᵀ`` with ``A`` the window-mean
+    matrix (:func:`nngp_gpytorch.algebra.positional.average_matrix`)."""
+    nd = len(spatial)
+    out_shape = tuple(conv_output_size(n, k, s, 1, padding)[0] for n, k, s in zip(spatial, window, stride, strict=True))
+    x = x.reshape(*x.shape[:-2], *spatial, *spatial)
+    base = x.dim() - 2 * nd
+    for i in range(nd):
+        for axis in (base + i, base + nd + i):
+            x = _tap_sum_tensor(x, (axis,), spatial[i], window[i], stride[i], 1, padding, mean=False)
+    p = int(math.prod(out_shape))
+    return x.reshape(*x.shape[:base], p, p)
+
+
+__all__ = ["conv_output_size", "pool_axes", "tap_axes"]

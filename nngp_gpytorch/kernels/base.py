@@ -18,6 +18,7 @@ from .tiling import (
     LIVE_TENSORS,
     budget_bytes,
     check_result_fits,
+    engine_minimum_bytes,
     entries_per_pair,
     evaluate_in_tiles,
     self_bounded,
@@ -330,16 +331,20 @@ class InfiniteWidthKernel(Kernel):
         param = next(self.parameters(), None)
         return budget_bytes(self.max_memory, param.device if param is not None else torch.device("cpu"))
 
-    def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int]:
+    def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype, with_ntk: bool = False) -> tuple[int, int]:
         """``(b1, b2)``: rows and columns per tile under ``max_memory`` (``block_size`` caps the rows). An explicit
-        ``max_memory`` below one pair is refused (:func:`~.tiling.tile_sizes`); ``"auto"`` takes at least one pair."""
+        ``max_memory`` below one pair (of a tile, or of the conv engine's chunks, which get ``max_memory`` too) is
+        refused (:func:`~.tiling.tile_sizes`); ``"auto"`` takes at least one pair."""
         if self.max_memory is None:
             b1, b2 = n1, n2
         else:
             entries, budget = self.entries_per_pair(), self.tile_budget()
+            engine = 0
             if self.max_memory == "auto":  # the default never refuses: at least one pair per tile
                 budget = max(budget, LIVE_TENSORS * entries * torch.finfo(dtype).bits // 8)
-            b1, b2 = tile_sizes(n1, n2, budget, entries, dtype)
+            else:
+                engine = engine_minimum_bytes(self.architecture, self.input_shape, dtype, with_ntk)
+            b1, b2 = tile_sizes(n1, n2, budget, entries, dtype, engine)
         return (min(b1, self.block_size) if self.block_size else b1), b2
 
     def _evaluate(self, x1, x2, diag: bool, with_ntk: bool):
@@ -349,16 +354,19 @@ class InfiniteWidthKernel(Kernel):
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         check_result_fits((*batch, x1.shape[-2], *(() if diag else x2.shape[-2:-1])), x1.dtype, with_ntk, x1.device)
 
+        # an explicit max_memory also bounds the chunks of the rules that chunk their own work (the conv engine)
+        chunk = self.tile_budget() if self.max_memory not in (None, "auto") else None
+
         def run(a, b, diag_):
             return evaluate(self.architecture, a, b, hyper, diag=diag_, with_ntk=with_ntk,
-                            quadrature_degree=self.quadrature_degree, input_shape=self.input_shape)
+                            quadrature_degree=self.quadrature_degree, input_shape=self.input_shape, chunk_bytes=chunk)
 
         if self_bounded(self.architecture):
             b1, b2 = x1.shape[-2], x2.shape[-2]
             if self.block_size:
                 b1 = min(b1, self.block_size)
         else:
-            b1, b2 = self.tile_sizes(x1.shape[-2], x2.shape[-2], x1.dtype)
+            b1, b2 = self.tile_sizes(x1.shape[-2], x2.shape[-2], x1.dtype, with_ntk)
         return evaluate_in_tiles(run, x1, x2, diag, with_ntk, b1, b2)
 
     def _output(self, x1, x2, diag, with_ntk):

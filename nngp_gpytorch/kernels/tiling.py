@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..algebra.conv_stack import ConvStack, fuse_conv_stacks
+from ..algebra.conv_stack import ConvStack, fuse_conv_stacks, stack_pair_bytes
 from ..algebra.positional import wants_full_positions
 from ..arch import RNN, Layer, RecurrentLayer, Serial
 
@@ -73,22 +73,39 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> 
     return p * p if wants_full_positions(architecture) else p
 
 
+def engine_minimum_bytes(architecture: Layer, input_shape: Sequence[int] | None, dtype: torch.dtype,
+                         with_ntk: bool) -> int:
+    """Bytes one input pair needs inside the fast positional engine (:func:`~..algebra.conv_stack.stack_pair_bytes`:
+    its ``P²`` (GAP) or ``P`` (Flatten) entries at the input positions), 0 when the description does not start with
+    an engine run. A kernel hands its ``max_memory`` to the engine as the chunk budget, so a budget below this is
+    refused like one below a tile's minimum."""
+    if not input_shape or len(input_shape) < 2:
+        return 0
+    fused = fuse_conv_stacks(architecture)
+    first = fused.layers[0] if type(fused) is Serial else fused
+    return stack_pair_bytes(first, tuple(input_shape), with_ntk, dtype) if isinstance(first, ConvStack) else 0
+
+
 def self_bounded(architecture: Layer) -> bool:
     """Descriptions whose rules chunk their own work (the gated cells, GRU and LSTM, through their chunking
     driver): evaluated in one call. The Elman RNN forms ``(n1, n2, T, T)`` tables and is tiled like the rest."""
     return any(isinstance(layer, RecurrentLayer) and not isinstance(layer, RNN) for layer in architecture.walk())
 
 
-def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype) -> tuple[int, int]:
+def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype,
+               engine_bytes: int = 0) -> tuple[int, int]:
     """``(b1, b2)``: rows and columns per tile within ``budget`` bytes. A budget below one pair's
-    ``LIVE_TENSORS · entries · itemsize`` bytes is refused, naming that minimum."""
+    ``LIVE_TENSORS · entries · itemsize`` bytes, or below ``engine_bytes`` (:func:`engine_minimum_bytes`), is
+    refused, naming that minimum."""
     itemsize = torch.finfo(dtype).bits // 8
-    minimum = LIVE_TENSORS * itemsize * entries
-    if budget < minimum:
-        raise ValueError(f"max_memory={budget} bytes is below one tile's minimum of {minimum} bytes (one input pair: "
-                         f"{LIVE_TENSORS} tensors of {entries} covariance entries in {dtype}); raise max_memory to at "
-                         f"least {minimum}")
-    pairs = int(budget // minimum)
+    per_pair = LIVE_TENSORS * itemsize * entries
+    if budget < max(per_pair, engine_bytes):
+        what = (f"one input pair: {LIVE_TENSORS} tensors of {entries} covariance entries in {dtype}"
+                if per_pair >= engine_bytes else f"one input pair in the conv engine's chunks, in {dtype}")
+        minimum = max(per_pair, engine_bytes)
+        raise ValueError(f"max_memory={budget} bytes is below one tile's minimum of {minimum} bytes ({what}); raise "
+                         f"max_memory to at least {minimum}")
+    pairs = int(budget // per_pair)
     b1 = max(1, min(n1, math.isqrt(pairs)))
     b2 = max(1, min(n2, pairs // b1))
     return b1, b2
@@ -180,5 +197,6 @@ def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], 
 
 
 __all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "GramTooLargeError",
-           "available_memory", "budget_bytes", "check_result_fits", "entries_per_pair", "evaluate_in_tiles",
+           "available_memory", "budget_bytes", "check_result_fits", "engine_minimum_bytes", "entries_per_pair",
+           "evaluate_in_tiles",
            "self_bounded", "tile_sizes", "validate_memory"]
