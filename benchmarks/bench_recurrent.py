@@ -3,6 +3,7 @@
     python benchmarks/bench_recurrent.py speed        # GRU/LSTM/RNN: 7×9-token pair, 64×64 Gram (T = 8)
     python benchmarks/bench_recurrent.py accuracy     # error vs converged references, per sample count
     python benchmarks/bench_recurrent.py convergence [--plot FILE]   # ‖ΦΦᵀ/n − K‖_F/‖K‖_F vs width, slope
+    python benchmarks/bench_recurrent.py compiled [--n 200] [--threads 1 2]   # RNN(erf): compiled vs torch path
 
 One torch thread. Times are wall seconds on this machine; the public reference (R mvtnorm orthant
 probabilities) needs ~22 CPU-s for one 7×9-token GRU pair (reference/kernels.md), printed as the baseline.
@@ -178,18 +179,62 @@ def convergence(args):
         print("wrote", args.plot)
 
 
+def mnist1d_like(n, T=40, seed=0):
+    """``n`` smooth signals of ``T`` steps, one feature per step (the shape of mnist1d's sequences)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, T, generator=g, dtype=DT).cumsum(-1) / math.sqrt(T)
+    return x - x.mean(-1, keepdim=True)
+
+
+def compiled(args):
+    """RNN(erf), readout "mean", T = 40, D = 1 (mnist1d's shape): ms per computed entry of the ``N × N`` Gram (its
+    ``N(N+1)/2`` entries i ≤ j) and of an ``N × N`` cross-Gram, through the compiled loops and through the torch
+    path (``recurrent.COMPILED``) side by side in this process, NNGP and NNGP+NTK, per thread count."""
+    import os
+
+    from nngp_gpytorch import NNGPKernel, NTKKernel
+    from nngp_gpytorch.algebra import recurrent
+
+    n = args.n
+    x, y = mnist1d_like(n, seed=0), mnist1d_like(n, seed=1)
+    print(f"load average {os.getloadavg()}; N = {n}, T = 40, D = 1, erf, readout mean, float64, default tiles")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for cls, name in ((NNGPKernel, "NNGP"), (NTKKernel, "NNGP+NTK")):
+            kernel = cls(A.rnn(A.Erf(), readout="mean"), input_shape=(40, 1), per_layer=True).double()
+            kernel.weight_var = [1.0, 1.5, 1.0]
+            kernel.bias_var = [0.1, 0.0, 0.0]
+            with torch.no_grad():
+                kernel(x[:4]).to_dense()  # compiles (or loads) the loops
+                for what, entries, fn in (("Gram", n * (n + 1) / 2, lambda k=kernel: k(x).to_dense()),
+                                          ("cross", n * n, lambda k=kernel: k(x, y).to_dense())):
+                    times, outs = {}, {}
+                    for flag in (True, False, True):  # compiled, torch, compiled again: best of the two
+                        recurrent.COMPILED = flag
+                        out, t = timed(fn)
+                        times[flag] = min(times.get(flag, math.inf), t)
+                        outs[flag] = out
+                    recurrent.COMPILED = True
+                    err = float(((outs[True] - outs[False]).abs() / outs[False].abs()).max())
+                    c, p = times[True] / entries * 1e3, times[False] / entries * 1e3
+                    print(f"threads={threads} {name:8s} {what:5s}: compiled {c:.4f} ms/entry ({times[True]:.2f} s), "
+                          f"torch {p:.4f} ms/entry ({times[False]:.2f} s): {p / c:5.1f}x; max rel. diff {err:.1e}")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["speed", "accuracy", "convergence"])
+    p.add_argument("what", choices=["speed", "accuracy", "convergence", "compiled"])
     p.add_argument("--samples", type=int, nargs="+", default=[2**13, 2**15, 2**17])
     p.add_argument("--gram-samples", type=int, default=2**12)
     p.add_argument("--networks", type=int, default=8)
     p.add_argument("--plot", default=None)
+    p.add_argument("--n", type=int, default=200, help="sequences (compiled)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (compiled)")
     p.add_argument("--device", default="cpu", help="e.g. cuda (speed and accuracy)")
     args = p.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
-    {"speed": speed, "accuracy": accuracy, "convergence": convergence}[args.what](args)
+    {"speed": speed, "accuracy": accuracy, "convergence": convergence, "compiled": compiled}[args.what](args)
 
 
 if __name__ == "__main__":

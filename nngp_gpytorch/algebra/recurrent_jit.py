@@ -20,7 +20,11 @@ row ``t − 1``). The duals are the conv loops' (:mod:`.conv_stack_jit`: ``_erf`
 (0 where ``v = 0``: the correlation is then 0, as :func:`~nngp_gpytorch.duals.safe_math.correlation` sets it)
 and ``1/√(1 + 2v)`` of the diagonals. The torch path's identity convention is kept: ``c = 1`` exactly at ``(t, t)``
 where the two sequences' prefixes up to ``t`` coincide (``same12`` there), at every ``(t, t)`` of a self pair.
-The loops over ``s`` are branch-free and vectorize. Everything is float64.
+Each row is one branch-free pass over ``s`` (the affine map, the dual, ``Θ``, the readout's column sums), which
+vectorizes. Everything is float64.
+
+numba's cache (``_jit``) keys these loops on this file only: after a change to the duals in :mod:`.conv_stack_jit`
+(inlined here), touch this file (or clear ``__pycache__``) so that they are recompiled.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2,
     with ``|c| ≥ snap`` become ±1 (``1 − 8·eps`` with the NTK, else 2); ``ntk``: also ``R_Θ`` (else ``out_t`` is
     left alone)."""
     T, d = x1.shape[1], x1.shape[2]
-    sig = np.empty(T)
+    c = np.empty(T)  # C(t, s) of the current row
     pv, cv = np.zeros(T + 1), np.zeros(T + 1)  # V(t−1, s−1) at [s] (so [0] = 0: no recurrent term at s = 0)
     pt, ct = np.zeros(T + 1), np.zeros(T + 1)  # Ḋ likewise
     col_k, col_t = np.empty(T), np.empty(T)  # Σ_t w_a[t]·V(t, s) and Σ_t w_a[t]·Ḋ(t, s) so far
@@ -99,46 +103,58 @@ def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2,
         col_t[:] = 0.0
         qb, iqb, rb, wb = q2[bb], iq2[bb], r2[bb], w2[bb]
         for t in range(la):
-            sig[:lb] = 0.0
-            for k in range(d):
+            xv, row = x1[a, t, 0], x2t[bb, 0]
+            for s in range(lb):
+                c[s] = xv * row[s]
+            for k in range(1, d):  # C(t, s)·d: the token dot products, vectorized along s
                 xv, row = x1[a, t, k], x2t[bb, k]
                 for s in range(lb):
-                    sig[s] += xv * row[s]
-            for s in range(lb):
-                sig[s] = (wu * (sig[s] / d) + b) + ww * pv[s]
-            qa, iqa, ra, ident = q1[a, t], iq1[a, t], r1[a, t], t < same
+                    c[s] += xv * row[s]
+            qa, iqa, ra, ident, wt = q1[a, t], iq1[a, t], r1[a, t], t < same, w1[a, t]
+            # one pass per row: Σ(t, s), the dual, Θ and Ḋ, the readout's column sums (vectorized along s)
             if act == ERF:
                 if ntk:
                     for s in range(lb):
-                        kv, dv = _erf(sig[s], qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))
+                        sg = (wu * (c[s] / d) + b) + ww * pv[s]
+                        kv, dv = _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))
                         cv[s + 1] = kv
-                        ct[s + 1] = dv * (sig[s] + ww * pt[s])
+                        col_k[s] += wt * kv
+                        tv = dv * (sg + ww * pt[s])
+                        ct[s + 1] = tv
+                        col_t[s] += wt * tv
                 else:
                     for s in range(lb):
-                        cv[s + 1] = _erf(sig[s], qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0]
+                        sg = (wu * (c[s] / d) + b) + ww * pv[s]
+                        kv = _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0]
+                        cv[s + 1] = kv
+                        col_k[s] += wt * kv
             elif act == RELU:
                 if ntk:
                     for s in range(lb):
-                        kv, dv = _relu(sig[s], qa, iqa, qb[s], iqb[s], snap, ident & (s == t))
+                        sg = (wu * (c[s] / d) + b) + ww * pv[s]
+                        kv, dv = _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))
                         cv[s + 1] = kv
-                        ct[s + 1] = dv * (sig[s] + ww * pt[s])
+                        col_k[s] += wt * kv
+                        tv = dv * (sg + ww * pt[s])
+                        ct[s + 1] = tv
+                        col_t[s] += wt * tv
                 else:
                     for s in range(lb):
-                        cv[s + 1] = _relu(sig[s], qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0]
+                        sg = (wu * (c[s] / d) + b) + ww * pv[s]
+                        kv = _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0]
+                        cv[s + 1] = kv
+                        col_k[s] += wt * kv
             else:
                 for s in range(lb):
-                    cv[s + 1] = sig[s]
-                if ntk:
-                    for s in range(lb):
-                        ct[s + 1] = sig[s] + ww * pt[s]
-            wt = w1[a, t]
-            for s in range(lb):
-                col_k[s] += wt * cv[s + 1]
+                    sg = (wu * (c[s] / d) + b) + ww * pv[s]
+                    cv[s + 1] = sg
+                    col_k[s] += wt * sg
+                    if ntk:
+                        tv = sg + ww * pt[s]
+                        ct[s + 1] = tv
+                        col_t[s] += wt * tv
             pv, cv = cv, pv
-            if ntk:
-                for s in range(lb):
-                    col_t[s] += wt * ct[s + 1]
-                pt, ct = ct, pt
+            pt, ct = ct, pt
         acc_k, acc_t = 0.0, 0.0
         for s in range(lb):
             acc_k += col_k[s] * wb[s]
