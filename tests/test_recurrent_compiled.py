@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import nngp_gpytorch.algebra.recurrent as recurrent
+import nngp_gpytorch.algebra.recurrent_compiled as recurrent_compiled
 import nngp_gpytorch.algebra.recurrent_jit as recurrent_jit
 from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
@@ -136,6 +137,32 @@ def test_identical_sequences_give_the_self_value_exactly(activation, calls):
         own = evaluate(layer, x1, x1, HYPER, diag=True, with_ntk=True, input_shape=shape)
         pair = evaluate(layer, x1, x1.clone(), HYPER, diag=True, with_ntk=True, input_shape=shape)
     assert torch.equal(own[0], pair[0]) and torch.equal(own[1], pair[1])
+    assert calls["n"] > 0
+
+
+def test_side_cache_is_keyed_by_content(calls, monkeypatch):
+    """The per-side cache between tiles (``SIDE_CACHE``) never serves stale values: new variances, an input changed in
+    place, NNGP after NTK — each equals a fresh evaluation without the cache, to the bit."""
+    x1, x2, shape = unmasked(5)
+    layer = A.RNN(activation=A.ReLU(), readout="mean")
+    other = Hyperparameters(torch.tensor([0.7, 2.0, 1.1], dtype=DT), torch.tensor([0.3, 0.0, 0.0], dtype=DT))
+
+    def run(hyper, ntk):
+        with torch.no_grad():
+            cached = evaluate(layer, x1, x2, hyper, with_ntk=ntk, input_shape=shape)
+            monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 0)
+            fresh = evaluate(layer, x1, x2, hyper, with_ntk=ntk, input_shape=shape)
+            monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 32)
+        assert torch.equal(cached[0], fresh[0])
+        if ntk:
+            assert torch.equal(cached[1], fresh[1])
+        return cached[0]
+
+    first = run(HYPER, True)
+    run(HYPER, False)
+    assert not torch.equal(run(other, True), first)
+    x1[2, 5] += 1.0
+    assert not torch.equal(run(HYPER, True)[2], first[2])
     assert calls["n"] > 0
 
 

@@ -9,10 +9,14 @@ Float32 inputs are computed in float64 and the results rounded once.
 Pairs are split over ``torch.get_num_threads()`` threads (the loops release the GIL; each thread writes its own slice
 of the result). ``K(X, X)`` (both sides the same tensor) computes the pairs ``i ≤ j`` only and reads ``K(x, x)``
 off the diagonal pairs. Memory: per thread ``O(T)`` scratch, per call ``O(n·T·D)`` inputs and the ``(n1, n2)``
-results; no ``(n1, n2, T)`` tensor is formed.
+results; no ``(n1, n2, T)`` tensor is formed. A small content-keyed cache (:data:`SIDE_CACHE`) keeps the per-side
+arrays and ``K(x, x)`` of the last row and column blocks between the kernel base's tiles.
 """
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -67,6 +71,37 @@ class _Side:
         self.iq = np.divide(1.0, self.q, out=np.zeros_like(v), where=v > 0)
         self.r = 1.0 / np.sqrt(1.0 + 2.0 * v)
         self.tiny = bool(((v > 0) & (v < np.finfo(np.float64).tiny)).any())
+        self.own: tuple[np.ndarray, np.ndarray] | None = None  # (R_V, R_Θ) of each sequence with itself, once asked
+
+
+#: sides kept for reuse, with their ``K(x, x)``: the kernel base calls the rule once per tile, and the row and column
+#: blocks of the tiles come back again and again. Keyed by content (the tokens' bytes, the variances, the layer's
+#: readout and mask, the activation, the NTK switch), so a hit is exact; at most :data:`SIDE_CACHE` sides of at most
+#: :data:`SIDE_CACHE_ELEMENTS` input numbers each (0: no cache).
+SIDE_CACHE = 32
+SIDE_CACHE_ELEMENTS = 1 << 16
+_sides: OrderedDict[tuple, _Side] = OrderedDict()
+_sides_lock = threading.Lock()
+
+
+def _side(x: torch.Tensor, layer: RNN, hyper: list[float], act: int, ntk: bool) -> _Side:
+    """The :class:`_Side` of inputs ``x``, from the cache (:data:`SIDE_CACHE`) where it holds them."""
+    wu, b, ww = hyper[:3]
+    if SIDE_CACHE <= 0 or x.numel() > SIDE_CACHE_ELEMENTS:
+        return _Side(x, layer, wu, b, ww, act)
+    key = (x.dtype, tuple(x.shape), x.detach().contiguous().numpy().tobytes(), layer.masked, layer.readout, wu, b, ww,
+           act, ntk)
+    with _sides_lock:
+        side = _sides.get(key)
+        if side is not None:
+            _sides.move_to_end(key)
+            return side
+    side = _Side(x, layer, wu, b, ww, act)
+    with _sides_lock:
+        _sides[key] = side
+        while len(_sides) > SIDE_CACHE:
+            _sides.popitem(last=False)
+    return side
 
 
 def _run(s1: _Side, s2: _Side, ia: np.ndarray, ib: np.ndarray, self_pairs: bool, hyper: list[float], act: int,
@@ -103,15 +138,17 @@ def rnn_compiled(layer: RNN, state: CovState, variances) -> CovState | None:
     act, ntk, diag = CODES[type(layer.activation)], state.has_ntk, state.entry_ndim == 1
     x1, x2 = state.inputs
     symmetric = x1 is x2 or (x1.data_ptr() == x2.data_ptr() and x1.shape == x2.shape and x1.stride() == x2.stride())
-    s1 = _Side(x1, layer, wu, b, ww, act)
-    s2 = s1 if symmetric else _Side(x2, layer, wu, b, ww, act)
+    s1 = _side(x1, layer, hyper, act, ntk)
+    s2 = s1 if symmetric else _side(x2, layer, hyper, act, ntk)
     if s1.tiny or s2.tiny:
         return None
     n1, n2 = s1.x.shape[0], s2.x.shape[0]
 
     def own(side: _Side) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.arange(side.x.shape[0], dtype=np.int64)
-        return _run(side, side, idx, idx, True, hyper, act, ntk)
+        if side.own is None:
+            idx = np.arange(side.x.shape[0], dtype=np.int64)
+            side.own = _run(side, side, idx, idx, True, hyper, act, ntk)
+        return side.own
 
     if diag:
         r11 = own(s1)
