@@ -14,7 +14,12 @@ faster of torch's and the compiled loops' polynomial); for ``K(X, X)``
 only the pairs ``i ≤ j`` count. Last, a 21-layer 3×3 CNN + GAP NTK on 32×32×3 in float32 (the figure published
 for neural-tangents: 112.9 ms/entry on a CPU, 2.70 on a V100).
 
+``--pooled-sizes``: a Myrtle-5-style CNN-GP (Shankar et al. 2020: Conv–ReLU ×2, then (AvgPool 2, Conv–ReLU) ×2,
+AvgPool 2, GAP) — the engine with its compiled loops, its torch path, and the pinned commit ``--pooled-baseline``
+(the last before average pools entered the engine: these nets ran layer by layer in tiles of ``P²`` entries per pair).
+
     python benchmarks/bench_conv.py [--sizes 8 16 32] [--baseline COMMIT | --no-baseline] [--deep-n 3]
+                                    [--pooled-sizes 16 32] [--pooled-baseline COMMIT]
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "9a60fd7"  # the last commit before algebra/conv_stack.py and the slice-add tap sums
+POOLED_BASELINE = "1516a9f"  # the last commit before average pools entered the engine
+# the engine computes each input's P×P self chain once (O(N·P²)): N large enough that it is amortized as in real Grams
+POOLED_POINTS = {8: 32, 16: 16, 32: 8}
 POINTS = {8: 24, 16: 8, 32: 4}  # N per image size: K(X, X) has N² entries
 BASELINE_POINTS = {8: 8, 16: 4, 32: 2}
 
@@ -51,7 +59,7 @@ def child(which: str, size: int, readout: str, dtype_name: str, n: int, depth: i
     repeats = 1 if depth > 3 or size >= 32 else 3
     dtype = getattr(torch, dtype_name)
     x = torch.randn(n, 3 * size * size, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    if which == "base":  # the pinned commit's API: the CNNKernel classes with their default tiles
+    if which == "base" and readout != "myrtle":  # the pinned commit's API: the CNNKernel classes, default tiles
         from nngp_gpytorch import CNNKernel, CNNNTKKernel
 
         nngp = CNNKernel((3, size, size), depth=depth, readout=readout, weight_var=2.0, bias_var=0.01).to(dtype)
@@ -61,8 +69,9 @@ def child(which: str, size: int, readout: str, dtype_name: str, n: int, depth: i
         from nngp_gpytorch import arch as A
         from nngp_gpytorch.algebra import conv_stack
 
-        conv_stack.COMPILED = which != "torch"  # "torch": this commit's engine without its compiled loops
-        net = A.cnn(depth=depth, readout=readout)
+        if which != "base":
+            conv_stack.COMPILED = which != "torch"  # "torch": this commit's engine without its compiled loops
+        net = myrtle() if readout == "myrtle" else A.cnn(depth=depth, readout=readout)
         nngp = NNGPKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
         ntk = NTKKernel(net, input_shape=(3, size, size), weight_var=2.0, bias_var=0.01, dtype=dtype)
     out = {}
@@ -77,6 +86,16 @@ def child(which: str, size: int, readout: str, dtype_name: str, n: int, depth: i
         out["both_ms"] = best_of(lambda: ntk.nngp_and_ntk(x, x), repeats) * 1e3 / n**2
     out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
+
+
+def myrtle():
+    """Myrtle-5-style CNN (Shankar et al. 2020) with 3×3 SAME convs and ReLU: two conv layers at full resolution,
+    then (AvgPool 2, conv) twice, AvgPool 2 and a global average pool."""
+    from nngp_gpytorch import arch as A
+
+    conv = (A.Conv(3), A.ReLU())
+    return A.Serial(*conv, *conv, A.AvgPool(2), *conv, A.AvgPool(2), *conv, A.AvgPool(2), A.GlobalAvgPool(),
+                    A.Dense())
 
 
 def sequence_child(n: int) -> None:
@@ -164,15 +183,37 @@ def arithmetic_limit_ms(size: int, readout: str, dtype: torch.dtype, n: int, dep
     return per_pair_ns * pairs_per_entry * 1e-6
 
 
+def pooled(sizes, base_path: Path | None, commit: str) -> None:
+    """The Myrtle-5-style rows (module docstring): ms per entry of K(X, X), compiled / torch path / pinned commit."""
+    print(f"Myrtle-5-style CNN-GP (average pools between the convs, GAP) on 3-channel images; K(X, X), one thread; "
+          f"baseline: commit {commit} (layer by layer)")
+    print(f"{'image':>6s} {'dtype':>8s} {'N':>3s} {'NNGP ms':>9s} {'+NTK ms':>9s} {'peak MiB':>9s} | "
+          f"{'torch NNGP':>10s} {'×':>6s} | {'base NNGP':>10s} {'base MiB':>9s} {'speed-up':>9s}")
+    for size in sizes:
+        for dtype in ("float64", "float32"):
+            n = POOLED_POINTS.get(size, 8)
+            new = run_child("new", size, "myrtle", dtype, n)
+            old = run_child("torch", size, "myrtle", dtype, n)
+            line = (f"{size:>4d}² {dtype:>8s} {n:>3d} {new['nngp_ms']:9.3f} {new['both_ms']:9.3f} "
+                    f"{new['peak_mib']:9.0f} | {old['nngp_ms']:10.3f} {old['nngp_ms'] / new['nngp_ms']:5.1f}×")
+            if base_path is not None:
+                base = run_child("base", size, "myrtle", dtype, BASELINE_POINTS.get(size, 2), pythonpath=base_path)
+                line += (f" | {base['nngp_ms']:10.3f} {base['peak_mib']:9.0f} {base['nngp_ms'] / new['nngp_ms']:8.1f}×")
+            print(line, flush=True)
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[8, 16, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--baseline", default=BASELINE, help="commit of 'today's code' to compare against")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--deep-n", type=int, default=3, help="points for the 21-layer NTK (0: skip it)")
     parser.add_argument("--memory-n", type=int, nargs="*", default=[1000, 4000],
                         help="sequence counts for the 1-D conv memory case (baseline: the first only)")
+    parser.add_argument("--pooled-sizes", type=int, nargs="*", default=[16, 32])
+    parser.add_argument("--pooled-baseline", default=POOLED_BASELINE)
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--sequences", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,6 +225,9 @@ def main() -> None:
         child(which, int(size), readout, dtype, int(n), int(depth), bool(int(ntk_only)))
         return
     base_path = None if args.no_baseline else baseline_tree(args.baseline)
+    if args.pooled_sizes:
+        pooled(args.pooled_sizes, None if args.no_baseline else baseline_tree(args.pooled_baseline),
+               args.pooled_baseline)
     print(f"3 × (Conv 3×3 SAME, ReLU) + readout + Dense on 3-channel images; K(X, X), one thread, fresh process each;"
           f" baseline: commit {args.baseline}")
     head = (f"{'image':>6s} {'readout':>8s} {'dtype':>8s} {'N':>3s} {'NNGP ms':>9s} {'+NTK ms':>9s} {'peak MiB':>9s} "
