@@ -38,6 +38,7 @@ STACKS = [
     (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(3, stride=2, padding="circular"), A.Conv(2), A.ReLU(), A.AvgPool(2),
               A.GlobalAvgPool(), A.Dense()), (2, 11)),
     (A.Serial(A.Conv(2), A.ReLU(), A.AvgPool((2, 1, 2)), A.Conv(3), A.GlobalAvgPool(), A.Dense()), (1, 4, 3, 5)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Erf(), A.Flatten(), A.Dense()), (2, 8, 7)),
 ]
 
 

@@ -167,9 +167,8 @@ def test_positional_layer_norm_matches_per_position_correlation():
 
 
 def test_pair_tiling_gives_identical_values():
-    # a pooled CNN outside the fast conv-stack engine (AvgPool between convolutions, then Flatten): tiles of P²
-    # entries per pair
-    net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(1), A.Conv(3), A.ReLU(), A.Flatten(), A.Dense())
+    # a pooled CNN outside the fast conv-stack engine (a layer norm inside the run): tiles of P² entries per pair
+    net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(1), A.Conv(3), A.LayerNorm(), A.ReLU(), A.Flatten(), A.Dense())
     x1, x2 = _x(7, 2 * 6 * 6, seed=3), _x(5, 2 * 6 * 6, seed=4)
     plain = NNGPKernel(net, input_shape=(2, 6, 6), weight_var=1.7, bias_var=0.1, max_memory=None, dtype=torch.float64)
     tiled = NTKKernel(net, input_shape=(2, 6, 6), weight_var=1.7, bias_var=0.1, max_memory=16 * 8 * 1296 * 6,

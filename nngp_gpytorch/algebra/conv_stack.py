@@ -74,6 +74,12 @@ class ConvStack(FusedRun):
     def readout(self) -> str:
         return "gap" if isinstance(self.layers[-1], GlobalAvgPool) else "flatten"
 
+    @property
+    def full(self) -> bool:
+        """Whether pairs carry all ``P²`` position pairs (a GAP readout, or average pools anywhere) rather than the
+        ``P`` same-position entries a Flatten readout of convolutions alone needs."""
+        return self.readout == "gap" or any(type(layer) is AvgPool for layer in self.layers)
+
 
 def _is_activation(layer: Layer) -> bool:
     return isinstance(layer, Activation) and not getattr(type(layer), "not_pointwise", None)
@@ -87,7 +93,8 @@ def _stack_length(layers: tuple[Layer, ...], start: int) -> int:
     """Length of the ``Conv [φ] ... GlobalAvgPool|Flatten`` run at ``start`` (0 if none). Average pools may sit
     between the convolutions when the run ends in a global average pool and its activations have closed-form duals
     (the pooled run's per-input variances come from each input's full self covariance, computed in chunks of
-    inputs; a quadrature dual's adaptive degree would then depend on the chunk)."""
+    inputs; a quadrature dual's adaptive degree would then depend on the chunk). With pools a Flatten readout reads
+    the diagonal of the full layout."""
     i, convs, pooled = start, 0, False
     while i < len(layers):
         if type(layers[i]) is Conv:
@@ -100,8 +107,7 @@ def _stack_length(layers: tuple[Layer, ...], start: int) -> int:
             break
     if not convs or i >= len(layers) or type(layers[i]) not in (GlobalAvgPool, Flatten):
         return 0
-    if pooled and (type(layers[i]) is Flatten
-                   or not all(type(layer) in _CLOSED_FORM for layer in layers[start:i] if _is_activation(layer))):
+    if pooled and not all(type(layer) in _CLOSED_FORM for layer in layers[start:i] if _is_activation(layer)):
         return 0
     return i + 1 - start
 
@@ -206,7 +212,7 @@ def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: 
 
 
 def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool,
-              budget: int | None) -> CompiledRun | None:
+              budget: int | None, trace: bool = False) -> CompiledRun | None:
     """The compiled loops for this block (:class:`.conv_stack_CompiledRun`), or None where they do not apply:
     ``COMPILED`` off, numba missing, not a CPU, not float32/64, something autograd must see, or an activation the
     loops do not have (they have ReLU and erf) or a zero pre-activation variance."""
@@ -215,7 +221,7 @@ def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: 
     tensors = [sa.x, sb.x] + [t for g in groups for t in (g.weight_var, g.bias_var)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
-    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk, budget)
+    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk, budget, trace)
 
 
 def pair_bytes(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype) -> int:
@@ -228,7 +234,7 @@ def pair_bytes(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: to
 
 def stack_pair_bytes(stack: ConvStack, input_shape: tuple[int, ...], with_ntk: bool, dtype: torch.dtype) -> int:
     """:func:`pair_bytes` of a fused run on inputs of shape ``(C, *spatial)``: the least memory the engine needs."""
-    return pair_bytes(tuple(input_shape[1:]), stack.readout == "gap", with_ntk, dtype)
+    return pair_bytes(tuple(input_shape[1:]), stack.full, with_ntk, dtype)
 
 
 def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device,
@@ -240,11 +246,11 @@ def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: t
     return max(1, budget // pair_bytes(positions, full, with_ntk, dtype))
 
 
-def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budget: int | None):
+def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budget: int | None, trace: bool = False):
     """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks of at most ``budget`` bytes (None: the
-    device's default); flat ``(K, Θ)`` of shape ``(m,)``."""
+    device's default); flat ``(K, Θ)`` of shape ``(m,)``. ``trace``: a Flatten readout of the full layout."""
     step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device, budget)
-    compiled = _compiled(sa, sb, groups, full, with_ntk, budget)
+    compiled = _compiled(sa, sb, groups, full, with_ntk, budget, trace)
     if compiled is not None:  # per-pair scratch only: chunks just bound the time between interrupt checks
         step = max(step, COMPILED_CHUNK_PAIRS)
     ks, ts = [], []
@@ -256,7 +262,7 @@ def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budge
         if compiled is not None:
             k, t = compiled(i, j, sm)
         else:
-            k, t = cross_chunk(sa.take(i), sb.take(j), sm, groups, full, with_ntk)
+            k, t = cross_chunk(sa.take(i), sb.take(j), sm, groups, full, with_ntk, trace)
         ks.append(k)
         ts.append(t)
         if len(ks) == 64 and not (k.requires_grad or (with_ntk and t.requires_grad)):
@@ -281,7 +287,8 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
         return state
     r1, r2 = state.inputs
     groups = _groups(stack, tuple(r1.shape[2:]), ctx)
-    full, ntk = stack.readout == "gap", ctx.with_ntk
+    full, ntk = stack.full, ctx.with_ntk
+    trace = full and stack.readout == "flatten"
     x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
     symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
     if any(g.pool for g in groups):  # GAP only: K(x, x) comes from the pairs (x, x) below, not from the chain
@@ -302,7 +309,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             return k.mean(-1), (t.mean(-1) if ntk else None)
         idx = torch.arange(side.x.shape[0], device=dev)
         return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk,
-                          ctx.chunk_bytes)
+                          ctx.chunk_bytes, trace)
 
     diag = state.entry_ndim == 1
     # K(X, X) with GAP: the pairs (i, i) are among the pairs i ≤ j, flagged identical: their values are K(x, x)
@@ -315,7 +322,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             k12, t12 = s11, s11t
         else:
             idx = torch.arange(n1, device=dev)
-            k12, t12 = _run_pairs(side1, side2, idx, idx, state.identical, groups, full, ntk, ctx.chunk_bytes)
+            k12, t12 = _run_pairs(side1, side2, idx, idx, state.identical, groups, full, ntk, ctx.chunk_bytes, trace)
         new = dict(k12=k12, k11=s11, k22=s22)
         if ntk:
             new.update(t12=t12, t11=s11t, t22=s22t)
@@ -326,7 +333,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
             ia = torch.arange(n1, device=dev).repeat_interleave(n2)
             ib = torch.arange(n2, device=dev).repeat(n1)
         same = None if state.identical is None else state.identical[ia, ib]
-        k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk, ctx.chunk_bytes)
+        k, t = _run_pairs(side1, side2, ia, ib, same, groups, full, ntk, ctx.chunk_bytes, trace)
         if reuse:
             on_diagonal = ia == ib
             s11 = s22 = k[on_diagonal]

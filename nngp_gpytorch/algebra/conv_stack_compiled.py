@@ -31,11 +31,12 @@ class CompiledRun:
 
     @classmethod
     def build(cls, x1, pre1, x2, pre2, symmetric: bool, groups, full: bool, with_ntk: bool,
-              budget: int | None = None) -> CompiledRun | None:
+              budget: int | None = None, trace: bool = False) -> CompiledRun | None:
         """The run for inputs ``x1``/``x2`` (the engine's layouts) with per-group variances ``pre1``/``pre2``
         ``[(n, P_l)]``, or None if an activation has no loop here or a variance is zero (the duals' own conventions
         for zero-norm inputs apply there). ``budget``: bytes the threads' scratch may take (None: no limit); each
-        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries."""
+        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries. ``trace``: the
+        full layout read out by a Flatten (the mean of its diagonal)."""
         codes = []
         for g in groups:
             kind = None if g.dual is None else type(g.activation)
@@ -46,9 +47,9 @@ class CompiledRun:
         for code, v1, v2 in zip(codes, pre1, pre2, strict=True):
             if code > 0 and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
                 return None
-        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget)
+        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget, trace)
 
-    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None):
+    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None, trace=False):
         self.geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
         self.geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
         for i, g in enumerate(groups):
@@ -67,7 +68,7 @@ class CompiledRun:
         self.x1 = x1.numpy()
         self.x2 = self.x1 if symmetric else x2.numpy()
         self.run = jit.gap_pairs if full else jit.flatten_pairs
-        self.with_ntk, self.dtype = with_ntk, x1.dtype
+        self.with_ntk, self.dtype, self.full, self.trace = with_ntk, x1.dtype, full, trace
         widest = max([math.prod(groups[0].positions_in)] + [math.prod(g.positions_out) for g in groups])
         scratch = 4 * (widest * widest if full else widest) * x1.element_size()
         self.max_threads = None if budget is None else max(1, int(budget) // scratch)
@@ -86,8 +87,9 @@ class CompiledRun:
         ia, ib = ia.numpy(), ib.numpy()
 
         def run(lo: int, hi: int) -> None:
+            extra = (self.trace,) if self.full else ()
             self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.act,
-                     *self.side1, *self.side2, self.offsets, self.snap, self.with_ntk, k[lo:hi], t[lo:hi])
+                     *self.side1, *self.side2, self.offsets, self.snap, self.with_ntk, *extra, k[lo:hi], t[lo:hi])
 
         threads = min(torch.get_num_threads(), m, self.max_threads or m)
         if threads <= 1:

@@ -311,13 +311,15 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, 
 
 
 @_jit(nogil=True)
-def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, out_k, out_t):
+def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, trace, out_k,
+              out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
     ``act`` ``(L,)``: the activation after each conv (0 none, 1 ReLU, 2 erf; −1: the layer is an average pool,
     ``w`` = ``(1/k)²``, no bias, no dual); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``:
     ``√v``, ``1/√v``, ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb``
-    ``(n2, ΣP_l)`` of the second; results into ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go
+    ``(n2, ΣP_l)`` of the second; ``trace``: read out the mean of the diagonal (a Flatten after pools) instead of
+    the mean of all entries; results into ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go
     row block by row block (:func:`_layer_by_rows`), others axis by axis."""
     layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
     largest, middle = positions, 1
@@ -371,13 +373,14 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
                             act[layer], q1[p], iq1[p], r1[p], qrow, iqrow, rrow, snap, same[n])
         po = offsets[layers] - offsets[layers - 1]
         sk, st = 0.0, 0.0
-        for e in range(po * po):
+        step, count = (po + 1, po) if trace else (1, po * po)  # trace: the diagonal (a Flatten after pools)
+        for e in range(0, po * po, step):
             sk += kbuf[e]
         if ntk:
-            for e in range(po * po):
+            for e in range(0, po * po, step):
                 st += tbuf[e]
-        out_k[n] = sk / (po * po)
-        out_t[n] = st / (po * po)
+        out_k[n] = sk / count
+        out_t[n] = st / count
 
 
 @_jit(nogil=True)

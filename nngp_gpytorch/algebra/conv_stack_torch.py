@@ -92,9 +92,10 @@ def relu_in_place(k: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, neg_inv_q
     return j1.mul_(q1).mul_(q2 * RELU_SCALE), t
 
 
-def cross_chunk(a, b, same: torch.Tensor | None, groups: list, full: bool, with_ntk: bool):
+def cross_chunk(a, b, same: torch.Tensor | None, groups: list, full: bool, with_ntk: bool, trace: bool = False):
     """Flat ``(K, Θ)`` ``(c,)`` of ``c`` pairs ``(a[m], b[m])`` (each side gathered for the chunk); ``same``:
-    ``(c,)`` bool, identical inputs (or None)."""
+    ``(c,)`` bool, identical inputs (or None). Readout: the mean over all position pairs (``full``, GAP), over the
+    same-position entries (Flatten), or over the diagonal of the full layout (``trace``: Flatten after pools)."""
     if full:
         k = a.x @ b.x.transpose(-1, -2) / a.x.shape[-1]
     else:
@@ -125,7 +126,9 @@ def cross_chunk(a, b, same: torch.Tensor | None, groups: list, full: bool, with_
         if with_ntk:
             t = g.dual.ntk(v1, v2, k, ident) * t
         k = g.dual.nngp(v1, v2, k, ident)
-    dims = (-2, -1) if full else (-1,)
+    if trace:
+        k, t = k.diagonal(dim1=-2, dim2=-1), (t.diagonal(dim1=-2, dim2=-1) if with_ntk else None)
+    dims = (-2, -1) if full and not trace else (-1,)
     return k.mean(dims), (t.mean(dims) if with_ntk else None)
 
 
