@@ -75,6 +75,13 @@ def _prefix(x1, x2t, a, b, T):
     return T
 
 
+@_jit(inline="always")
+def _keep(row, col, s, wt, value):
+    """``row[s + 1] = value`` (the table's current row) and the readout's column sum ``col[s] += wt·value``."""
+    row[s + 1] = value
+    col[s] += wt * value
+
+
 @_jit(nogil=True)
 def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2, w1, w2, wu, b, ww, act, snap, ntk,
               out_k, out_t):
@@ -117,42 +124,29 @@ def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2,
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
                         kv, dv = _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))
-                        cv[s + 1] = kv
-                        col_k[s] += wt * kv
-                        tv = dv * (sg + ww * pt[s])
-                        ct[s + 1] = tv
-                        col_t[s] += wt * tv
+                        _keep(cv, col_k, s, wt, kv)
+                        _keep(ct, col_t, s, wt, dv * (sg + ww * pt[s]))
                 else:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        kv = _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0]
-                        cv[s + 1] = kv
-                        col_k[s] += wt * kv
+                        _keep(cv, col_k, s, wt, _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0])
             elif act == RELU:
                 if ntk:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
                         kv, dv = _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))
-                        cv[s + 1] = kv
-                        col_k[s] += wt * kv
-                        tv = dv * (sg + ww * pt[s])
-                        ct[s + 1] = tv
-                        col_t[s] += wt * tv
+                        _keep(cv, col_k, s, wt, kv)
+                        _keep(ct, col_t, s, wt, dv * (sg + ww * pt[s]))
                 else:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        kv = _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0]
-                        cv[s + 1] = kv
-                        col_k[s] += wt * kv
+                        _keep(cv, col_k, s, wt, _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0])
             else:
                 for s in range(lb):
                     sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                    cv[s + 1] = sg
-                    col_k[s] += wt * sg
+                    _keep(cv, col_k, s, wt, sg)
                     if ntk:
-                        tv = sg + ww * pt[s]
-                        ct[s + 1] = tv
-                        col_t[s] += wt * tv
+                        _keep(ct, col_t, s, wt, sg + ww * pt[s])
             pv, cv = cv, pv
             pt, ct = ct, pt
         acc_k, acc_t = 0.0, 0.0
