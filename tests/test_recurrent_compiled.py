@@ -166,6 +166,22 @@ def test_side_cache_is_keyed_by_content(calls, monkeypatch):
     assert calls["n"] > 0
 
 
+def test_a_readout_weighting_padded_steps_is_read_in_full(calls, monkeypatch):
+    """The loops stop at each sequence's length only where its readout weights vanish beyond it."""
+    def every_step(lengths, steps, readout, dtype):
+        return torch.full((*lengths.shape, steps), 1.0 / steps, dtype=dtype)
+
+    monkeypatch.setattr(recurrent, "readout_weights", every_step)
+    monkeypatch.setattr(recurrent_compiled, "readout_weights", every_step)
+    monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 0)  # sides cached with the real weights must not serve
+    x1, x2, shape = masked(7)
+    layer = A.RNN(activation=A.Erf(), readout="mean", masked=True)
+    (k1, t1), (k0, t0) = _both(monkeypatch, layer, x1, x2, HYPER, with_ntk=True, input_shape=shape)
+    _close(k1, k0)
+    _close(t1, t0)
+    assert calls["n"] > 0
+
+
 def test_zero_variance_steps(calls, monkeypatch):
     """With σb² = 0 a zero token at step 0 has ``Σ(0,0) = 0``: correlation 0 there, as the torch path sets it."""
     hyper = Hyperparameters(torch.tensor([1.0, 1.5, 1.2], dtype=DT), torch.tensor([0.0, 0.0, 0.0], dtype=DT))

@@ -62,8 +62,12 @@ class _Side:
         T = tokens.shape[-2]
         self.x = np.ascontiguousarray(tokens.double().numpy())
         self.xt = np.ascontiguousarray(self.x.transpose(0, 2, 1))
-        self.lengths = lengths.numpy()
         self.w = readout_weights(lengths, T, layer.readout, torch.float64).numpy()
+        # the loops stop at each sequence's length: past it its readout weights vanish (checked here, so that a
+        # readout weighting later steps would still be read in full)
+        weighted = self.w != 0
+        reach = np.where(weighted.any(-1), T - np.argmax(weighted[:, ::-1], axis=-1), 1)
+        self.lengths = np.maximum(lengths.numpy(), reach).astype(np.int64)
         v = np.empty(self.x.shape[:2])
         jit.chain(self.x, self.lengths, wu, b, ww, act, v)
         v = np.maximum(v, 0.0)
