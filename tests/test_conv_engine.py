@@ -131,17 +131,25 @@ def test_generic_conv_kernel_memory_estimate_follows_the_layout():
     assert kernel.tile_budget() == 64 << 20
 
 
-def test_elman_rnn_is_tiled_over_time_pair_tables():
-    """The RNN rule forms (n1, n2, T, T) tables: it is tiled (T² entries per pair), values identical, NTK too."""
+def test_elman_rnn_is_tiled_over_time_pair_tables(monkeypatch):
+    """The RNN rule's torch path forms (n1, n2, T, T) tables: it is tiled (T² entries per pair), values identical,
+    NTK too. Its compiled loops hold O(T) per pair: where they run (a CPU, no gradient) a pair counts one entry."""
+    import nngp_gpytorch.algebra.recurrent as recurrent
+
     net = A.rnn(A.Erf(), readout="mean")
     x = torch.randn(7, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     x[-1] = x[0]
-    assert entries_per_pair(net, (6, 2)) == 36
+    assert entries_per_pair(net, (6, 2)) == 36 and entries_per_pair(net, (6, 2), compiled_rnn=True) == 1
+    assert entries_per_pair(A.rnn(A.Tanh()), (6, 2), compiled_rnn=True) == 36  # tanh: the torch path
     plain = NTKKernel(net, input_shape=(6, 2), weight_var=1.5, bias_var=0.1, max_memory=None, dtype=torch.float64)
     tiled = NTKKernel(net, input_shape=(6, 2), weight_var=1.5, bias_var=0.1, max_memory=16 * 8 * 36 * 4,
                       dtype=torch.float64)
-    assert tiled.tile_sizes(7, 7, torch.float64) == (2, 2)
+    assert tiled.tile_sizes(7, 7, torch.float64) == (2, 2)  # the hyperparameters require grad: the torch path
     with torch.no_grad():
+        assert tiled.tile_sizes(7, 7, torch.float64) == (7, 7)  # the compiled loops
+    monkeypatch.setattr(recurrent, "COMPILED", False)
+    with torch.no_grad():
+        assert tiled.tile_sizes(7, 7, torch.float64) == (2, 2)
         for a, b in ((x, x), (x[:4], x[2:])):
             for got, want in zip(tiled.nngp_and_ntk(a, b), plain.nngp_and_ntk(a, b), strict=True):
                 # not bitwise: the input Gram x·x' of a tile is a smaller matmul (other BLAS blocking), 1e-16 apart

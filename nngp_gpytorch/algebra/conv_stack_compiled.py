@@ -96,15 +96,15 @@ class CompiledRun:
             run(0, m)
         else:
             bounds = np.linspace(0, m, threads + 1).astype(int)
-            list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+            list(thread_pool(threads).map(run, bounds[:-1], bounds[1:]))
         k, t = torch.from_numpy(k).to(self.dtype), torch.from_numpy(t).to(self.dtype)
         return k, (t if self.with_ntk else None)
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def thread_pool(threads: int) -> ThreadPoolExecutor:
     """A thread pool of ``threads`` workers, kept for the process (one per thread count asked)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
 
 
-__all__ = ["CompiledRun"]
+__all__ = ["CompiledRun", "thread_pool"]

@@ -59,7 +59,7 @@ _R = chebyshev.Chebyshev.interpolate(_asin_series, 18, domain=[0.0, 0.25]).conve
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15, R16, R17, R18 = (float(c) for c in _R)
 
 
-def _jit(**options):
+def jit_function(**options):
     """numba's ``njit`` (cached; numpy's error model; ``a·b + c`` may be fused into one FMA, which rounds once), or
     the plain function without numba."""
     def wrap(fn):
@@ -67,7 +67,7 @@ def _jit(**options):
     return wrap
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _asin_r(z):
     r = R14 + z * (R15 + z * (R16 + z * (R17 + z * R18)))
     r = R9 + z * (R10 + z * (R11 + z * (R12 + z * (R13 + z * r))))
@@ -75,7 +75,7 @@ def _asin_r(z):
     return R0 + z * (R1 + z * (R2 + z * (R3 + z * r)))
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _asin_reduced(ax):
     """``(asin s, small)`` for ``ax = |x| ≤ 1``: ``s = ax`` when ``small`` (``ax ≤ 1/2``), else ``s = √((1 − ax)/2)``,
     with ``asin s = s + s·z·R(z)``, ``z = s²``: the one polynomial both inverse functions use."""
@@ -86,7 +86,7 @@ def _asin_reduced(ax):
     return s + s * z * _asin_r(z), small
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def arccos(x):
     """``arccos x`` for ``x ∈ [−1, 1]``, branch-free (selects), so loops over it vectorize."""
     a, small = _asin_reduced(abs(x))
@@ -96,7 +96,7 @@ def arccos(x):
     return r_small if small else r_big
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def arcsin(x):
     """``arcsin x`` for ``x ∈ [−1, 1]`` from the same polynomial (``π/2 − 2·asin √((1 − |x|)/2)`` above 1/2)."""
     a, small = _asin_reduced(abs(x))
@@ -104,8 +104,8 @@ def arcsin(x):
     return -r if x < 0.0 else r
 
 
-@_jit(inline="always")
-def _erf(s, q1, iq1, r1, q2, iq2, r2, ident):
+@jit_function(inline="always")
+def erf_dual(s, q1, iq1, r1, q2, iq2, r2, ident):
     """``(K', Θ̇)`` of the erf dual (Williams 1997) at pre-activation covariance ``s``: ``(2/π)·arcsin(2k·r·r')`` and
     ``(4/π)·((1 + 2v)(1 + 2v') − 4k²)^(−1/2)`` with ``r = 1/√(1 + 2v)``, ``k = c·√(v·v')`` (``c = 1`` for identical
     inputs at the same position, as :func:`~nngp_gpytorch.duals.safe_math.correlation` does)."""
@@ -117,8 +117,8 @@ def _erf(s, q1, iq1, r1, q2, iq2, r2, ident):
     return (2.0 / math.pi) * arcsin(a), (4.0 / math.pi) / math.sqrt(det)
 
 
-@_jit(inline="always")
-def _relu(s, q1, iq1, q2, iq2, snap, ident):
+@jit_function(inline="always")
+def relu_dual(s, q1, iq1, q2, iq2, snap, ident):
     """``(K', (π − θ)/2π)`` of the ReLU dual at pre-activation covariance ``s`` (``iq = 1/√v``)."""
     c = min(max(s * -iq1 * iq2, -1.0), 1.0)  # −c, as the torch path holds it
     c = 1.0 if c >= snap else (-1.0 if c <= -snap else c)
@@ -128,14 +128,14 @@ def _relu(s, q1, iq1, q2, iq2, snap, ident):
     return j1 * q1 * (q2 * _TWO_PI_INV), pmt * _TWO_PI_INV
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _add(dst, src):
     """``dst += src`` on two 1-D views (a loop over views of their own vectorizes: LLVM sees both bases)."""
     for e in range(dst.shape[0]):
         dst[e] += src[e]
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _source(x, offset, stride, n_in, circular):
     """The input index ``s·x + offset`` an output ``x`` reads through one tap: wrapped when ``circular``, −1 when it
     falls in a zero padding."""
@@ -145,7 +145,7 @@ def _source(x, offset, stride, n_in, circular):
     return xi if 0 <= xi < n_in else -1
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _tap_row(src, dst, outer, n_in, n_out, inner, offset, stride, circular):
     """``dst[o, x, i] += src[o, s·x + offset, i]`` over flat ``[outer, n, inner]`` rows (out of range: skipped, or
     wrapped when ``circular``); stride 1 without wrapping is one contiguous run per ``o``."""
@@ -165,7 +165,7 @@ def _tap_row(src, dst, outer, n_in, n_out, inner, offset, stride, circular):
                 dst[a0 + e] += src[b0 + e]
 
 
-@_jit()
+@jit_function()
 def _tap_stage(src, dst, outer, n_in, n_out, inner, k, stride, dilation, low, circular, both):
     """The taps of one spatial axis on flat arrays: ``both``: ``dst[o, x, i, o', x', i'] = Σ_β src[o, s·x + d·β − lo,
     i, o', s·x' + d·β − lo, i']`` (the full layout); else ``dst[o, x, i] = Σ_β src[o, s·x + d·β − lo, i]``."""
@@ -188,7 +188,7 @@ def _tap_stage(src, dst, outer, n_in, n_out, inner, k, stride, dilation, low, ci
                      circular)
 
 
-@_jit()
+@jit_function()
 def _taps(buf, spare, geometry, layer, both):
     """All spatial axes of ``layer``'s taps on ``buf`` (outermost axis first), ping-ponging with ``spare``;
     returns the buffer holding the result (trivial axes — one tap, stride 1, no padding — are skipped)."""
@@ -211,7 +211,7 @@ def _taps(buf, spare, geometry, layer, both):
     return buf, spare
 
 
-@_jit()
+@jit_function()
 def _pool_taps(buf, spare, g):
     """An average pool's window sums on both sides of a full ``P×P`` buffer (``g``: its ``(3, 7)`` geometry): the
     flat layout ``[p₀, p₁, p₂, q₀, q₁, q₂]`` gets one one-sided tap stage per non-trivial axis of each side, the two
@@ -236,7 +236,7 @@ def _pool_taps(buf, spare, g):
     return buf, spare
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _finish_row(row, trow, p, wl, bl, carry, ntk, act, q1, iq1, r1, qrow, iqrow, rrow, snap, ident):
     """Row ``p`` of a layer after its taps: ``S = σb² + (σw²/k)·U``, ``Θ = S + (σw²/k)·U_Θ`` (``carry``; the first
     layer's ``Θ = S``), then the dual in place (``act``: 0 none, 1 ReLU, 2 erf); ``q1``, ``iq1``, ``r1`` the first
@@ -251,24 +251,24 @@ def _finish_row(row, trow, p, wl, bl, carry, ntk, act, q1, iq1, r1, qrow, iqrow,
     if act == 1:
         if ntk:
             for q in range(row.shape[0]):
-                kv, dv = _relu(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))
+                kv, dv = relu_dual(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))
                 row[q] = kv
                 trow[q] *= dv
         else:
             for q in range(row.shape[0]):
-                row[q] = _relu(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
+                row[q] = relu_dual(row[q], q1, iq1, qrow[q], iqrow[q], snap, ident & (p == q))[0]
     elif act == 2:
         if ntk:
             for q in range(row.shape[0]):
-                kv, dv = _erf(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))
+                kv, dv = erf_dual(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))
                 row[q] = kv
                 trow[q] *= dv
         else:
             for q in range(row.shape[0]):
-                row[q] = _erf(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))[0]
+                row[q] = erf_dual(row[q], q1, iq1, r1, qrow[q], iqrow[q], rrow[q], ident & (p == q))[0]
 
 
-@_jit()
+@jit_function()
 def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, qa, iqa, ra, qrow, iqrow, rrow, snap,
                    ident):
     """One layer of a run on at most two spatial axes (``g``: its ``(3, 7)`` geometry, the first axis trivial), row
@@ -310,7 +310,7 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, 
             _finish_row(row, trow, p, wl, bl, carry, ntk, act, qa[p], iqa[p], ra[p], qrow, iqrow, rrow, snap, ident)
 
 
-@_jit(nogil=True)
+@jit_function(nogil=True)
 def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, trace, out_k,
               out_t):
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
@@ -383,7 +383,7 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
         out_t[n] = st / count
 
 
-@_jit(nogil=True)
+@jit_function(nogil=True)
 def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, offsets, snap, ntk, out_k,
                   out_t):
     """:func:`gap_pairs` in the same-position layout (Flatten readout, ``(1/P)·Σ_p``): ``x1`` ``(n1, C, P)``,
@@ -427,9 +427,9 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iq
                 ident, relu = same[n], act[layer] == 1
                 for p in range(po):
                     if relu:
-                        kv, dv = _relu(row[p], q1[p], iq1[p], q2[p], iq2[p], snap, ident)
+                        kv, dv = relu_dual(row[p], q1[p], iq1[p], q2[p], iq2[p], snap, ident)
                     else:
-                        kv, dv = _erf(row[p], q1[p], iq1[p], r1[p], q2[p], iq2[p], r2[p], ident)
+                        kv, dv = erf_dual(row[p], q1[p], iq1[p], r1[p], q2[p], iq2[p], r2[p], ident)
                     row[p] = kv
                     trow[p] *= dv
             if layer == layers - 1:
@@ -443,4 +443,4 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iq
         out_t[n] = st / po
 
 
-__all__ = ["AVAILABLE", "arccos", "arcsin", "flatten_pairs", "gap_pairs"]
+__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "flatten_pairs", "gap_pairs", "jit_function", "relu_dual"]

@@ -25,7 +25,7 @@ from ..arch import Erf, Identity, ReLU
 from ..arch.recurrent import RNN
 from ..sequences import readout_weights, split_sequences
 from . import recurrent_jit as jit
-from .conv_stack_compiled import _pool
+from .conv_stack_compiled import thread_pool
 from .state import CovState
 
 #: the loops' activation codes
@@ -125,7 +125,7 @@ def _run(s1: _Side, s2: _Side, ia: np.ndarray, ib: np.ndarray, self_pairs: bool,
         run(0, m)
     else:
         bounds = np.linspace(0, m, threads + 1).astype(np.int64)
-        list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+        list(thread_pool(threads).map(run, bounds[:-1], bounds[1:]))
     return k, t
 
 

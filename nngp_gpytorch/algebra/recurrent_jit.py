@@ -15,7 +15,7 @@ tensors. Here one compiled loop (numba) takes each pair of sequences ``(a, b)`` 
   (``w`` from :func:`~nngp_gpytorch.sequences.readout_weights`; the driver adds ``σv²``, ``σvb²``).
 
 Rows and columns stop at each sequence's own length (the readout weights vanish beyond it and row ``t`` reads only
-row ``t − 1``). The duals are the conv loops' (:mod:`.conv_stack_jit`: ``_erf`` (Williams 1997), ``_relu``
+row ``t − 1``). The duals are the conv loops' (:mod:`.conv_stack_jit`: ``erf_dual`` (Williams 1997), ``relu_dual``
 (Cho & Saul 2009), polynomial ``arcsin``/``arccos`` within 1e-15 of libm), fed the per-step roots ``√v``, ``1/√v``
 (0 where ``v = 0``: the correlation is then 0, as :func:`~nngp_gpytorch.duals.safe_math.correlation` sets it)
 and ``1/√(1 + 2v)`` of the diagonals. The torch path's identity convention is kept: ``c = 1`` exactly at ``(t, t)``
@@ -23,8 +23,8 @@ where the two sequences' prefixes up to ``t`` coincide (``same12`` there), at ev
 Each row is one branch-free pass over ``s`` (the affine map, the dual, ``Θ``, the readout's column sums), which
 vectorizes. Everything is float64.
 
-numba's cache (``_jit``) keys these loops on this file only: after a change to the duals in :mod:`.conv_stack_jit`
-(inlined here), touch this file (or clear ``__pycache__``) so that they are recompiled.
+numba's cache (``jit_function``) keys these loops on this file only: after a change to the duals in
+:mod:`.conv_stack_jit` (inlined here), touch this file (or clear ``__pycache__``) so that they are recompiled.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import math
 
 import numpy as np
 
-from .conv_stack_jit import AVAILABLE, _erf, _jit, _relu
+from .conv_stack_jit import AVAILABLE, erf_dual, jit_function, relu_dual
 
 #: activation codes of the loops
 IDENTITY, RELU, ERF = 0, 1, 2
 
 
-@_jit(nogil=True)
+@jit_function(nogil=True)
 def chain(x, lengths, wu, b, ww, act, out):
     """Diagonals ``Σ(t,t)`` ``(n, T)`` into ``out`` for sequences ``x`` ``(n, T, d)`` (module docstring; steps at or
     beyond a sequence's length are computed too, on its zeroed tokens, as the torch path does). ``V̂_φ``: identity
@@ -64,7 +64,7 @@ def chain(x, lengths, wu, b, ww, act, out):
             prev = s
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _prefix(x1, x2t, a, b, T):
     """Number of leading steps at which tokens ``x1[a, t]`` and ``x2[b, t]`` are equal (``x2t`` is ``(n, d, T)``)."""
     d = x1.shape[2]
@@ -75,14 +75,14 @@ def _prefix(x1, x2t, a, b, T):
     return T
 
 
-@_jit(inline="always")
+@jit_function(inline="always")
 def _keep(row, col, s, wt, value):
     """``row[s + 1] = value`` (the table's current row) and the readout's column sum ``col[s] += wt·value``."""
     row[s + 1] = value
     col[s] += wt * value
 
 
-@_jit(nogil=True)
+@jit_function(nogil=True)
 def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2, w1, w2, wu, b, ww, act, snap, ntk,
               out_k, out_t):
     """Readouts ``(R_V, R_Θ)`` (module docstring) of the pairs ``(x1[ia[m]], x2[ib[m]])`` into ``out_k``, ``out_t``
@@ -123,24 +123,24 @@ def rnn_pairs(x1, x2t, ia, ib, self_pairs, len1, len2, q1, iq1, r1, q2, iq2, r2,
                 if ntk:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        kv, dv = _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))
+                        kv, dv = erf_dual(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))
                         _keep(cv, col_k, s, wt, kv)
                         _keep(ct, col_t, s, wt, dv * (sg + ww * pt[s]))
                 else:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        _keep(cv, col_k, s, wt, _erf(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0])
+                        _keep(cv, col_k, s, wt, erf_dual(sg, qa, iqa, ra, qb[s], iqb[s], rb[s], ident & (s == t))[0])
             elif act == RELU:
                 if ntk:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        kv, dv = _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))
+                        kv, dv = relu_dual(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))
                         _keep(cv, col_k, s, wt, kv)
                         _keep(ct, col_t, s, wt, dv * (sg + ww * pt[s]))
                 else:
                     for s in range(lb):
                         sg = (wu * (c[s] / d) + b) + ww * pv[s]
-                        _keep(cv, col_k, s, wt, _relu(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0])
+                        _keep(cv, col_k, s, wt, relu_dual(sg, qa, iqa, qb[s], iqb[s], snap, ident & (s == t))[0])
             else:
                 for s in range(lb):
                     sg = (wu * (c[s] / d) + b) + ww * pv[s]

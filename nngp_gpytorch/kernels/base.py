@@ -21,6 +21,7 @@ from .tiling import (
     engine_minimum_bytes,
     entries_per_pair,
     evaluate_in_tiles,
+    rnn_runs_compiled,
     self_bounded,
     tile_sizes,
     validate_memory,
@@ -321,9 +322,15 @@ class InfiniteWidthKernel(Kernel):
             t = None if t is None else symmetrize(t)
         return k, t
 
-    def entries_per_pair(self) -> int:
-        """Covariance entries per input pair at the widest layer (:func:`~.tiling.entries_per_pair`)."""
-        return entries_per_pair(self.architecture, self.input_shape)
+    def entries_per_pair(self, needs_grad: bool | None = None) -> int:
+        """Covariance entries per input pair at the widest layer (:func:`~.tiling.entries_per_pair`); an Elman RNN
+        counts 1 where its compiled loops run (a CPU, and no gradient: ``needs_grad``, by default whether autograd
+        is on and a hyperparameter requires grad)."""
+        param = next(self.parameters(), None)
+        if needs_grad is None:
+            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        device = param.device if param is not None else torch.device("cpu")
+        return entries_per_pair(self.architecture, self.input_shape, rnn_runs_compiled(device, needs_grad))
 
     def tile_budget(self) -> int:
         """Bytes per tile: ``max_memory``, or for ``"auto"`` 64 MiB on a CPU and 2 GiB on an accelerator (by the
@@ -331,14 +338,15 @@ class InfiniteWidthKernel(Kernel):
         param = next(self.parameters(), None)
         return budget_bytes(self.max_memory, param.device if param is not None else torch.device("cpu"))
 
-    def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype, with_ntk: bool = False) -> tuple[int, int]:
+    def tile_sizes(self, n1: int, n2: int, dtype: torch.dtype, with_ntk: bool = False,
+                   needs_grad: bool | None = None) -> tuple[int, int]:
         """``(b1, b2)``: rows and columns per tile under ``max_memory`` (``block_size`` caps the rows). An explicit
         ``max_memory`` below one pair (of a tile, or of the conv engine's chunks, which get ``max_memory`` too) is
         refused (:func:`~.tiling.tile_sizes`); ``"auto"`` takes at least one pair."""
         if self.max_memory is None:
             b1, b2 = n1, n2
         else:
-            entries, budget = self.entries_per_pair(), self.tile_budget()
+            entries, budget = self.entries_per_pair(needs_grad), self.tile_budget()
             engine = 0
             if self.max_memory == "auto":  # the default never refuses: at least one pair per tile
                 budget = max(budget, LIVE_TENSORS * entries * torch.finfo(dtype).bits // 8)
@@ -366,7 +374,9 @@ class InfiniteWidthKernel(Kernel):
             if self.block_size:
                 b1 = min(b1, self.block_size)
         else:
-            b1, b2 = self.tile_sizes(x1.shape[-2], x2.shape[-2], x1.dtype, with_ntk)
+            needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or any(
+                p.requires_grad for p in self.parameters()))
+            b1, b2 = self.tile_sizes(x1.shape[-2], x2.shape[-2], x1.dtype, with_ntk, needs_grad)
         return evaluate_in_tiles(run, x1, x2, diag, with_ntk, b1, b2)
 
     def _output(self, x1, x2, diag, with_ntk):

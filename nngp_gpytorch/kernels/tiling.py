@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..algebra import recurrent, recurrent_jit
 from ..algebra.conv_stack import ConvStack, fuse_conv_stacks, stack_pair_bytes
 from ..algebra.positional import wants_full_positions
+from ..algebra.recurrent_compiled import CODES as COMPILED_ACTIVATIONS
 from ..arch import RNN, Layer, RecurrentLayer, Serial
 
 #: float tensors of one tile's size alive at the peak of a layer (K, Θ, correlation, duals, temporaries)
@@ -53,17 +55,22 @@ def budget_bytes(max_memory: int | str, device: torch.device) -> int:
     return CPU_MAX_MEMORY if torch.device(device).type == "cpu" else GPU_MAX_MEMORY
 
 
-def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> int:
+def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None, compiled_rnn: bool = False) -> int:
     """Covariance entries one input pair carries at the widest layer.
 
     1 for flat inputs and when every positional layer is inside a conv stack that starts at the input (the
     engine of :mod:`nngp_gpytorch.algebra.conv_stack` bounds its own chunks); else ``P²`` (full spatial
     covariance) or ``P`` (same-position), with ``P`` the larger of the two readings of ``input_shape``
-    (channels first ``(C, H, W)`` or last ``(T, d)``), an upper bound either way.
+    (channels first ``(C, H, W)`` or last ``(T, d)``), an upper bound either way. An Elman RNN: ``T²`` (its
+    torch path's time-pair tables), or 1 when ``compiled_rnn`` says its compiled loops will run (``O(T)`` scratch per
+    pair; :func:`rnn_runs_compiled`).
     """
     if not input_shape or len(input_shape) < 2:
         return 1
-    if any(isinstance(layer, RNN) for layer in architecture.walk()):
+    rnns = [layer for layer in architecture.walk() if isinstance(layer, RNN)]
+    if rnns:
+        if compiled_rnn and all(type(layer.activation) in COMPILED_ACTIVATIONS for layer in rnns):
+            return 1
         return int(input_shape[0]) ** 2  # the time-pair tables K(t, s) of one pair of sequences
     fused = fuse_conv_stacks(architecture)
     first = fused.layers[0] if type(fused) is Serial else fused
@@ -71,6 +78,14 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None) -> 
         return 1
     p = max(math.prod(input_shape[1:]), math.prod(input_shape[:-1]))
     return p * p if wants_full_positions(architecture) else p
+
+
+def rnn_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
+    """Whether an Elman RNN's rule will take its compiled loops (:mod:`nngp_gpytorch.algebra.recurrent_compiled`)
+    for inputs on ``device``: switched on, numba installed, a CPU, no gradient needed (the activation is checked by
+    :func:`entries_per_pair`)."""
+    on_cpu = torch.device(device).type == "cpu"
+    return bool(recurrent.COMPILED and recurrent_jit.AVAILABLE and on_cpu and not needs_grad)
 
 
 def engine_minimum_bytes(architecture: Layer, input_shape: Sequence[int] | None, dtype: torch.dtype,
@@ -198,5 +213,5 @@ def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], 
 
 __all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "GramTooLargeError",
            "available_memory", "budget_bytes", "check_result_fits", "engine_minimum_bytes", "entries_per_pair",
-           "evaluate_in_tiles",
+           "evaluate_in_tiles", "rnn_runs_compiled",
            "self_bounded", "tile_sizes", "validate_memory"]
