@@ -723,6 +723,8 @@ def plot_width(results: list[dict[str, Any]], path: str | None = None):
             ax.errorbar(widths, [r[f"{name}_agreement"][0] for r in rows],
                         yerr=[r[f"{name}_agreement"][1] for r in rows], fmt=f"{marker}-", capsize=3)
         ax.set_xscale("log")
+        ax.set_xticks(widths, [f"{w:,}" for w in widths])
+        ax.minorticks_off()
         ax.set_xlabel("width (units / channels)")
         ax.set_ylabel("test points with the NNGP's argmax")
     fig.tight_layout()
