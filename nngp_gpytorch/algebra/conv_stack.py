@@ -28,7 +28,9 @@ covariance: a run with pools computes them per input through the layers (``O(n·
 closed-form duals are fused with pools (a quadrature degree would otherwise depend on the chunk).
 
 Memory: the chunks of pairs are sized from ``ctx.chunk_bytes`` (a kernel's explicit ``max_memory``) or the device
-default; the compiled loops' per-thread scratch (four tables of the widest ``P²``) limits their threads to that budget.
+default; the compiled loops' per-thread scratch (four tables of the widest ``P²``) limits their threads to that budget,
+and below one thread's tables 2-D runs go in bands of rows (:mod:`.conv_stack_bands`; a pooled run's per-input
+variances too), down to :func:`band_minimum_bytes`; the torch path refuses a budget below one pair.
 
 The rule applies when the run starts from the raw inputs of a kernel without batch dimensions; elsewhere
 (batch shapes, a run after another positional layer) it runs the layers one by one with their own rules.
@@ -46,7 +48,7 @@ from ..arch.conv import Conv
 from ..arch.pool import AvgPool, Flatten, GlobalAvgPool
 from ..duals import dual_for
 from . import conv_stack_jit as jit
-from .conv_stack_compiled import CompiledRun
+from .conv_stack_compiled import CompiledRun, band_bytes, bands_apply, geometry_of, pooled_variances
 from .conv_stack_torch import cross_chunk, self_chain, self_chain_pooled
 from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
@@ -142,7 +144,9 @@ class _Group:
         return self.weight_var / math.prod(self.kernel)
 
 
-def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext) -> list[_Group]:
+def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext | None) -> list[_Group]:
+    """The run's groups on inputs of ``positions``; without ``ctx`` only their geometry and activations (unit
+    variances, no duals)."""
     groups, layers = [], stack.layers[:-1]
     for i, layer in enumerate(layers):
         if type(layer) is AvgPool:
@@ -161,10 +165,10 @@ def _groups(stack: ConvStack, positions: tuple[int, ...], ctx: RuleContext) -> l
             raise ArchitectureError(f"{err} (positions {positions})") from None
         out = tuple(conv_output_size(n, k, s, d, layer.padding)[0]
                     for n, k, s, d in zip(positions, kernel, stride, dilation, strict=True))
-        w, b = ctx.variances(layer, layer.weight_var, layer.bias_var)
+        w, b = ctx.variances(layer, layer.weight_var, layer.bias_var) if ctx else (torch.ones(()), torch.zeros(()))
         act = layers[i + 1] if i + 1 < len(layers) and _is_activation(layers[i + 1]) else None
         groups.append(_Group(kernel, stride, dilation, layer.padding, positions, out, w, b,
-                             None if act is None else ctx.dual(act), act))
+                             None if act is None or ctx is None else ctx.dual(act), act))
         positions = out
     return groups
 
@@ -211,17 +215,34 @@ def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: 
     return _Side(x if full else x.transpose(-1, -2).contiguous(), pre, roots)
 
 
+def _runs_compiled(x: torch.Tensor, groups: list[_Group], other: torch.Tensor | None = None) -> bool:
+    """:data:`COMPILED` on, numba installed, a CPU, float32/64 and nothing autograd must see (inputs ``x``,
+    ``other``, the groups' variances)."""
+    if not (COMPILED and jit.AVAILABLE and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+        return False
+    tensors = [x, x if other is None else other] + [t for g in groups for t in (g.weight_var, g.bias_var)]
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool,
               budget: int | None, trace: bool = False) -> CompiledRun | None:
     """The compiled loops for this block (:class:`.conv_stack_CompiledRun`), or None where they do not apply:
     ``COMPILED`` off, numba missing, not a CPU, not float32/64, something autograd must see, or an activation the
     loops do not have (they have ReLU and erf) or a zero pre-activation variance."""
-    if not (COMPILED and jit.AVAILABLE and sa.x.device.type == "cpu" and sa.x.dtype in (torch.float32, torch.float64)):
-        return None
-    tensors = [sa.x, sb.x] + [t for g in groups for t in (g.weight_var, g.bias_var)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if not _runs_compiled(sa.x, groups, sb.x):
         return None
     return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk, budget, trace)
+
+
+def _pooled(x: torch.Tensor, groups: list[_Group], budget: int | None) -> list[torch.Tensor] | None:
+    """A pooled run's per-input variances from the compiled loops in bands (:func:`.conv_stack_compiled.
+    pooled_variances`) where they will run the pairs in bands too (``budget`` below one pair's tables); else None."""
+    if budget is None or not _runs_compiled(x, groups) or not bands_apply(groups):
+        return None
+    widest = max([math.prod(groups[0].positions_in)] + [math.prod(g.positions_out) for g in groups])
+    if 4 * widest * widest * x.element_size() <= budget:
+        return None
+    return pooled_variances(x, groups, budget)
 
 
 def pair_bytes(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype) -> int:
@@ -235,6 +256,20 @@ def pair_bytes(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: to
 def stack_pair_bytes(stack: ConvStack, input_shape: tuple[int, ...], with_ntk: bool, dtype: torch.dtype) -> int:
     """:func:`pair_bytes` of a fused run on inputs of shape ``(C, *spatial)``: the least memory the engine needs."""
     return pair_bytes(tuple(input_shape[1:]), stack.full, with_ntk, dtype)
+
+
+def band_minimum_bytes(stack: ConvStack, input_shape: tuple[int, ...], dtype: torch.dtype) -> int | None:
+    """The least memory of a fused run where its compiled loops go in bands of rows (:mod:`.conv_stack_bands`:
+    full layout, two spatial axes, ReLU/erf/no activations, float32/64, :data:`COMPILED` and numba): one thread's
+    scratch for a band of one row of the last layer with its halos (:func:`.conv_stack_compiled.band_bytes`); None
+    where they do not apply (the torch path's one pair, :func:`stack_pair_bytes`, is the minimum there)."""
+    if not (COMPILED and jit.AVAILABLE and stack.full and dtype in (torch.float32, torch.float64)):
+        return None
+    groups = _groups(stack, tuple(input_shape[1:]), None)
+    if not bands_apply(groups) or any(g.activation is not None and type(g.activation) not in (ReLU, Erf)
+                                      for g in groups):
+        return None
+    return band_bytes(geometry_of(groups), torch.finfo(dtype).bits // 8, 1)
 
 
 def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: torch.dtype, device,
@@ -251,6 +286,11 @@ def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budge
     device's default); flat ``(K, Θ)`` of shape ``(m,)``. ``trace``: a Flatten readout of the full layout."""
     step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device, budget)
     compiled = _compiled(sa, sb, groups, full, with_ntk, budget, trace)
+    minimum = pair_bytes(groups[0].positions_in, full, with_ntk, sa.x.dtype)
+    if compiled is None and budget is not None and budget < minimum:  # the torch path holds whole pairs
+        raise ValueError(f"max_memory={budget} bytes is below one input pair of the conv engine's torch path "
+                         f"({minimum} bytes; it runs under autograd, on accelerators, for activations other than "
+                         f"ReLU/erf and for zero-norm inputs); raise max_memory to at least {minimum}")
     if compiled is not None:  # per-pair scratch only: chunks just bound the time between interrupt checks
         step = max(step, COMPILED_CHUNK_PAIRS)
     ks, ts = [], []
@@ -293,8 +333,9 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
     if any(g.pool for g in groups):  # GAP only: K(x, x) comes from the pairs (x, x) below, not from the chain
         pooled_step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
-        pre1, k1, t1 = self_chain_pooled(x1, groups, pooled_step), None, None
-        pre2, k2, t2 = (pre1, k1, t1) if symmetric else (self_chain_pooled(x2, groups, pooled_step), None, None)
+        pre1, k1, t1 = _pooled(x1, groups, ctx.chunk_bytes) or self_chain_pooled(x1, groups, pooled_step), None, None
+        pre2, k2, t2 = (pre1, k1, t1) if symmetric else (
+            _pooled(x2, groups, ctx.chunk_bytes) or self_chain_pooled(x2, groups, pooled_step), None, None)
     else:
         pre1, k1, t1 = self_chain(x1, groups, ntk)
         pre2, k2, t2 = (pre1, k1, t1) if symmetric else self_chain(x2, groups, ntk)
@@ -352,4 +393,5 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
                          pre_activation=None)
 
 
-__all__ = ["ConvStack", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks", "pair_bytes", "stack_pair_bytes"]
+__all__ = ["ConvStack", "band_minimum_bytes", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks", "pair_bytes",
+           "stack_pair_bytes"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..arch import Erf, ReLU
+from . import conv_stack_bands as bands
 from . import conv_stack_jit as jit
 from .taps import conv_output_size
 
@@ -35,8 +36,10 @@ class CompiledRun:
         """The run for inputs ``x1``/``x2`` (the engine's layouts) with per-group variances ``pre1``/``pre2``
         ``[(n, P_l)]``, or None if an activation has no loop here or a variance is zero (the duals' own conventions
         for zero-norm inputs apply there). ``budget``: bytes the threads' scratch may take (None: no limit); each
-        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries. ``trace``: the
-        full layout read out by a Flatten (the mean of its diagonal)."""
+        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries, or, where one
+        thread's tables exceed ``budget`` in a 2-D full layout, four tables of a band of rows
+        (:mod:`.conv_stack_bands`, :func:`band_plan`). ``trace``: the full layout read out by a Flatten (the mean of
+        its diagonal)."""
         codes = []
         for g in groups:
             kind = None if g.dual is None else type(g.activation)
@@ -50,14 +53,7 @@ class CompiledRun:
         return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget, trace)
 
     def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None, trace=False):
-        self.geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
-        self.geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
-        for i, g in enumerate(groups):
-            nd = len(g.positions_in)
-            for ax, (n, out, k, st, d) in enumerate(zip(g.positions_in, g.positions_out, g.kernel, g.stride,
-                                                         g.dilation, strict=True)):
-                low = conv_output_size(n, k, st, d, g.padding)[1]
-                self.geometry[i, 3 - nd + ax] = (n, out, k, st, d, low, g.padding == "circular")
+        self.geometry = geometry_of(groups)
         self.w = np.array([float(g.tap_weight) for g in groups])
         self.b = np.array([float(g.bias_var) for g in groups])
         self.act = np.array(codes, dtype=np.int64)
@@ -72,6 +68,10 @@ class CompiledRun:
         widest = max([math.prod(groups[0].positions_in)] + [math.prod(g.positions_out) for g in groups])
         scratch = 4 * (widest * widest if full else widest) * x1.element_size()
         self.max_threads = None if budget is None else max(1, int(budget) // scratch)
+        self.height = 0  # rows per band of the last layer (0: whole tables)
+        if full and budget is not None and scratch > budget and bands_apply(groups):
+            self.max_threads, self.height = band_plan(self.geometry, x1.element_size(), int(budget))
+            self.run = bands.band_pairs
 
     @staticmethod
     def _roots(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ class CompiledRun:
         ia, ib = ia.numpy(), ib.numpy()
 
         def run(lo: int, hi: int) -> None:
-            extra = (self.trace,) if self.full else ()
+            extra = ((self.trace, self.height) if self.height else (self.trace,)) if self.full else ()
             self.run(self.x1, self.x2, ia[lo:hi], ib[lo:hi], flags[lo:hi], self.geometry, self.w, self.b, self.act,
                      *self.side1, *self.side2, self.offsets, self.snap, self.with_ntk, *extra, k[lo:hi], t[lo:hi])
 
@@ -101,10 +101,81 @@ class CompiledRun:
         return k, (t if self.with_ntk else None)
 
 
+def bands_apply(groups) -> bool:
+    """Whether the full-layout loops may go in bands of rows (:mod:`.conv_stack_bands`): every layer on two spatial
+    axes (1-D and 3-D runs keep whole tables)."""
+    return all(len(g.positions_in) == 2 for g in groups)
+
+
+def geometry_of(groups) -> np.ndarray:
+    """The loops' ``(L, 3, 7)`` geometry of the groups (module docstring of :mod:`.conv_stack_jit`)."""
+    geometry = np.zeros((len(groups), 3, 7), dtype=np.int64)
+    geometry[:, :, :5] = 1  # padded axes: one position, one tap, stride and dilation 1
+    for i, g in enumerate(groups):
+        nd = len(g.positions_in)
+        for ax, (n, out, k, st, d) in enumerate(zip(g.positions_in, g.positions_out, g.kernel, g.stride,
+                                                     g.dilation, strict=True)):
+            low = conv_output_size(n, k, st, d, g.padding)[1]
+            geometry[i, 3 - nd + ax] = (n, out, k, st, d, low, g.padding == "circular")
+    return geometry
+
+
+def band_bytes(geometry: np.ndarray, itemsize: int, height: int) -> int:
+    """Scratch bytes of one thread of :func:`.conv_stack_bands.band_pairs` in bands of ``height`` rows: four tables
+    of the largest band, two row buffers."""
+    largest, middle = bands.band_entries(geometry, height)
+    return (4 * int(largest) + 2 * int(middle)) * itemsize
+
+
+def band_plan(geometry: np.ndarray, itemsize: int, budget: int) -> tuple[int, int]:
+    """``(threads, height)``: as many threads (up to ``torch.get_num_threads()``) as bands of one row fit in
+    ``budget``, then the tallest band whose scratch fits ``budget / threads`` (at least one row)."""
+    threads = max(1, min(torch.get_num_threads(), budget // band_bytes(geometry, itemsize, 1)))
+    return threads, band_height(geometry, itemsize, budget // threads)
+
+
+def band_height(geometry: np.ndarray, itemsize: int, budget: int) -> int:
+    """The tallest band of the last layer's rows whose scratch fits ``budget`` (at least one row)."""
+    rows = int(geometry[-1, 1, 1])
+    return next((h for h in range(rows, 1, -1) if band_bytes(geometry, itemsize, h) <= budget), 1)
+
+
+def pooled_variances(x: torch.Tensor, groups, budget: int) -> list[torch.Tensor] | None:
+    """The pre-activation variances ``[(n, P_l)]`` of a run with average pools (those of
+    :func:`.conv_stack_torch.self_chain_pooled`) by :func:`.conv_stack_bands.band_variances`, within ``budget``
+    bytes of scratch; None where the loops do not apply (an activation other than ReLU/erf, a zero variance)."""
+    if any(g.dual is not None and type(g.activation) not in (ReLU, Erf) for g in groups):
+        return None
+    geometry, itemsize = geometry_of(groups), x.element_size()
+    w = np.array([float(g.tap_weight) for g in groups])
+    b = np.array([float(g.bias_var) for g in groups])
+    act = np.array([-1 if g.pool else 0 if g.dual is None else CompiledRun.CODES[type(g.activation).__name__]
+                    for g in groups], dtype=np.int64)
+    offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
+    threads, _ = band_plan(geometry, itemsize, budget)
+    threads = min(threads, x.shape[0])
+    heights = np.array([band_height(geometry[:d], itemsize, budget // threads) for d in range(1, len(groups) + 1)])
+    xs = x.numpy()
+    v, q, iq, r = (np.zeros((x.shape[0], int(offsets[-1]))) for _ in range(4))
+
+    def run(lo: int, hi: int) -> None:
+        bands.band_variances(xs[lo:hi], geometry, w, b, act, offsets, heights, v[lo:hi], q[lo:hi], iq[lo:hi],
+                             r[lo:hi])
+
+    bounds = np.linspace(0, x.shape[0], threads + 1).astype(int)
+    list(thread_pool(threads).map(run, bounds[:-1], bounds[1:]))
+    pre = [torch.from_numpy(v[:, offsets[i]:offsets[i + 1]]).to(x.dtype) for i in range(len(groups))]
+    tiny = torch.finfo(x.dtype).tiny
+    if any(code > 0 and not float(p.min()) > tiny for code, p in zip(act, pre, strict=True)):
+        return None
+    return pre
+
+
 @functools.lru_cache(maxsize=4)
 def thread_pool(threads: int) -> ThreadPoolExecutor:
     """A thread pool of ``threads`` workers, kept for the process (one per thread count asked)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
 
 
-__all__ = ["CompiledRun", "thread_pool"]
+__all__ = ["CompiledRun", "band_bytes", "band_height", "band_plan", "bands_apply", "geometry_of", "pooled_variances",
+           "thread_pool"]

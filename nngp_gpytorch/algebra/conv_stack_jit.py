@@ -212,17 +212,20 @@ def _taps(buf, spare, geometry, layer, both):
 
 
 @jit_function()
-def _pool_taps(buf, spare, g):
+def pool_taps(buf, spare, g, rows_in, rows_out, row_low):
     """An average pool's window sums on both sides of a full ``P×P`` buffer (``g``: its ``(3, 7)`` geometry): the
     flat layout ``[p₀, p₁, p₂, q₀, q₁, q₂]`` gets one one-sided tap stage per non-trivial axis of each side, the two
-    sides' offsets independent (``Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``). Returns the buffer holding the result."""
+    sides' offsets independent (``Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``); the first side's axis 1 as in
+    :func:`layer_by_rows`. Returns the buffer holding the result."""
     sizes = np.empty(6, np.int64)
     for ax in range(3):
-        sizes[ax] = g[ax, 0]
+        sizes[ax] = rows_in if ax == 1 else g[ax, 0]
         sizes[3 + ax] = g[ax, 0]
     for a in range(6):
         ax = a % 3
         n_in, n_out, k, s, d, lo, circ = g[ax, 0], g[ax, 1], g[ax, 2], g[ax, 3], g[ax, 4], g[ax, 5], g[ax, 6]
+        if a == 1:
+            n_in, n_out, lo = rows_in, rows_out, row_low
         if k == 1 and s == 1 and lo == 0 and n_in == n_out:
             continue
         outer, inner = 1, 1
@@ -269,22 +272,23 @@ def _finish_row(row, trow, p, wl, bl, carry, ntk, act, q1, iq1, r1, qrow, iqrow,
 
 
 @jit_function()
-def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, qa, iqa, ra, qrow, iqrow, rrow, snap,
-                   ident):
+def layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, rows_in, rows_out, row_low, p0, carry, ntk, wl, bl, act, qa,
+                  iqa, ra, qrow, iqrow, rrow, snap, ident):
     """One layer of a run on at most two spatial axes (``g``: its ``(3, 7)`` geometry, the first axis trivial), row
     block by row block: for each output position row ``b`` of the outer axis, the outer axis's taps of the ``C_in``
     input rows it reads go to ``mid`` (``C_in`` rows of ``B_out·C_in`` columns, in cache), then each output row
     ``(b, c)`` takes the inner axis's taps from ``mid`` and its dual at once. ``src`` is read once per outer tap and
-    ``dst`` written once, instead of three passes over ``P²`` entries per layer."""
+    ``dst`` written once, instead of three passes over ``P²`` entries per layer. The first side: ``rows_in`` rows to
+    ``rows_out`` (offsets ``−row_low``) from position ``p0`` on (a band, :mod:`.conv_stack_bands`; else ``g``'s)."""
     b_in, b_out, kb, sb, db, lob, cb = g[1, 0], g[1, 1], g[1, 2], g[1, 3], g[1, 4], g[1, 5], g[1, 6] != 0
     c_in, c_out, kc, sc, dc, loc, cc = g[2, 0], g[2, 1], g[2, 2], g[2, 3], g[2, 4], g[2, 5], g[2, 6] != 0
     p_in, p_mid, p_out = b_in * c_in, b_out * c_in, b_out * c_out
-    for b in range(b_out):
+    for b in range(rows_out):
         mid[:c_in * p_mid] = 0.0
         if carry:
             tmid[:c_in * p_mid] = 0.0
         for beta in range(kb):
-            bi = _source(b, db * beta - lob, sb, b_in, cb)
+            bi = _source(b, db * beta - row_low, sb, rows_in, cb)
             if bi < 0:
                 continue
             for ci in range(c_in):
@@ -295,7 +299,7 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, 
                     _tap_row(tsrc[r:r + p_in], tmid[ci * p_mid:(ci + 1) * p_mid], 1, b_in, b_out, c_in,
                              db * beta - lob, sb, cb)
         for c in range(c_out):
-            p = b * c_out + c
+            p, pa = b * c_out + c, p0 + b * c_out + c  # local and absolute (the variances') position
             row, trow = dst[p * p_out:(p + 1) * p_out], tdst[p * p_out:(p + 1) * p_out]
             row[:] = 0.0
             if carry:
@@ -307,7 +311,7 @@ def _layer_by_rows(src, dst, tsrc, tdst, mid, tmid, g, carry, ntk, wl, bl, act, 
                 _tap_row(mid[ci * p_mid:(ci + 1) * p_mid], row, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
                 if carry:
                     _tap_row(tmid[ci * p_mid:(ci + 1) * p_mid], trow, b_out, c_in, c_out, 1, dc * beta - loc, sc, cc)
-            _finish_row(row, trow, p, wl, bl, carry, ntk, act, qa[p], iqa[p], ra[p], qrow, iqrow, rrow, snap, ident)
+            _finish_row(row, trow, pa, wl, bl, carry, ntk, act, qa[pa], iqa[pa], ra[pa], qrow, iqrow, rrow, snap, ident)
 
 
 @jit_function(nogil=True)
@@ -316,11 +320,10 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
     """``(K, Θ)`` after the GAP readout for pairs ``(x1[ia[m]], x2[ib[m]])``: ``x1`` ``(n1, P, C)``, ``x2``
     ``(n2, P, C)``; ``same`` ``(m,)``: identical inputs; ``w`` ``(L,)`` = ``σw²/k``, ``b`` ``(L,)`` = ``σb²``,
     ``act`` ``(L,)``: the activation after each conv (0 none, 1 ReLU, 2 erf; −1: the layer is an average pool,
-    ``w`` = ``(1/k)²``, no bias, no dual); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``:
-    ``√v``, ``1/√v``, ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb``
-    ``(n2, ΣP_l)`` of the second; ``trace``: read out the mean of the diagonal (a Flatten after pools) instead of
-    the mean of all entries; results into ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go
-    row block by row block (:func:`_layer_by_rows`), others axis by axis."""
+    ``w`` = ``(1/k)²``, no bias, no dual); ``qa``, ``iqa``, ``ra`` ``(n1, ΣP_l)``: ``√v``, ``1/√v``,
+    ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb`` ``(n2, ΣP_l)`` of the
+    second; ``trace``: the mean of the diagonal (a Flatten after pools) instead of all entries; results into
+    ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go by rows (:func:`layer_by_rows`)."""
     layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
     largest, middle = positions, 1
     for layer in range(layers):
@@ -352,17 +355,17 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
             q1, iq1, r1 = qa[ia[n], off:off + po], iqa[ia[n], off:off + po], ra[ia[n], off:off + po]
             qrow, iqrow, rrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po], rb[ib[n], off:off + po]
             if act[layer] < 0:  # average pool: K' = A K Aᵀ, Θ' = A Θ Aᵀ
-                kbuf, kspare = _pool_taps(kbuf, kspare, g)
+                kbuf, kspare = pool_taps(kbuf, kspare, g, g[1, 0], g[1, 1], g[1, 5])
                 for e in range(po * po):
                     kbuf[e] *= wl
                 if ntk:
-                    tbuf, tspare = _pool_taps(tbuf, tspare, g)
+                    tbuf, tspare = pool_taps(tbuf, tspare, g, g[1, 0], g[1, 1], g[1, 5])
                     for e in range(po * po):
                         tbuf[e] *= wl
                 continue
             if g[0, 0] == 1 and g[0, 1] == 1 and g[0, 2] == 1:
-                _layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, carry, ntk, wl, bl, act[layer], q1, iq1, r1,
-                               qrow, iqrow, rrow, snap, same[n])
+                layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, g[1, 0], g[1, 1], g[1, 5], 0, carry, ntk, wl,
+                              bl, act[layer], q1, iq1, r1, qrow, iqrow, rrow, snap, same[n])
                 kbuf, kspare, tbuf, tspare = kspare, kbuf, tspare, tbuf
                 continue
             kbuf, kspare = _taps(kbuf, kspare, geometry, layer, True)
@@ -443,4 +446,5 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iq
         out_t[n] = st / po
 
 
-__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "flatten_pairs", "gap_pairs", "jit_function", "relu_dual"]
+__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "flatten_pairs", "gap_pairs", "jit_function", "layer_by_rows",
+           "pool_taps", "relu_dual"]
