@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..algebra import recurrent, recurrent_jit
-from ..algebra.conv_stack import ConvStack, fuse_conv_stacks, stack_pair_bytes
+from ..algebra.conv_stack import ConvStack, band_minimum_bytes, fuse_conv_stacks, stack_pair_bytes
 from ..algebra.positional import wants_full_positions
 from ..algebra.recurrent_compiled import CODES as COMPILED_ACTIVATIONS
 from ..arch import RNN, Layer, RecurrentLayer, Serial
@@ -93,12 +93,18 @@ def engine_minimum_bytes(architecture: Layer, input_shape: Sequence[int] | None,
     """Bytes one input pair needs inside the fast positional engine (:func:`~..algebra.conv_stack.stack_pair_bytes`:
     its ``P²`` (GAP) or ``P`` (Flatten) entries at the input positions), 0 when the description does not start with
     an engine run. A kernel hands its ``max_memory`` to the engine as the chunk budget, so a budget below this is
-    refused like one below a tile's minimum."""
+    refused like one below a tile's minimum. Where the compiled loops take the full layout in bands of rows (a CPU
+    without autograd: taken here as grad mode off; 2-D runs of ReLU/erf), the minimum is one band of one row with
+    its halos (:func:`~..algebra.conv_stack.band_minimum_bytes`); the engine itself refuses a budget below one pair
+    when its torch path runs instead (accelerators)."""
     if not input_shape or len(input_shape) < 2:
         return 0
     fused = fuse_conv_stacks(architecture)
     first = fused.layers[0] if type(fused) is Serial else fused
-    return stack_pair_bytes(first, tuple(input_shape), with_ntk, dtype) if isinstance(first, ConvStack) else 0
+    if not isinstance(first, ConvStack):
+        return 0
+    banded = None if torch.is_grad_enabled() else band_minimum_bytes(first, tuple(input_shape), dtype)
+    return stack_pair_bytes(first, tuple(input_shape), with_ntk, dtype) if banded is None else banded
 
 
 def self_bounded(architecture: Layer) -> bool:
