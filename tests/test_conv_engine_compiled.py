@@ -127,3 +127,149 @@ def test_arccos_polynomial_matches_libm():
                                                                               for v in x[-5:]], dtype=torch.float64)
     ref = torch.arccos(torch.cat([x[::97], x[-5:]]))
     assert (ours - ref).abs().max() < 1e-15
+
+
+# ---- position-pair blocks: the full layout in bands of rows (algebra/conv_stack_bands) ----
+
+BANDED = [
+    (A.cnn(depth=3, readout="gap"), (2, 9, 7)),
+    (A.Serial(A.Conv(3, stride=2), A.ReLU(), A.Conv((2, 3), dilation=2, padding="valid"), A.ReLU(),
+              A.Conv(3, padding="circular"), A.GlobalAvgPool(), A.Dense()), (2, 13, 11)),
+    (A.Serial(A.Conv(3), A.Erf(), A.Conv(3, stride=2), A.ReLU(), A.Conv(3, dilation=2), A.Erf(), A.GlobalAvgPool(),
+              A.Dense()), (2, 12, 6)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Erf(), A.AvgPool(2, stride=1, padding="same"),
+              A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense()), (2, 12, 7)),
+    (A.Serial(A.Conv((3, 5), stride=(2, 1), dilation=(2, 1)), A.ReLU(), A.AvgPool(3, stride=2),
+              A.Conv(3, padding="valid"), A.ReLU(), A.GlobalAvgPool(), A.Dense()), (2, 19, 9)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(3, stride=2, padding="circular"), A.Conv(2), A.ReLU(), A.AvgPool(2),
+              A.GlobalAvgPool(), A.Dense()), (2, 11, 9)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.Erf(), A.Flatten(), A.Dense()), (2, 10, 7)),
+    (A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(3, stride=1, padding="valid"), A.Conv(3), A.GlobalAvgPool(), A.Dense()),
+     (1, 10, 8)),
+]
+
+
+@pytest.mark.parametrize("net,shape", BANDED, ids=lambda v: v.describe()[:30] if isinstance(v, A.Layer) else "")
+@pytest.mark.parametrize("ntk", [False, True])
+def test_bands_of_rows_equal_whole_tables(net, shape, ntk, monkeypatch, paired_inputs):
+    """A budget below one pair's four tables takes the compiled loops in bands of rows (stride, dilation, valid/same/
+    circular padding, pools with stride ≠ window, ReLU/erf, Flatten after pools): the values of the whole tables, for
+    every band height (forced here), with duplicated inputs (the exact diagonal) and on diagonals."""
+    import nngp_gpytorch.algebra.conv_stack_bands as conv_stack_bands
+    import nngp_gpytorch.algebra.conv_stack_compiled as conv_stack_compiled
+
+    heights, plan = [], conv_stack_compiled.band_plan
+    original = conv_stack_bands.band_pairs
+
+    def counted(*args):
+        heights.append(args[-3])
+        return original(*args)
+
+    monkeypatch.setattr(conv_stack_bands, "band_pairs", counted)
+    d = int(torch.Size(shape).numel())
+    x1, x2 = paired_inputs(d)
+    x2 = torch.cat([x2, x1[:1]])
+    with torch.no_grad():
+        whole = [evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape)
+                 for a, b, diag in ((x1, x1, False), (x1, x2, False), (x1[:3], x2[:3], True))]
+        assert not heights  # no budget: the whole tables, as before
+        for height in (1, 2, 3, 1000):
+            monkeypatch.setattr(conv_stack_compiled, "band_plan", lambda g, i, b, h=height: (plan(g, i, b)[0], h))
+            for (a, b, diag), (k0, t0) in zip(((x1, x1, False), (x1, x2, False), (x1[:3], x2[:3], True)), whole,
+                                              strict=True):
+                k1, t1 = evaluate(net, a, b, H, diag=diag, with_ntk=ntk, input_shape=shape, chunk_bytes=1)
+                torch.testing.assert_close(k1, k0, rtol=1e-13, atol=1e-15)
+                if ntk:
+                    torch.testing.assert_close(t1, t0, rtol=1e-13, atol=1e-15)
+    assert {1, 2, 3, 1000} <= set(heights)
+
+
+def test_band_height_follows_the_budget():
+    """The tallest band whose scratch fits the budget per thread; at least one row."""
+    import nngp_gpytorch.algebra.conv_stack_compiled as conv_stack_compiled
+
+    net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    stack = conv_stack.fuse_conv_stacks(net).layers[0]
+    groups = conv_stack._groups(stack, (32, 32), None)
+    geometry = conv_stack_compiled.geometry_of(groups)
+    one = conv_stack_compiled.band_bytes(geometry, 8, 1)
+    assert one == conv_stack.band_minimum_bytes(stack, (1, 32, 32), torch.float64) < 4 * 1024**2 * 8 // 3
+    assert conv_stack_compiled.band_height(geometry, 8, one - 1) == 1
+    for budget in (one, 2 * one, 4 * one, 4 * 1024**2 * 8):
+        h = conv_stack_compiled.band_height(geometry, 8, budget)
+        assert conv_stack_compiled.band_bytes(geometry, 8, h) <= budget
+        assert h == 16 or conv_stack_compiled.band_bytes(geometry, 8, h + 1) > budget
+
+
+def test_the_refusal_names_one_band_where_the_compiled_loops_run():
+    """An explicit ``max_memory`` below one band of one row (with its halos) is refused naming that minimum; under
+    autograd, or with the compiled loops off, the torch path's one-pair minimum applies as before."""
+    net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+    shape = (1, 16, 16)
+    stack = conv_stack.fuse_conv_stacks(net).layers[0]
+    band = conv_stack.band_minimum_bytes(stack, shape, torch.float64)
+    pair = conv_stack.stack_pair_bytes(stack, shape, False, torch.float64)
+    assert band < 4 * 256**2 * 8 < pair
+    x = torch.randn(3, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = NNGPKernel(net, input_shape=shape, weight_var=2.0, bias_var=0.1).double()(x).to_dense()
+        with pytest.raises(ValueError, match=f"at least {band}$"):
+            NNGPKernel(net, input_shape=shape, max_memory=band - 1).double()(x).to_dense()
+        k = NNGPKernel(net, input_shape=shape, weight_var=2.0, bias_var=0.1, max_memory=band).double()(x).to_dense()
+    torch.testing.assert_close(k, reference, rtol=1e-13, atol=1e-15)
+    kernel = NNGPKernel(net, input_shape=shape, max_memory=band).double()
+    with pytest.raises(ValueError, match=f"at least {pair}$"):
+        kernel(x).to_dense()  # hyperparameters require gradients: the torch path
+    conv_stack.COMPILED = False
+    try:
+        with torch.no_grad(), pytest.raises(ValueError, match=f"at least {pair}$"):
+            NNGPKernel(net, input_shape=shape, max_memory=band).double()(x).to_dense()
+    finally:
+        conv_stack.COMPILED = True
+    with torch.no_grad(), pytest.raises(ValueError, match="torch path"):  # the engine's own check
+        evaluate(A.Serial(A.Conv(3), A.Tanh(), A.GlobalAvgPool(), A.Dense()), x, x, H, input_shape=shape,
+                 chunk_bytes=band)
+
+
+_BAND_PEAK_SCRIPT = """
+import sys, torch
+from nngp_gpytorch import NNGPKernel, arch as A
+
+def status(key):  # kB
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+net = A.Serial(A.Conv(3), A.ReLU(), A.AvgPool(2), A.Conv(3), A.ReLU(), A.GlobalAvgPool(), A.Dense())
+with torch.no_grad():  # load the compiled loops (whole and banded) on small inputs first
+    small = torch.randn(2, 64, dtype=torch.float64)
+    NNGPKernel(net, input_shape=(1, 8, 8), dtype=torch.float64)(small).to_dense()
+    NNGPKernel(net, input_shape=(1, 8, 8), max_memory=125_000, dtype=torch.float64)(small).to_dense()
+kernel = NNGPKernel(net, input_shape=(1, 32, 32), weight_var=2.0, bias_var=0.1, max_memory=int(sys.argv[1]),
+                    dtype=torch.float64)
+x = torch.randn(8, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+with torch.no_grad():
+    kernel(x).to_dense()
+print((status("VmHWM:") - before) * 1024)
+"""
+
+
+def test_peak_memory_of_the_bands_follows_max_memory():
+    """A pooled CNN on 32×32 inputs: one pair's four tables are 4·1024²·8 B = 32 MiB per thread (and the torch
+    path's pooled self chain holds each input's 1024² self covariance), so the engine used to refuse any budget
+    below its one-pair minimum (80 MiB). Under a 24 MiB budget the pairs and the per-input variances go in bands of
+    rows: the peak RSS of a fresh process grows by less than one pair's tables, measured from before the first
+    32×32 evaluation (compiled loops already loaded): 20.7 MiB at 28.6 MiB (30 MB), 14.7 MiB at 12 MB."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    budget = 24 << 20
+    out = subprocess.run([sys.executable, "-c", _BAND_PEAK_SCRIPT, str(budget)], capture_output=True, text=True,
+                         check=True, timeout=600)
+    growth = int(out.stdout.split()[-1])
+    assert growth < 4 * 1024**2 * 8, growth
