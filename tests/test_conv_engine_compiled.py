@@ -261,7 +261,8 @@ def test_peak_memory_of_the_bands_follows_max_memory():
     path's pooled self chain holds each input's 1024² self covariance), so the engine used to refuse any budget
     below its one-pair minimum (80 MiB). Under a 24 MiB budget the pairs and the per-input variances go in bands of
     rows: the peak RSS of a fresh process grows by less than one pair's tables, measured from before the first
-    32×32 evaluation (compiled loops already loaded): 20.7 MiB at 28.6 MiB (30 MB), 14.7 MiB at 12 MB."""
+    32×32 evaluation (compiled loops already loaded): 10.1 MiB at 24 MiB, 5.5 MiB at 12 MB (122 MiB for the whole
+    tables at a 100 MB budget)."""
     import os
     import subprocess
     import sys
