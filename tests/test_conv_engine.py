@@ -170,7 +170,7 @@ def test_max_memory_below_one_pair_names_the_minimum():
         NNGPKernel(pooled, input_shape=(1, 4, 4), max_memory=1000, dtype=torch.float64)(x).to_dense()
     # the engine gets max_memory as its chunk budget: one pair of a GAP run is 10 tensors of P² = 256 entries
     gap = A.cnn(depth=1, readout="gap")
-    with pytest.raises(ValueError, match=r"minimum of 20480 bytes \(one input pair in the conv engine"):
+    with pytest.raises(ValueError, match=r"minimum of 20480 bytes \(the conv engine's least unit of work"):
         NNGPKernel(gap, input_shape=(1, 4, 4), max_memory=20479, dtype=torch.float64)(x).to_dense()
     with pytest.raises(ValueError, match=r"minimum of 28672 bytes"):  # with Θ: 4 tensors more
         NTKKernel(gap, input_shape=(1, 4, 4), max_memory=20480, dtype=torch.float64)(x).to_dense()

@@ -18,6 +18,7 @@ from .tiling import (
     LIVE_TENSORS,
     budget_bytes,
     check_result_fits,
+    conv_runs_compiled,
     engine_minimum_bytes,
     entries_per_pair,
     evaluate_in_tiles,
@@ -346,12 +347,16 @@ class InfiniteWidthKernel(Kernel):
         if self.max_memory is None:
             b1, b2 = n1, n2
         else:
+            if needs_grad is None:
+                needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
             entries, budget = self.entries_per_pair(needs_grad), self.tile_budget()
             engine = 0
             if self.max_memory == "auto":  # the default never refuses: at least one pair per tile
                 budget = max(budget, LIVE_TENSORS * entries * torch.finfo(dtype).bits // 8)
             else:
-                engine = engine_minimum_bytes(self.architecture, self.input_shape, dtype, with_ntk)
+                param = next(self.parameters(), None)
+                compiled = conv_runs_compiled(param.device if param is not None else "cpu", needs_grad)
+                engine = engine_minimum_bytes(self.architecture, self.input_shape, dtype, with_ntk, compiled)
             b1, b2 = tile_sizes(n1, n2, budget, entries, dtype, engine)
         return (min(b1, self.block_size) if self.block_size else b1), b2
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..algebra import recurrent, recurrent_jit
+from ..algebra import conv_stack, conv_stack_jit, recurrent, recurrent_jit
 from ..algebra.conv_stack import ConvStack, band_minimum_bytes, fuse_conv_stacks, stack_pair_bytes
 from ..algebra.positional import wants_full_positions
 from ..algebra.recurrent_compiled import CODES as COMPILED_ACTIVATIONS
@@ -80,6 +80,13 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None, com
     return p * p if wants_full_positions(architecture) else p
 
 
+def conv_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
+    """Whether the conv engine's compiled loops (:mod:`nngp_gpytorch.algebra.conv_stack_jit`) can run for inputs on
+    ``device``: switched on, numba installed, a CPU, no gradient needed (activations: checked by the engine)."""
+    return bool(conv_stack.COMPILED and conv_stack_jit.AVAILABLE and torch.device(device).type == "cpu"
+                and not needs_grad)
+
+
 def rnn_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
     """Whether an Elman RNN's rule will take its compiled loops (:mod:`nngp_gpytorch.algebra.recurrent_compiled`)
     for inputs on ``device``: switched on, numba installed, a CPU, no gradient needed (the activation is checked by
@@ -89,21 +96,23 @@ def rnn_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
 
 
 def engine_minimum_bytes(architecture: Layer, input_shape: Sequence[int] | None, dtype: torch.dtype,
-                         with_ntk: bool) -> int:
+                         with_ntk: bool, compiled: bool | None = None) -> int:
     """Bytes one input pair needs inside the fast positional engine (:func:`~..algebra.conv_stack.stack_pair_bytes`:
     its ``P²`` (GAP) or ``P`` (Flatten) entries at the input positions), 0 when the description does not start with
     an engine run. A kernel hands its ``max_memory`` to the engine as the chunk budget, so a budget below this is
     refused like one below a tile's minimum. Where the compiled loops take the full layout in bands of rows (a CPU
-    without autograd: taken here as grad mode off; 2-D runs of ReLU/erf), the minimum is one band of one row with
-    its halos (:func:`~..algebra.conv_stack.band_minimum_bytes`); the engine itself refuses a budget below one pair
-    when its torch path runs instead (accelerators)."""
+    without autograd, ``compiled`` (:func:`conv_runs_compiled`; None: taken as grad mode off); 2-D runs of ReLU/erf),
+    the minimum is one band of one row with its halos (:func:`~..algebra.conv_stack.band_minimum_bytes`); the engine
+    itself refuses a budget below one pair when its torch path runs instead."""
     if not input_shape or len(input_shape) < 2:
         return 0
     fused = fuse_conv_stacks(architecture)
     first = fused.layers[0] if type(fused) is Serial else fused
     if not isinstance(first, ConvStack):
         return 0
-    banded = None if torch.is_grad_enabled() else band_minimum_bytes(first, tuple(input_shape), dtype)
+    if compiled is None:
+        compiled = not torch.is_grad_enabled()
+    banded = band_minimum_bytes(first, tuple(input_shape), dtype) if compiled else None
     return stack_pair_bytes(first, tuple(input_shape), with_ntk, dtype) if banded is None else banded
 
 
@@ -122,7 +131,8 @@ def tile_sizes(n1: int, n2: int, budget: int, entries: int, dtype: torch.dtype,
     per_pair = LIVE_TENSORS * itemsize * entries
     if budget < max(per_pair, engine_bytes):
         what = (f"one input pair: {LIVE_TENSORS} tensors of {entries} covariance entries in {dtype}"
-                if per_pair >= engine_bytes else f"one input pair in the conv engine's chunks, in {dtype}")
+                if per_pair >= engine_bytes else f"the conv engine's least unit of work in {dtype}: one input pair, or "
+                f"one band of rows of it where its compiled loops go in bands")
         minimum = max(per_pair, engine_bytes)
         raise ValueError(f"max_memory={budget} bytes is below one tile's minimum of {minimum} bytes ({what}); raise "
                          f"max_memory to at least {minimum}")
@@ -219,5 +229,5 @@ def evaluate_in_tiles(run: Callable[[torch.Tensor, torch.Tensor, bool], Block], 
 
 __all__ = ["CPU_MAX_MEMORY", "DEFAULT_MAX_MEMORY", "GPU_MAX_MEMORY", "LIVE_TENSORS", "GramTooLargeError",
            "available_memory", "budget_bytes", "check_result_fits", "engine_minimum_bytes", "entries_per_pair",
-           "evaluate_in_tiles", "rnn_runs_compiled",
+           "conv_runs_compiled", "evaluate_in_tiles", "rnn_runs_compiled",
            "self_bounded", "tile_sizes", "validate_memory"]
