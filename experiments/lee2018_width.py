@@ -43,16 +43,18 @@ documented runs (``docs/experiments.md``, "Lee et al. 2018's protocol"):
         --lr-rule one-se --reuse-selection docs/img/lee2018_width_mlp.json --out docs/img/lee2018_width_mlp_one_se.json
     python experiments/lee2018_width.py width --arch cnn_flatten --widths 16 32 64 128 --seeds 0 1 2 \\
         --out docs/img/lee2018_width_cnn_flatten.json
-    python experiments/lee2018_width.py width --arch cnn_gap --depth 3 --widths 16 32 64 --seeds 0 1 2 \\
+    python experiments/lee2018_width.py width --arch cnn_gap --depth 3 --widths 16 32 64 128 256 --seeds 0 1 2 \\
         --lr-rule one-se --out docs/img/lee2018_width_cnn_gap.json
-    python experiments/lee2018_width.py width --arch rnn --widths 64 256 1024 --seeds 0 1 2 --lr-rule one-se \\
-        --out docs/img/lee2018_width_rnn.json
+    python experiments/lee2018_width.py width --arch rnn --widths 64 128 256 512 1024 --seeds 0 1 2 \\
+        --lr-rule one-se --out docs/img/lee2018_width_rnn.json
     python experiments/lee2018_width.py calibration --out docs/img/lee2018_calibration.json \\
         --png docs/img/lee2018_calibration.png
     python experiments/lee2018_width.py scale --arch mlp --depth 3 --n-train 10000 --store /tmp/lee2018-10k-mlp \\
         --out docs/img/lee2018_scale.json          # and --arch cnn_flatten; and --n-train 4000
     python experiments/lee2018_width.py report docs/img/lee2018_width_mlp.json docs/img/lee2018_width_mlp_one_se.json \\
         docs/img/lee2018_width_cnn_flatten.json
+    python experiments/lee2018_width.py report docs/img/lee2018_width_cnn_gap.json docs/img/lee2018_width_rnn.json \\
+        --width-png docs/img/lee2018_width_gap_rnn.png
 
 Published trained-network accuracies on mnist1d's 4,000 training points (Greydanus 2020): logistic 32%, MLP 68%,
 CNN 94%, GRU 91%.
