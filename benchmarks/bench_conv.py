@@ -151,9 +151,9 @@ def per_element_ns(fn, x: torch.Tensor, repeats: int = 20) -> float:
 
 
 def compiled_arccos_ns(x: torch.Tensor) -> float:
-    """Per-element time of the compiled loops' vectorized arc cosine (``conv_stack_jit.arccos``), when numba is
+    """Per-element time of the compiled loops' vectorized arc cosine (``compiled_math.arccos``), when numba is
     installed: the cheapest ``arccos`` this machine offers the engine."""
-    from nngp_gpytorch.algebra import conv_stack_jit as jit
+    from nngp_gpytorch.algebra import compiled_math as jit
 
     if not jit.AVAILABLE or x.dtype != torch.float64:
         return float("inf")

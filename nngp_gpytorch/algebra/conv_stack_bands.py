@@ -22,7 +22,8 @@ import math
 
 import numpy as np
 
-from .conv_stack_jit import jit_function, layer_by_rows, pool_taps
+from .compiled_math import jit_function
+from .conv_stack_jit import input_rows, layer_by_rows, pool_taps
 
 
 @jit_function()
@@ -68,18 +69,9 @@ def _band(xa, xbt, i, j, ident, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, o
     """One band (rows ``bands``, :func:`band_rows`) of the pair ``(xa, x2[j])`` (``xbt``: ``x2[j]`` transposed,
     ``i``, ``j``: the pair's rows of the variances) through the layers; returns the tables holding the last layer's
     band ``(K, Θ)``: its positions ``p`` of rows ``bands[L − 1, 2:4]``, each a row of all ``P_q`` positions ``q``."""
-    layers, positions, channels = geometry.shape[0], xbt.shape[1], xbt.shape[0]
+    layers = geometry.shape[0]
     cols0 = geometry[0, 2, 0]
-    p_first = bands[0, 0] * cols0
-    for pl in range((bands[0, 1] - bands[0, 0]) * cols0):  # K₀ = x·x'ᵀ/C on the band's rows
-        row = k0[pl * positions:(pl + 1) * positions]
-        row[:] = 0.0
-        for c in range(channels):
-            a, bt = xa[p_first + pl, c], xbt[c]
-            for q in range(positions):
-                row[q] += a * bt[q]
-        for q in range(positions):
-            row[q] /= channels
+    input_rows(k0, xa, xbt, bands[0, 0] * cols0, (bands[0, 1] - bands[0, 0]) * cols0)  # K₀ on the band's rows
     kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
     for layer in range(layers):
         g, carry = geometry[layer], ntk and layer > 0
@@ -88,13 +80,9 @@ def _band(xa, xbt, i, j, ident, geometry, w, b, act, qa, iqa, ra, qb, iqb, rb, o
         rows_in, rows_out = bands[layer, 1] - bands[layer, 0], bands[layer, 3] - bands[layer, 2]
         row_low = g[1, 5] + bands[layer, 0] - g[1, 3] * bands[layer, 2]  # the band's offsets: lo + a − s·o₀
         if act[layer] < 0:  # average pool: K' = A K Aᵀ, Θ' = A Θ Aᵀ
-            kbuf, kspare = pool_taps(kbuf, kspare, g, rows_in, rows_out, row_low)
-            for e in range(rows_out * g[2, 1] * po):
-                kbuf[e] *= wl
+            kbuf, kspare = pool_taps(kbuf, kspare, g, rows_in, rows_out, row_low, wl)
             if ntk:
-                tbuf, tspare = pool_taps(tbuf, tspare, g, rows_in, rows_out, row_low)
-                for e in range(rows_out * g[2, 1] * po):
-                    tbuf[e] *= wl
+                tbuf, tspare = pool_taps(tbuf, tspare, g, rows_in, rows_out, row_low, wl)
             continue
         q1, iq1, r1 = qa[i, off:off + po], iqa[i, off:off + po], ra[i, off:off + po]
         qrow, iqrow, rrow = qb[j, off:off + po], iqb[j, off:off + po], rb[j, off:off + po]

@@ -15,9 +15,7 @@ buffers that stay in cache, never forming a chunk-sized tensor:
   ``Θ'[p, q] = ((π − θ)/2π)·(S + (σw²/k)·U_Θ)``;
 * the readout: ``(1/P²)·Σ_{p,q}`` (GAP) or, in the same-position layout, ``(1/P)·Σ_p`` (Flatten).
 
-The arc cosine is a polynomial that vectorizes (``acos x = π/2 − asin x`` for ``|x| ≤ 1/2``, ``2·asin √((1 − |x|)/2)``
-otherwise, and ``asin s = s + s·z·R(z)`` with ``R`` the degree-18 Chebyshev interpolant of ``(asin √z/√z − 1)/z`` on
-``[0, 1/4]``, built from its positive-term Taylor series): within 1e-15 of libm's. The conventions are the torch
+The duals and the vectorizing arc cosine/sine are :mod:`.compiled_math`'s. The conventions are the torch
 path's (:func:`.conv_stack_torch.relu_in_place`): identical inputs at the same position get ``c = 1`` exactly; with the
 NTK, ``|c| ≥ 1 − 8·eps`` snaps to ``±1``. Values agree with the torch path to ~1e-15 in float64. Float32 inputs keep
 float32 tables (taps summed in float32, as the torch path does: half the memory traffic) while each entry's affine
@@ -31,101 +29,9 @@ roots of the pre-activation variances of all layers are concatenated along posit
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numpy.polynomial import chebyshev
 
-try:  # optional: without numba the engine keeps its torch path
-    import numba
-except ImportError:  # pragma: no cover - exercised only where numba is not installed
-    numba = None
-
-AVAILABLE = numba is not None
-_TWO_PI_INV = 1.0 / (2.0 * math.pi)
-
-
-def _asin_series(z: np.ndarray) -> np.ndarray:
-    """``(asin √z/√z − 1)/z = Σ_{n≥1} ((2n)!/(4ⁿ n!²))/(2n + 1)·z^{n−1}``: positive terms, no cancellation."""
-    total, coefficient = np.zeros_like(z), 1.0
-    for n in range(1, 64):
-        coefficient *= (2 * n - 1) / (2 * n)
-        total += coefficient / (2 * n + 1) * z ** (n - 1)
-    return total
-
-
-_R = chebyshev.Chebyshev.interpolate(_asin_series, 18, domain=[0.0, 0.25]).convert(
-    kind=np.polynomial.Polynomial, domain=[0.0, 0.25], window=[0.0, 0.25]).coef
-R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15, R16, R17, R18 = (float(c) for c in _R)
-
-
-def jit_function(**options):
-    """numba's ``njit`` (cached; numpy's error model; ``a·b + c`` may be fused into one FMA, which rounds once), or
-    the plain function without numba."""
-    def wrap(fn):
-        return numba.njit(cache=True, error_model="numpy", fastmath={"contract"}, **options)(fn) if AVAILABLE else fn
-    return wrap
-
-
-@jit_function(inline="always")
-def _asin_r(z):
-    r = R14 + z * (R15 + z * (R16 + z * (R17 + z * R18)))
-    r = R9 + z * (R10 + z * (R11 + z * (R12 + z * (R13 + z * r))))
-    r = R4 + z * (R5 + z * (R6 + z * (R7 + z * (R8 + z * r))))
-    return R0 + z * (R1 + z * (R2 + z * (R3 + z * r)))
-
-
-@jit_function(inline="always")
-def _asin_reduced(ax):
-    """``(asin s, small)`` for ``ax = |x| ≤ 1``: ``s = ax`` when ``small`` (``ax ≤ 1/2``), else ``s = √((1 − ax)/2)``,
-    with ``asin s = s + s·z·R(z)``, ``z = s²``: the one polynomial both inverse functions use."""
-    small = ax <= 0.5
-    zb = (1.0 - ax) * 0.5
-    z = ax * ax if small else zb
-    s = ax if small else math.sqrt(zb)
-    return s + s * z * _asin_r(z), small
-
-
-@jit_function(inline="always")
-def arccos(x):
-    """``arccos x`` for ``x ∈ [−1, 1]``, branch-free (selects), so loops over it vectorize."""
-    a, small = _asin_reduced(abs(x))
-    neg = x < 0.0
-    r_small = 0.5 * math.pi - (-a if neg else a)
-    r_big = math.pi - 2.0 * a if neg else 2.0 * a
-    return r_small if small else r_big
-
-
-@jit_function(inline="always")
-def arcsin(x):
-    """``arcsin x`` for ``x ∈ [−1, 1]`` from the same polynomial (``π/2 − 2·asin √((1 − |x|)/2)`` above 1/2)."""
-    a, small = _asin_reduced(abs(x))
-    r = a if small else 0.5 * math.pi - 2.0 * a
-    return -r if x < 0.0 else r
-
-
-@jit_function(inline="always")
-def erf_dual(s, q1, iq1, r1, q2, iq2, r2, ident):
-    """``(K', Θ̇)`` of the erf dual (Williams 1997) at pre-activation covariance ``s``: ``(2/π)·arcsin(2k·r·r')`` and
-    ``(4/π)·((1 + 2v)(1 + 2v') − 4k²)^(−1/2)`` with ``r = 1/√(1 + 2v)``, ``k = c·√(v·v')`` (``c = 1`` for identical
-    inputs at the same position, as :func:`~nngp_gpytorch.duals.safe_math.correlation` does)."""
-    c = min(max(s * iq1 * iq2, -1.0), 1.0)
-    c = 1.0 if ident else c
-    k = c * (q1 * q2)
-    a = min(max(2.0 * k * (r1 * r2), -1.0), 1.0)
-    det = max(1.0 / (r1 * r1) * (1.0 / (r2 * r2)) - 4.0 * k * k, 2.2250738585072014e-308)
-    return (2.0 / math.pi) * arcsin(a), (4.0 / math.pi) / math.sqrt(det)
-
-
-@jit_function(inline="always")
-def relu_dual(s, q1, iq1, q2, iq2, snap, ident):
-    """``(K', (π − θ)/2π)`` of the ReLU dual at pre-activation covariance ``s`` (``iq = 1/√v``)."""
-    c = min(max(s * -iq1 * iq2, -1.0), 1.0)  # −c, as the torch path holds it
-    c = 1.0 if c >= snap else (-1.0 if c <= -snap else c)
-    c = -1.0 if ident else c
-    pmt = arccos(c)  # π − θ
-    j1 = math.sqrt(1.0 - c * c) - pmt * c
-    return j1 * q1 * (q2 * _TWO_PI_INV), pmt * _TWO_PI_INV
+from .compiled_math import AVAILABLE, erf_dual, jit_function, relu_dual
 
 
 @jit_function(inline="always")
@@ -212,11 +118,11 @@ def _taps(buf, spare, geometry, layer, both):
 
 
 @jit_function()
-def pool_taps(buf, spare, g, rows_in, rows_out, row_low):
-    """An average pool's window sums on both sides of a full ``P×P`` buffer (``g``: its ``(3, 7)`` geometry): the
-    flat layout ``[p₀, p₁, p₂, q₀, q₁, q₂]`` gets one one-sided tap stage per non-trivial axis of each side, the two
-    sides' offsets independent (``Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``); the first side's axis 1 as in
-    :func:`layer_by_rows`. Returns the buffer holding the result."""
+def pool_taps(buf, spare, g, rows_in, rows_out, row_low, scale):
+    """An average pool on both sides of a full ``P×P`` buffer (``g``: its ``(3, 7)`` geometry): the flat layout
+    ``[p₀, p₁, p₂, q₀, q₁, q₂]`` gets one one-sided tap stage per non-trivial axis of each side, the two sides' offsets
+    independent, times ``scale = (1/k)²`` (``K' = A K Aᵀ``: ``(1/k)²·Σ_β Σ_β' K[s·p + β − lo, s·q + β' − lo]``); the
+    first side's axis 1 as in :func:`layer_by_rows`. Returns the buffer holding the result."""
     sizes = np.empty(6, np.int64)
     for ax in range(3):
         sizes[ax] = rows_in if ax == 1 else g[ax, 0]
@@ -236,7 +142,25 @@ def pool_taps(buf, spare, g, rows_in, rows_out, row_low):
         _tap_stage(buf, spare, outer, n_in, n_out, inner, k, s, d, lo, circ != 0, False)
         sizes[a] = n_out
         buf, spare = spare, buf
+    for e in range(sizes.prod()):
+        buf[e] *= scale
     return buf, spare
+
+
+@jit_function(inline="always")
+def input_rows(dst, xa, xbt, first, count):
+    """Rows ``first … first + count − 1`` of ``K₀ = x·x'ᵀ/C`` into ``dst`` (``xa`` ``(P, C)``, ``xbt`` = ``x'ᵀ``
+    ``(C, P)``: contiguous per channel, so each row is a vectorized pass over ``q``)."""
+    channels, positions = xbt.shape
+    for pl in range(count):
+        row = dst[pl * positions:(pl + 1) * positions]
+        row[:] = 0.0
+        for c in range(channels):
+            a, bt = xa[first + pl, c], xbt[c]
+            for q in range(positions):
+                row[q] += a * bt[q]
+        for q in range(positions):
+            row[q] /= channels
 
 
 @jit_function(inline="always")
@@ -324,7 +248,7 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
     ``1/√(1 + 2v)`` of the first inputs' pre-activation variances, ``qb``, ``iqb``, ``rb`` ``(n2, ΣP_l)`` of the
     second; ``trace``: the mean of the diagonal (a Flatten after pools) instead of all entries; results into
     ``out_k``, ``out_t`` ``(m,)``. Layers on at most two spatial axes go by rows (:func:`layer_by_rows`)."""
-    layers, positions, channels = geometry.shape[0], x1.shape[1], x1.shape[2]
+    layers, positions = geometry.shape[0], x1.shape[1]
     largest, middle = positions, 1
     for layer in range(layers):
         g = geometry[layer]
@@ -337,16 +261,7 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
     mid, tmid = np.empty(middle, dt), np.empty(middle, dt)
     xbt = np.ascontiguousarray(x2.transpose(0, 2, 1))
     for n in range(ia.shape[0]):
-        xa = x1[ia[n]]
-        for p in range(positions):  # K₀ = x·x'ᵀ/C, vectorized along q (x'ᵀ is contiguous per channel)
-            row = k0[p * positions:(p + 1) * positions]
-            row[:] = 0.0
-            for c in range(channels):
-                a, bt = xa[p, c], xbt[ib[n], c]
-                for q in range(positions):
-                    row[q] += a * bt[q]
-            for q in range(positions):
-                row[q] /= channels
+        input_rows(k0, x1[ia[n]], xbt[ib[n]], 0, positions)
         kbuf, kspare, tbuf, tspare = k0, k1, t0, t1
         for layer in range(layers):
             g, carry = geometry[layer], ntk and layer > 0
@@ -355,13 +270,9 @@ def gap_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iqb, r
             q1, iq1, r1 = qa[ia[n], off:off + po], iqa[ia[n], off:off + po], ra[ia[n], off:off + po]
             qrow, iqrow, rrow = qb[ib[n], off:off + po], iqb[ib[n], off:off + po], rb[ib[n], off:off + po]
             if act[layer] < 0:  # average pool: K' = A K Aᵀ, Θ' = A Θ Aᵀ
-                kbuf, kspare = pool_taps(kbuf, kspare, g, g[1, 0], g[1, 1], g[1, 5])
-                for e in range(po * po):
-                    kbuf[e] *= wl
+                kbuf, kspare = pool_taps(kbuf, kspare, g, g[1, 0], g[1, 1], g[1, 5], wl)
                 if ntk:
-                    tbuf, tspare = pool_taps(tbuf, tspare, g, g[1, 0], g[1, 1], g[1, 5])
-                    for e in range(po * po):
-                        tbuf[e] *= wl
+                    tbuf, tspare = pool_taps(tbuf, tspare, g, g[1, 0], g[1, 1], g[1, 5], wl)
                 continue
             if g[0, 0] == 1 and g[0, 1] == 1 and g[0, 2] == 1:
                 layer_by_rows(kbuf, kspare, tbuf, tspare, mid, tmid, g, g[1, 0], g[1, 1], g[1, 5], 0, carry, ntk, wl,
@@ -446,5 +357,4 @@ def flatten_pairs(x1, x2, ia, ib, same, geometry, w, b, act, qa, iqa, ra, qb, iq
         out_t[n] = st / po
 
 
-__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "flatten_pairs", "gap_pairs", "jit_function", "layer_by_rows",
-           "pool_taps", "relu_dual"]
+__all__ = ["AVAILABLE", "flatten_pairs", "gap_pairs", "input_rows", "layer_by_rows", "pool_taps"]

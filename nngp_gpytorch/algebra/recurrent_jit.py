@@ -15,7 +15,7 @@ tensors. Here one compiled loop (numba) takes each pair of sequences ``(a, b)`` 
   (``w`` from :func:`~nngp_gpytorch.sequences.readout_weights`; the driver adds ``σv²``, ``σvb²``).
 
 Rows and columns stop at each sequence's own length (the readout weights vanish beyond it and row ``t`` reads only
-row ``t − 1``). The duals are the conv loops' (:mod:`.conv_stack_jit`: ``erf_dual`` (Williams 1997), ``relu_dual``
+row ``t − 1``). The duals are the conv loops' (:mod:`.compiled_math`: ``erf_dual`` (Williams 1997), ``relu_dual``
 (Cho & Saul 2009), polynomial ``arcsin``/``arccos`` within 1e-15 of libm), fed the per-step roots ``√v``, ``1/√v``
 (0 where ``v = 0``: the correlation is then 0, as :func:`~nngp_gpytorch.duals.safe_math.correlation` sets it)
 and ``1/√(1 + 2v)`` of the diagonals. The torch path's identity convention is kept: ``c = 1`` exactly at ``(t, t)``
@@ -24,7 +24,7 @@ Each row is one branch-free pass over ``s`` (the affine map, the dual, ``Θ``, t
 vectorizes. Everything is float64.
 
 numba's cache (``jit_function``) keys these loops on this file only: after a change to the duals in
-:mod:`.conv_stack_jit` (inlined here), touch this file (or clear ``__pycache__``) so that they are recompiled.
+:mod:`.compiled_math` (inlined here), touch this file (or clear ``__pycache__``) so that they are recompiled.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from .conv_stack_jit import AVAILABLE, erf_dual, jit_function, relu_dual
+from .compiled_math import AVAILABLE, erf_dual, jit_function, relu_dual
 
 #: activation codes of the loops
 IDENTITY, RELU, ERF = 0, 1, 2
