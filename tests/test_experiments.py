@@ -126,3 +126,24 @@ def test_lee2018_scale_row(lee, tmp_path):
     row = lee.run_scale("mlp", 2, 300, 60, str(tmp_path / "store"), tile=128, num_samples=2000, progress=False)
     assert row["n_train"] == 300 and row["test_accuracy"] > 0.2
     assert row["wall_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["method"] in ("cholesky", "cg")
+
+
+def test_lee2018_search_chooses_on_validation_and_resumes(lee, tmp_path):
+    """The σw²/σb² search records every grid point, chooses the best validation accuracy (ties: nearest the default),
+    and resumes from its JSON without recomputing."""
+    import json
+
+    out = tmp_path / "search.json"
+    result = lee.run_search("mlp", (1.0, 2.0), (0.1, 1.0), n_train=120, n_test=60, out=str(out), progress=False)
+    rows = list(result["grid"].values())
+    assert len(rows) == 4 and all(r["noise"] in lee.NOISES and 0 <= r["test_accuracy"] <= 1 for r in rows)
+    best = max(r["validation_accuracy"] for r in rows)
+    assert result["chosen"]["validation_accuracy"] == best and result["default"] == result["grid"]["2,0.1"]
+    ties = [r for r in rows if r["validation_accuracy"] == best]
+    distance = [abs(r["weight_var"] - 2.0) + abs(r["bias_var"] - 0.1) for r in ties]
+    assert abs(result["chosen"]["weight_var"] - 2.0) + abs(result["chosen"]["bias_var"] - 0.1) == min(distance)
+    saved = json.loads(out.read_text())
+    saved["grid"]["1,0.1"]["test_accuracy"] = -1.0  # a resumed run keeps stored points as they are
+    out.write_text(json.dumps(saved))
+    again = lee.run_search("mlp", (1.0, 2.0), (0.1, 1.0), n_train=120, n_test=60, out=str(out), progress=False)
+    assert again["grid"]["1,0.1"]["test_accuracy"] == -1.0
