@@ -615,7 +615,7 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
 
 def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, tile: int = 2048,
               num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True,
-              threads: int = 1) -> dict[str, Any]:
+              threads: int = 1, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR) -> dict[str, Any]:
     """The NNGP at large ``n_train`` through :func:`nngp_gpytorch.scale.fit_predict` in this process
     (``client="inline"``; float32 tile store, noise by validation accuracy on the first ``noise_subset`` points, the
     solve chosen by ``"auto"``): test accuracy, wall time per phase and in all, this process's CPU time (the wall time
@@ -627,14 +627,14 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
     start, cpu = time.perf_counter(), time.process_time()
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
     description, input_shape = architecture(arch, depth)
-    kwargs = dict(weight_var=WEIGHT_VAR, bias_var=BIAS_VAR, dtype=torch.float64)
+    kwargs = dict(weight_var=weight_var, bias_var=bias_var, dtype=torch.float64)
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
     kernel = NNGPKernel(description, **kwargs)
     fitted = fit_predict(kernel, x, targets_of(y), xt, store=store, noise="validation", tile=tile, client="inline",
                          progress=progress, noise_subset=min(noise_subset, n_train))
     return dict(arch=arch, depth=None if arch == "rnn" else depth, n_train=n_train, n_test=n_test,
-                num_samples=num_samples,
+                num_samples=num_samples, weight_var=weight_var, bias_var=bias_var,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
                 method=fitted.prediction.solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
@@ -887,6 +887,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tile", type=int, default=2048)
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the compiled conv loops use them too)")
+    p.add_argument("--weight-var", type=float, default=WEIGHT_VAR, help="σw² (e.g. the one `search` chose)")
+    p.add_argument("--bias-var", type=float, default=BIAS_VAR, help="σb²")
     p.add_argument("--out", default=None, help="JSON file of rows (this row added or replaced)")
     p = sub.add_parser("search", help="σw², σb² of the NNGP chosen on the validation split (resumable JSON)")
     p.add_argument("--arch", choices=ARCHS, default="mlp")
@@ -921,11 +923,15 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"scale --arch {args.arch} needs --depth")
         depth = 3 if args.depth is None else args.depth  # the RNN ignores it
         row = run_scale(args.arch, depth, args.n_train, args.n_test, args.store, tile=args.tile,
-                        num_samples=args.num_samples, threads=args.threads)
+                        num_samples=args.num_samples, threads=args.threads, weight_var=args.weight_var,
+                        bias_var=args.bias_var)
         print(json.dumps(row, indent=1))
         if args.out:
             rows = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
-            rows = [r for r in rows if (r["arch"], r["n_train"]) != (row["arch"], row["n_train"])] + [row]
+            def same(r):  # rows written before the variances were recorded used the defaults
+                return ((r["arch"], r["n_train"], r.get("weight_var", WEIGHT_VAR), r.get("bias_var", BIAS_VAR))
+                        == (row["arch"], row["n_train"], row["weight_var"], row["bias_var"]))
+            rows = [r for r in rows if not same(r)] + [row]
             Path(args.out).write_text(json.dumps(rows, indent=1))
     elif args.command == "search":
         result = run_search(args.arch, tuple(args.weight_vars), tuple(args.bias_vars), depth=args.depth,
