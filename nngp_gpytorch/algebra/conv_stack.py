@@ -1,6 +1,5 @@
 r"""The fast positional engine: a run ``Conv, φ, ..., Conv, φ`` ending in a global average pool or a Flatten,
-with average pools between the convolutions when it ends in a global average pool (Myrtle-style CNN-GPs,
-Shankar et al. 2020).
+with average pools between the convolutions (Myrtle-style CNN-GPs, Shankar et al. 2020; LeNet-style nets).
 
 Such a run (Novak et al. 2019's CNN-GP; Arora et al. 2019's CNTK with GAP) is most of the cost of every
 conv kernel. Its rule here computes exactly what the layer-by-layer rules compute (:mod:`.conv`,
@@ -215,13 +214,17 @@ def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: 
     return _Side(x if full else x.transpose(-1, -2).contiguous(), pre, roots)
 
 
+def compiled_loops_apply(device, dtype: torch.dtype, needs_grad: bool) -> bool:
+    """Whether the compiled loops can take a run on ``device`` in ``dtype``: :data:`COMPILED` on, numba installed, a
+    CPU, float32/64, no gradient needed (the activations are checked by :class:`.conv_stack_compiled.CompiledRun`)."""
+    return bool(COMPILED and jit.AVAILABLE and torch.device(device).type == "cpu"
+                and dtype in (torch.float32, torch.float64) and not needs_grad)
+
+
 def _runs_compiled(x: torch.Tensor, groups: list[_Group], other: torch.Tensor | None = None) -> bool:
-    """:data:`COMPILED` on, numba installed, a CPU, float32/64 and nothing autograd must see (inputs ``x``,
-    ``other``, the groups' variances)."""
-    if not (COMPILED and jit.AVAILABLE and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
-        return False
+    """:func:`compiled_loops_apply` for inputs ``x``, ``other`` and the groups' variances."""
     tensors = [x, x if other is None else other] + [t for g in groups for t in (g.weight_var, g.bias_var)]
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return compiled_loops_apply(x.device, x.dtype, torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool,
@@ -263,7 +266,7 @@ def band_minimum_bytes(stack: ConvStack, input_shape: tuple[int, ...], dtype: to
     full layout, two spatial axes, ReLU/erf/no activations, float32/64, :data:`COMPILED` and numba): one thread's
     scratch for a band of one row of the last layer with its halos (:func:`.conv_stack_compiled.band_bytes`); None
     where they do not apply (the torch path's one pair, :func:`stack_pair_bytes`, is the minimum there)."""
-    if not (COMPILED and jit.AVAILABLE and stack.full and dtype in (torch.float32, torch.float64)):
+    if not (stack.full and compiled_loops_apply("cpu", dtype, False)):
         return None
     groups = _groups(stack, tuple(input_shape[1:]), None)
     if not bands_apply(groups) or any(g.activation is not None and type(g.activation) not in (ReLU, Erf)
@@ -331,11 +334,15 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     trace = full and stack.readout == "flatten"
     x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
     symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
-    if any(g.pool for g in groups):  # GAP only: K(x, x) comes from the pairs (x, x) below, not from the chain
-        pooled_step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
-        pre1, k1, t1 = _pooled(x1, groups, ctx.chunk_bytes) or self_chain_pooled(x1, groups, pooled_step), None, None
-        pre2, k2, t2 = (pre1, k1, t1) if symmetric else (
-            _pooled(x2, groups, ctx.chunk_bytes) or self_chain_pooled(x2, groups, pooled_step), None, None)
+    if any(g.pool for g in groups):  # full layout: K(x, x) comes from the pairs (x, x) below, not from the chain
+        step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
+
+        def variances(x):
+            return _pooled(x, groups, ctx.chunk_bytes) or self_chain_pooled(x, groups, step)
+
+        pre1 = variances(x1)
+        pre2 = pre1 if symmetric else variances(x2)
+        k1 = t1 = k2 = t2 = None
     else:
         pre1, k1, t1 = self_chain(x1, groups, ntk)
         pre2, k2, t2 = (pre1, k1, t1) if symmetric else self_chain(x2, groups, ntk)
@@ -393,5 +400,5 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
                          pre_activation=None)
 
 
-__all__ = ["ConvStack", "band_minimum_bytes", "chunk_pairs", "conv_stack_rule", "fuse_conv_stacks", "pair_bytes",
-           "stack_pair_bytes"]
+__all__ = ["ConvStack", "band_minimum_bytes", "chunk_pairs", "compiled_loops_apply", "conv_stack_rule",
+           "fuse_conv_stacks", "pair_bytes", "stack_pair_bytes"]

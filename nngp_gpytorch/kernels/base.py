@@ -355,7 +355,7 @@ class InfiniteWidthKernel(Kernel):
                 budget = max(budget, LIVE_TENSORS * entries * torch.finfo(dtype).bits // 8)
             else:
                 param = next(self.parameters(), None)
-                compiled = conv_runs_compiled(param.device if param is not None else "cpu", needs_grad)
+                compiled = conv_runs_compiled(param.device if param is not None else "cpu", needs_grad, dtype)
                 engine = engine_minimum_bytes(self.architecture, self.input_shape, dtype, with_ntk, compiled)
             b1, b2 = tile_sizes(n1, n2, budget, entries, dtype, engine)
         return (min(b1, self.block_size) if self.block_size else b1), b2

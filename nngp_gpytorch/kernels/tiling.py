@@ -19,8 +19,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..algebra import conv_stack, conv_stack_jit, recurrent, recurrent_jit
-from ..algebra.conv_stack import ConvStack, band_minimum_bytes, fuse_conv_stacks, stack_pair_bytes
+from ..algebra import recurrent, recurrent_jit
+from ..algebra.conv_stack import (
+    ConvStack,
+    band_minimum_bytes,
+    compiled_loops_apply,
+    fuse_conv_stacks,
+    stack_pair_bytes,
+)
 from ..algebra.positional import wants_full_positions
 from ..algebra.recurrent_compiled import CODES as COMPILED_ACTIVATIONS
 from ..arch import RNN, Layer, RecurrentLayer, Serial
@@ -80,11 +86,10 @@ def entries_per_pair(architecture: Layer, input_shape: Sequence[int] | None, com
     return p * p if wants_full_positions(architecture) else p
 
 
-def conv_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
+def conv_runs_compiled(device: torch.device, needs_grad: bool, dtype: torch.dtype = torch.float64) -> bool:
     """Whether the conv engine's compiled loops (:mod:`nngp_gpytorch.algebra.conv_stack_jit`) can run for inputs on
-    ``device``: switched on, numba installed, a CPU, no gradient needed (activations: checked by the engine)."""
-    return bool(conv_stack.COMPILED and conv_stack_jit.AVAILABLE and torch.device(device).type == "cpu"
-                and not needs_grad)
+    ``device`` (:func:`~nngp_gpytorch.algebra.conv_stack.compiled_loops_apply`; activations: checked by the engine)."""
+    return compiled_loops_apply(device, dtype, needs_grad)
 
 
 def rnn_runs_compiled(device: torch.device, needs_grad: bool) -> bool:
