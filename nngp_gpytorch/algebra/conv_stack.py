@@ -51,7 +51,7 @@ from .conv_stack_compiled import CompiledRun, band_bytes, bands_apply, geometry_
 from .conv_stack_torch import cross_chunk, self_chain, self_chain_pooled
 from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
-from .state import CovState
+from .state import CovState, same_tensor
 from .taps import conv_output_size
 
 #: bytes of one chunk's live tensors on a CPU (cache-sized: 8 MiB was the fastest of 2–64 MiB at 16×16)
@@ -333,7 +333,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     full, ntk = stack.full, ctx.with_ntk
     trace = full and stack.readout == "flatten"
     x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
-    symmetric = r1 is r2 or (r1.data_ptr() == r2.data_ptr() and r1.shape == r2.shape and r1.stride() == r2.stride())
+    symmetric = same_tensor(r1, r2)
     if any(g.pool for g in groups):  # full layout: K(x, x) comes from the pairs (x, x) below, not from the chain
         step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
 

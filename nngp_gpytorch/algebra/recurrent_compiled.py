@@ -26,7 +26,7 @@ from ..arch.recurrent import RNN
 from ..sequences import readout_weights, split_sequences
 from . import recurrent_jit as jit
 from .conv_stack_compiled import thread_pool
-from .state import CovState
+from .state import CovState, same_tensor
 
 #: the loops' activation codes
 CODES = {ReLU: jit.RELU, Erf: jit.ERF, Identity: jit.IDENTITY}
@@ -141,7 +141,7 @@ def rnn_compiled(layer: RNN, state: CovState, variances) -> CovState | None:
     wu, b, ww, wv, bv = hyper
     act, ntk, diag = CODES[type(layer.activation)], state.has_ntk, state.entry_ndim == 1
     x1, x2 = state.inputs
-    symmetric = x1 is x2 or (x1.data_ptr() == x2.data_ptr() and x1.shape == x2.shape and x1.stride() == x2.stride())
+    symmetric = same_tensor(x1, x2)
     s1 = _side(x1, layer, hyper, act, ntk)
     s2 = s1 if symmetric else _side(x2, layer, hyper, act, ntk)
     if s1.tiny or s2.tiny:

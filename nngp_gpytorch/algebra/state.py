@@ -57,6 +57,12 @@ class CovState:
         return replace(self, **changes)
 
 
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same tensor or views of the same memory with the same shape and strides (a
+    rule given ``K(X, X)`` computes only the pairs ``i ≤ j``)."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
+
+
 def identical_rows(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """Bool mask ``(..., n1, n2)``: True where row ``x1[..., i, :]`` equals ``x2[..., j, :]`` exactly.
 
