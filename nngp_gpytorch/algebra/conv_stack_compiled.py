@@ -40,12 +40,9 @@ class CompiledRun:
         thread's tables exceed ``budget`` in a 2-D full layout, four tables of a band of rows
         (:mod:`.conv_stack_bands`, :func:`band_plan`). ``trace``: the full layout read out by a Flatten (the mean of
         its diagonal)."""
-        codes = []
-        for g in groups:
-            kind = None if g.dual is None else type(g.activation)
-            if kind is not None and kind not in (ReLU, Erf):
-                return None
-            codes.append(-1 if g.pool else 0 if kind is None else cls.CODES[kind.__name__])
+        codes = layer_codes(groups)
+        if codes is None:
+            return None
         tiny = torch.finfo(x1.dtype).tiny
         for code, v1, v2 in zip(codes, pre1, pre2, strict=True):
             if code > 0 and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
@@ -53,11 +50,7 @@ class CompiledRun:
         return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget, trace)
 
     def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None, trace=False):
-        self.geometry = geometry_of(groups)
-        self.w = np.array([float(g.tap_weight) for g in groups])
-        self.b = np.array([float(g.bias_var) for g in groups])
-        self.act = np.array(codes, dtype=np.int64)
-        self.offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
+        self.geometry, self.w, self.b, self.act, self.offsets = pack_layers(groups, codes)
         self.side1 = self._roots(pre1)
         self.side2 = self.side1 if symmetric else self._roots(pre2)
         self.snap = 1.0 - 8 * torch.finfo(x1.dtype).eps if with_ntk else 2.0
@@ -99,6 +92,26 @@ class CompiledRun:
             list(thread_pool(threads).map(run, bounds[:-1], bounds[1:]))
         k, t = torch.from_numpy(k).to(self.dtype), torch.from_numpy(t).to(self.dtype)
         return k, (t if self.with_ntk else None)
+
+
+def layer_codes(groups) -> list[int] | None:
+    """The loops' code of each group (−1 an average pool, 0 no activation, 1 ReLU, 2 erf), or None if an activation
+    has no loop here."""
+    codes = []
+    for g in groups:
+        kind = None if g.dual is None else type(g.activation)
+        if kind is not None and kind not in (ReLU, Erf):
+            return None
+        codes.append(-1 if g.pool else 0 if kind is None else CompiledRun.CODES[kind.__name__])
+    return codes
+
+
+def pack_layers(groups, codes: list[int]):
+    """``(geometry, w, b, act, offsets)``: the per-layer arrays the loops read (:class:`CompiledRun`)."""
+    w = np.array([float(g.tap_weight) for g in groups])
+    b = np.array([float(g.bias_var) for g in groups])
+    offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
+    return geometry_of(groups), w, b, np.array(codes, dtype=np.int64), offsets
 
 
 def bands_apply(groups) -> bool:
@@ -144,14 +157,11 @@ def pooled_variances(x: torch.Tensor, groups, budget: int) -> list[torch.Tensor]
     """The pre-activation variances ``[(n, P_l)]`` of a run with average pools (those of
     :func:`.conv_stack_torch.self_chain_pooled`) by :func:`.conv_stack_bands.band_variances`, within ``budget``
     bytes of scratch; None where the loops do not apply (an activation other than ReLU/erf, a zero variance)."""
-    if any(g.dual is not None and type(g.activation) not in (ReLU, Erf) for g in groups):
+    codes = layer_codes(groups)
+    if codes is None:
         return None
-    geometry, itemsize = geometry_of(groups), x.element_size()
-    w = np.array([float(g.tap_weight) for g in groups])
-    b = np.array([float(g.bias_var) for g in groups])
-    act = np.array([-1 if g.pool else 0 if g.dual is None else CompiledRun.CODES[type(g.activation).__name__]
-                    for g in groups], dtype=np.int64)
-    offsets = np.cumsum([0] + [math.prod(g.positions_out) for g in groups]).astype(np.int64)
+    geometry, w, b, act, offsets = pack_layers(groups, codes)
+    itemsize = x.element_size()
     threads, _ = band_plan(geometry, itemsize, budget)
     threads = min(threads, x.shape[0])
     heights = np.array([band_height(geometry[:d], itemsize, budget // threads) for d in range(1, len(groups) + 1)])
@@ -177,5 +187,5 @@ def thread_pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="nngp-conv")
 
 
-__all__ = ["CompiledRun", "band_bytes", "band_height", "band_plan", "bands_apply", "geometry_of", "pooled_variances",
-           "thread_pool"]
+__all__ = ["CompiledRun", "band_bytes", "band_height", "band_plan", "bands_apply", "geometry_of", "layer_codes",
+           "pack_layers", "pooled_variances", "thread_pool"]
