@@ -1,6 +1,7 @@
 """Shared test settings: one torch thread pool size, a derandomized hypothesis profile, and a fixed
 torch seed before every test (tests that draw unseeded inputs must not depend on test order)."""
 
+import math
 import os
 
 import pytest
@@ -20,6 +21,23 @@ def _seed_torch():
     # Not 0 or another small seed: tests draw their own data from seeded generators, and unseeded draws must
     # not coincide with those (with seed 0 a "random" point equalled a declared batch-norm point).
     torch.manual_seed(987654321)
+
+
+@pytest.fixture
+def check_rejection_rates(capsys):
+    """``check(label, false_alarms, seeds, detections, power_seeds, alpha)``: prints the counts of a calibration and
+    power sweep (:func:`verification.verify.rejection_counts`) and asserts calibration — the correct kernel rejected in
+    at most ``α`` + 3 binomial standard deviations of the seeds — and power — the wrong kernel in ≥ 95% of them."""
+
+    def check(label: str, false_alarms: int, seeds: int, detections: int, power_seeds: int, alpha: float) -> None:
+        slack = 3 * math.sqrt(alpha * (1 - alpha) / seeds)
+        with capsys.disabled():
+            print(f"\n{label}: calibration {false_alarms}/{seeds} rejections at alpha={alpha}; power "
+                  f"{detections}/{power_seeds}")
+        assert false_alarms / seeds <= alpha + slack
+        assert detections / power_seeds >= 0.95
+
+    return check
 
 
 @pytest.fixture
