@@ -615,11 +615,13 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
 
 def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, tile: int = 2048,
               num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True,
-              threads: int = 1, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR) -> dict[str, Any]:
+              threads: int = 1, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR,
+              preconditioner_rank: int = 100, tolerance: float = 1e-4) -> dict[str, Any]:
     """The NNGP at large ``n_train`` through :func:`nngp_gpytorch.scale.fit_predict` in this process
     (``client="inline"``; float32 tile store, noise by validation accuracy on the first ``noise_subset`` points, the
-    solve chosen by ``"auto"``): test accuracy, wall time per phase and in all, this process's CPU time (the wall time
-    of a shared machine overstates the work) and the load average at the end, peak RSS of this process."""
+    solve chosen by ``"auto"``; where that is CG, ``preconditioner_rank`` and ``tolerance`` are its pivoted-Cholesky
+    rank and mean relative residual): test accuracy, wall time per phase and in all, this process's CPU time (the wall
+    time of a shared machine overstates the work) and the load average at the end, peak RSS of this process."""
     from nngp_gpytorch import NNGPKernel
     from nngp_gpytorch.scale import fit_predict
 
@@ -632,9 +634,13 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
         kwargs["input_shape"] = input_shape
     kernel = NNGPKernel(description, **kwargs)
     fitted = fit_predict(kernel, x, targets_of(y), xt, store=store, noise="validation", tile=tile, client="inline",
-                         progress=progress, noise_subset=min(noise_subset, n_train))
+                         progress=progress, noise_subset=min(noise_subset, n_train),
+                         preconditioner_rank=preconditioner_rank, tolerance=tolerance)
+    solve = fitted.prediction.solve
     return dict(arch=arch, depth=None if arch == "rnn" else depth, n_train=n_train, n_test=n_test,
                 num_samples=num_samples, weight_var=weight_var, bias_var=bias_var,
+                preconditioner_rank=preconditioner_rank, tolerance=tolerance,
+                cg_passes=solve.iterations, relative_residual=solve.relative_residual,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
                 method=fitted.prediction.solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
@@ -889,6 +895,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the compiled conv loops use them too)")
     p.add_argument("--weight-var", type=float, default=WEIGHT_VAR, help="σw² (e.g. the one `search` chose)")
     p.add_argument("--bias-var", type=float, default=BIAS_VAR, help="σb²")
+    p.add_argument("--preconditioner-rank", type=int, default=100, help="CG's pivoted-Cholesky rank (large N)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="CG's mean relative residual (large N)")
     p.add_argument("--out", default=None, help="JSON file of rows (this row added or replaced)")
     p = sub.add_parser("search", help="σw², σb² of the NNGP chosen on the validation split (resumable JSON)")
     p.add_argument("--arch", choices=ARCHS, default="mlp")
@@ -924,7 +932,8 @@ def main(argv: list[str] | None = None) -> None:
         depth = 3 if args.depth is None else args.depth  # the RNN ignores it
         row = run_scale(args.arch, depth, args.n_train, args.n_test, args.store, tile=args.tile,
                         num_samples=args.num_samples, threads=args.threads, weight_var=args.weight_var,
-                        bias_var=args.bias_var)
+                        bias_var=args.bias_var, preconditioner_rank=args.preconditioner_rank,
+                        tolerance=args.tolerance)
         print(json.dumps(row, indent=1))
         if args.out:
             rows = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
