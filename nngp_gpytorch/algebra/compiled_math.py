@@ -109,4 +109,16 @@ def relu_dual(s, q1, iq1, q2, iq2, snap, ident):
     return j1 * q1 * (q2 * _TWO_PI_INV), pmt * _TWO_PI_INV
 
 
-__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "jit_function", "relu_dual"]
+@jit_function()
+def variance_roots(v, q, inverse, erf_scale):
+    """Per entry of the flat variances ``v`` (clamped at 0), in one pass: ``q = √v``, ``inverse = 1/√v`` (the ReLU
+    dual's) and ``erf_scale = 1/√(1 + 2v)`` (the erf dual's), written into the given arrays of ``v``'s shape."""
+    for i in range(v.shape[0]):
+        x = max(v[i], 0.0)
+        r = math.sqrt(x)
+        q[i] = r
+        inverse[i] = 1.0 / r
+        erf_scale[i] = 1.0 / math.sqrt(1.0 + 2.0 * x)
+
+
+__all__ = ["AVAILABLE", "arccos", "arcsin", "erf_dual", "jit_function", "relu_dual", "variance_roots"]

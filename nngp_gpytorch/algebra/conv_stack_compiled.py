@@ -17,6 +17,7 @@ import torch
 from ..arch import Erf, ReLU
 from . import conv_stack_bands as bands
 from . import conv_stack_jit as jit
+from .compiled_math import variance_roots
 from .taps import conv_output_size
 
 
@@ -68,9 +69,10 @@ class CompiledRun:
 
     @staticmethod
     def _roots(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        v = torch.cat([p.detach().double() for p in pre], -1).clamp_min(0.0)
-        q = v.sqrt()
-        return q.numpy(), (1.0 / q).numpy(), torch.rsqrt(1.0 + 2.0 * v).numpy()
+        v = torch.cat([p.detach().double() for p in pre], -1).numpy()
+        q, inverse, erf_scale = np.empty_like(v), np.empty_like(v), np.empty_like(v)
+        variance_roots(v.reshape(-1), q.reshape(-1), inverse.reshape(-1), erf_scale.reshape(-1))
+        return q, inverse, erf_scale
 
     def __call__(self, ia: torch.Tensor, ib: torch.Tensor, same: torch.Tensor | None):
         """``(K, Θ)`` ``(m,)`` of the pairs ``(x1[ia], x2[ib])`` (``same``: identical inputs, or None)."""
