@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # scaled by the std of the first 100 training sequences, as in the figures of docs/experiments.md
     x = lee.load_mnist1d(max(args.n, 100), 10)[0][:args.n]
     pairs = args.n * (args.n - 1) // 2
     print(f"{'kernel':28s} {'CPU s':>7s} {'ms/pair':>8s} {'min eig':>9s}  warnings")

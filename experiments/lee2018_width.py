@@ -642,7 +642,7 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
                 preconditioner_rank=preconditioner_rank, tolerance=tolerance,
                 cg_passes=solve.iterations, relative_residual=solve.relative_residual,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
-                method=fitted.prediction.solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
+                method=solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
                 torch_threads=torch.get_num_threads())
 

@@ -204,11 +204,12 @@ class _Side:
 
     @property
     def roots(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        def roots_of(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            q = v.clamp_min(0.0).sqrt()
+            return q, -1.0 / q, 1.0 / q
+
         if self.given_roots is None:
-            self.given_roots = []
-            for v, fast in zip(self.pre, self.fast, strict=True):
-                q = v.clamp_min(0.0).sqrt() if fast else None
-                self.given_roots.append((q, -1.0 / q, 1.0 / q) if fast else None)
+            self.given_roots = [roots_of(v) if fast else None for v, fast in zip(self.pre, self.fast, strict=True)]
         return self.given_roots
 
     def take(self, index: torch.Tensor) -> _Side:

@@ -86,7 +86,9 @@ def identical_rows(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     d = x1.shape[-1]
     generator = torch.Generator().manual_seed(0x5EED)
     multipliers = torch.randint(1, 2**62, (d,), generator=generator, dtype=torch.int64).to(x1.device) | 1
-    mask = _row_keys(x1, multipliers)[..., :, None] == _row_keys(x2, multipliers)[..., None, :]
+    keys1 = _row_keys(x1, multipliers)
+    keys2 = keys1 if same_tensor(x1, x2) else _row_keys(x2, multipliers)
+    mask = keys1[..., :, None] == keys2[..., None, :]
     candidates = mask.nonzero(as_tuple=True)
     if candidates[0].numel():  # rule out key collisions of different rows
         *where, i, j = candidates
