@@ -15,6 +15,7 @@ import torch
 import nngp_gpytorch.algebra.recurrent as recurrent
 import nngp_gpytorch.algebra.recurrent_compiled as recurrent_compiled
 import nngp_gpytorch.algebra.recurrent_jit as recurrent_jit
+import nngp_gpytorch.algebra.side_cache as side_cache
 from nngp_gpytorch import NNGPKernel, NTKKernel
 from nngp_gpytorch import arch as A
 from nngp_gpytorch.algebra import Hyperparameters, evaluate
@@ -141,7 +142,7 @@ def test_identical_sequences_give_the_self_value_exactly(activation, calls):
 
 
 def test_side_cache_is_keyed_by_content(calls, monkeypatch):
-    """The per-side cache between tiles (``SIDE_CACHE``) never serves stale values: new variances, an input changed in
+    """The per-side cache (``side_cache``) never serves stale values: new variances, an input changed in
     place, NNGP after NTK — each equals a fresh evaluation without the cache, to the bit."""
     x1, x2, shape = unmasked(5)
     layer = A.RNN(activation=A.ReLU(), readout="mean")
@@ -150,9 +151,9 @@ def test_side_cache_is_keyed_by_content(calls, monkeypatch):
     def run(hyper, ntk):
         with torch.no_grad():
             cached = evaluate(layer, x1, x2, hyper, with_ntk=ntk, input_shape=shape)
-            monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 0)
+            monkeypatch.setattr(side_cache, "MAX_ENTRIES", 0)
             fresh = evaluate(layer, x1, x2, hyper, with_ntk=ntk, input_shape=shape)
-            monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 32)
+            monkeypatch.setattr(side_cache, "MAX_ENTRIES", 32)
         assert torch.equal(cached[0], fresh[0])
         if ntk:
             assert torch.equal(cached[1], fresh[1])
@@ -173,7 +174,7 @@ def test_a_readout_weighting_padded_steps_is_read_in_full(calls, monkeypatch):
 
     monkeypatch.setattr(recurrent, "readout_weights", every_step)
     monkeypatch.setattr(recurrent_compiled, "readout_weights", every_step)
-    monkeypatch.setattr(recurrent_compiled, "SIDE_CACHE", 0)  # sides cached with the real weights must not serve
+    monkeypatch.setattr(side_cache, "MAX_ENTRIES", 0)  # sides cached with the real weights must not serve
     x1, x2, shape = masked(7)
     layer = A.RNN(activation=A.Erf(), readout="mean", masked=True)
     (k1, t1), (k0, t0) = _both(monkeypatch, layer, x1, x2, HYPER, with_ntk=True, input_shape=shape)

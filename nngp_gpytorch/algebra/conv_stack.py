@@ -8,7 +8,8 @@ conv kernel. Its rule here computes exactly what the layer-by-layer rules comput
 * **Per input, once:** the per-position pre-activation variances ``v_l[p] = K_l(x, x)[p, p]`` of every layer
   (the same-position chain of ``x`` with itself: ``O(P)`` per input). The dual of a pair at positions
   ``(p, q)`` needs only ``v_l[p]`` of one input and ``v_l[q]`` of the other, so no input's own ``P×P``
-  covariance is ever formed for the pairs.
+  covariance is ever formed for the pairs. This per-set work and the readout's ``K(x, x)`` are kept between calls
+  (:mod:`.conv_stack_sides`: a preconditioner asks for ``K(x_i, X)`` row after row against the same ``X``).
 * **Per pair of inputs, in chunks of pairs:** the cross covariance ``K_l(x, x')[p, q]`` (GAP readout: all
   ``P²`` position pairs; Flatten: the ``P`` same-position entries) through the layers, reduced to the flat
   readout at the end of the chunk. Peak memory is ``chunk_bytes`` plus the ``(n1, n2)`` result, whatever
@@ -48,6 +49,7 @@ from ..arch.pool import AvgPool, Flatten, GlobalAvgPool
 from ..duals import dual_for
 from . import conv_stack_jit as jit
 from .conv_stack_compiled import CompiledRun, band_bytes, bands_apply, geometry_of, pooled_variances
+from .conv_stack_sides import Side, cached_side, groups_key, make_side
 from .conv_stack_torch import cross_chunk, self_chain, self_chain_pooled
 from .fusion import FusedRun, fuse_runs
 from .registry import RuleContext, kernel_rule, propagate
@@ -190,40 +192,6 @@ def _pin_degrees(groups: list[_Group], pre1: list, pre2: list) -> None:
             g.dual = dual_for(g.activation, g.dual.effective_degree(vmax), adaptive=False)
 
 
-@dataclass
-class _Side:
-    """One input set's per-input data for the engine: inputs ``(n, P, C)`` (GAP) or ``(n, C, P)`` (Flatten), and
-    per group the pre-activation variances ``v`` ``(n, P_l)``; ``fast[l]``: a ReLU group whose ``v`` clears
-    ``tiny``, whose :attr:`roots` ``√v``, ``−1/√v``, ``1/√v`` the torch path uses (computed on first use: the
-    compiled loops take ``v`` alone, and an ``n = 50,000`` side costs ~0.1 s per call to root)."""
-
-    x: torch.Tensor
-    pre: list[torch.Tensor]
-    fast: list[bool]
-    given_roots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
-
-    @property
-    def roots(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-        def roots_of(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            q = v.clamp_min(0.0).sqrt()
-            return q, -1.0 / q, 1.0 / q
-
-        if self.given_roots is None:
-            self.given_roots = [roots_of(v) if fast else None for v, fast in zip(self.pre, self.fast, strict=True)]
-        return self.given_roots
-
-    def take(self, index: torch.Tensor) -> _Side:
-        return _Side(self.x[index], [v[index] for v in self.pre], self.fast,
-                     [None if r is None else tuple(a[index] for a in r) for r in self.roots])
-
-
-def _side(x: torch.Tensor, pre: list[torch.Tensor], groups: list[_Group], full: bool) -> _Side:
-    # a zero-norm input (v below tiny) goes through the dual's own conventions instead
-    fast = [type(g.activation) is ReLU and bool(v.min() > torch.finfo(v.dtype).tiny)
-            for g, v in zip(groups, pre, strict=True)]
-    return _Side(x if full else x.transpose(-1, -2).contiguous(), pre, fast)
-
-
 def compiled_loops_apply(device, dtype: torch.dtype, needs_grad: bool) -> bool:
     """Whether the compiled loops can take a run on ``device`` in ``dtype``: :data:`COMPILED` on, numba installed, a
     CPU, float32/64, no gradient needed (the activations are checked by :class:`.conv_stack_compiled.CompiledRun`)."""
@@ -237,14 +205,14 @@ def _runs_compiled(x: torch.Tensor, groups: list[_Group], other: torch.Tensor | 
     return compiled_loops_apply(x.device, x.dtype, torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _compiled(sa: _Side, sb: _Side, groups: list[_Group], full: bool, with_ntk: bool,
+def _compiled(sa: Side, sb: Side, groups: list[_Group], full: bool, with_ntk: bool,
               budget: int | None, trace: bool = False) -> CompiledRun | None:
     """The compiled loops for this block (:class:`.conv_stack_CompiledRun`), or None where they do not apply:
     ``COMPILED`` off, numba missing, not a CPU, not float32/64, something autograd must see, or an activation the
     loops do not have (they have ReLU and erf) or a zero pre-activation variance."""
     if not _runs_compiled(sa.x, groups, sb.x):
         return None
-    return CompiledRun.build(sa.x, sa.pre, sb.x, sb.pre, sb is sa, groups, full, with_ntk, budget, trace)
+    return CompiledRun.build(sa, sb, groups, full, with_ntk, budget, trace)
 
 
 def _pooled(x: torch.Tensor, groups: list[_Group], budget: int | None) -> list[torch.Tensor] | None:
@@ -294,7 +262,7 @@ def chunk_pairs(positions: tuple[int, ...], full: bool, with_ntk: bool, dtype: t
     return max(1, budget // pair_bytes(positions, full, with_ntk, dtype))
 
 
-def _run_pairs(sa: _Side, sb: _Side, ia, ib, same, groups, full, with_ntk, budget: int | None, trace: bool = False):
+def _run_pairs(sa: Side, sb: Side, ia, ib, same, groups, full, with_ntk, budget: int | None, trace: bool = False):
     """The engine over the pair list ``(a[ia[m]], b[ib[m]])`` in chunks of at most ``budget`` bytes (None: the
     device's default); flat ``(K, Θ)`` of shape ``(m,)``. ``trace``: a Flatten readout of the full layout."""
     step = chunk_pairs(groups[0].positions_in, full, with_ntk, sa.x.dtype, sa.x.device, budget)
@@ -331,6 +299,35 @@ def _flatten_inputs(x: torch.Tensor) -> torch.Tensor:
     return torch.movedim(x, 1, -1).reshape(x.shape[0], -1, x.shape[1])
 
 
+def _side_key(groups: list[_Group], r1: torch.Tensor, r2: torch.Tensor, full: bool, ntk: bool,
+              ctx: RuleContext) -> tuple | None:
+    """What the sides' cached work depends on besides their inputs (:mod:`.conv_stack_sides`), or None where it is
+    not cached: a gradient to keep, or a quadrature dual (its degree is pinned from both sides)."""
+    tensors = [r1, r2] + [t for g in groups for t in (g.weight_var, g.bias_var)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if any(g.dual is not None and type(g.activation) not in _CLOSED_FORM for g in groups):
+        return None
+    return groups_key(groups), full, ntk, ctx.chunk_bytes, COMPILED
+
+
+def _prepared_side(r: torch.Tensor, groups: list[_Group], full: bool, ntk: bool, ctx: RuleContext,
+                   key: tuple | None) -> Side:
+    """The side of raw inputs ``r`` ``(n, C, *spatial)``: its variances (the same-position chain, or with pools each
+    input's full self covariance), cached under ``key`` (:func:`_side_key`)."""
+
+    def compute() -> Side:
+        x = _flatten_inputs(r)
+        if any(g.pool for g in groups):  # full layout: K(x, x) comes from the pairs (x, x), not from the chain
+            step = chunk_pairs(groups[0].positions_in, True, False, x.dtype, x.device, ctx.chunk_bytes)
+            return make_side(x, _pooled(x, groups, ctx.chunk_bytes) or self_chain_pooled(x, groups, step), groups,
+                             full)
+        pre, k, t = self_chain(x, groups, ntk)
+        return make_side(x, pre, groups, full, (k, t))
+
+    return cached_side(r, key, compute)
+
+
 @kernel_rule(ConvStack)
 def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovState:
     """The run's flat output state, computed by the engine of the module docstring."""
@@ -342,39 +339,31 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     groups = _groups(stack, tuple(r1.shape[2:]), ctx)
     full, ntk = stack.full, ctx.with_ntk
     trace = full and stack.readout == "flatten"
-    x1, x2 = _flatten_inputs(r1), _flatten_inputs(r2)
     symmetric = same_tensor(r1, r2)
-    if any(g.pool for g in groups):  # full layout: K(x, x) comes from the pairs (x, x) below, not from the chain
-        step = chunk_pairs(groups[0].positions_in, True, False, x1.dtype, x1.device, ctx.chunk_bytes)
+    key = _side_key(groups, r1, r2, full, ntk, ctx)
+    side1 = _prepared_side(r1, groups, full, ntk, ctx, key)
+    side2 = side1 if symmetric else _prepared_side(r2, groups, full, ntk, ctx, key)
+    _pin_degrees(groups, side1.pre, side2.pre)
+    n1, n2 = side1.x.shape[0], side2.x.shape[0]
+    dev = r1.device
 
-        def variances(x):
-            return _pooled(x, groups, ctx.chunk_bytes) or self_chain_pooled(x, groups, step)
-
-        pre1 = variances(x1)
-        pre2 = pre1 if symmetric else variances(x2)
-        k1 = t1 = k2 = t2 = None
-    else:
-        pre1, k1, t1 = self_chain(x1, groups, ntk)
-        pre2, k2, t2 = (pre1, k1, t1) if symmetric else self_chain(x2, groups, ntk)
-    _pin_degrees(groups, pre1, pre2)
-    n1, n2 = x1.shape[0], x2.shape[0]
-    dev = x1.device
-    side1 = _side(x1, pre1, groups, full)
-    side2 = side1 if symmetric else _side(x2, pre2, groups, full)
-
-    def own(side, k, t):  # K(x, x), Θ(x, x) after the readout, (n,)
-        if not full:
-            return k.mean(-1), (t.mean(-1) if ntk else None)
-        idx = torch.arange(side.x.shape[0], device=dev)
-        return _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk,
-                          ctx.chunk_bytes, trace)
+    def own(side):  # K(x, x), Θ(x, x) after the readout, (n,): kept with the side (copies leave: it may be cached)
+        if side.own is None:
+            if not full:
+                k, t = side.chain
+                side.own = k.mean(-1), (t.mean(-1) if ntk else None)
+            else:
+                idx = torch.arange(side.x.shape[0], device=dev)
+                side.own = _run_pairs(side, side, idx, idx, torch.ones_like(idx, dtype=torch.bool), groups, True, ntk,
+                                      ctx.chunk_bytes, trace)
+        return tuple(None if v is None else v.clone() for v in side.own)
 
     diag = state.entry_ndim == 1
     # K(X, X) with GAP: the pairs (i, i) are among the pairs i ≤ j, flagged identical: their values are K(x, x)
     reuse = full and symmetric and not diag and state.identical is not None and bool(state.identical.diagonal().all())
     if not reuse:
-        s11, s11t = own(side1, k1, t1)
-        s22, s22t = (s11, s11t) if symmetric else own(side2, k2, t2)
+        s11, s11t = own(side1)
+        s22, s22t = (s11, s11t) if symmetric else own(side2)
     if diag:
         if symmetric:
             k12, t12 = s11, s11t

@@ -32,31 +32,31 @@ class CompiledRun:
     CODES = {"ReLU": 1, "Erf": 2}
 
     @classmethod
-    def build(cls, x1, pre1, x2, pre2, symmetric: bool, groups, full: bool, with_ntk: bool,
-              budget: int | None = None, trace: bool = False) -> CompiledRun | None:
-        """The run for inputs ``x1``/``x2`` (the engine's layouts) with per-group variances ``pre1``/``pre2``
-        ``[(n, P_l)]``, or None if an activation has no loop here or a variance is zero (the duals' own conventions
-        for zero-norm inputs apply there). ``budget``: bytes the threads' scratch may take (None: no limit); each
-        thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries, or, where one
-        thread's tables exceed ``budget`` in a 2-D full layout, four tables of a band of rows
+    def build(cls, side1, side2, groups, full: bool, with_ntk: bool, budget: int | None = None,
+              trace: bool = False) -> CompiledRun | None:
+        """The run for two sides (:class:`.conv_stack_sides.Side`: inputs ``x`` in the engine's layouts, per-group
+        variances ``pre`` ``[(n, P_l)]`` and their :attr:`compiled_roots`, kept with the side), or None if an
+        activation has no loop here or a variance is zero (the duals' own conventions for zero-norm inputs apply
+        there). ``side2 is side1``: a symmetric block. ``budget``: bytes the threads' scratch may take (None: no
+        limit); each thread holds four tables of the widest layer's ``P²`` (GAP) or ``P`` (Flatten) entries, or,
+        where one thread's tables exceed ``budget`` in a 2-D full layout, four tables of a band of rows
         (:mod:`.conv_stack_bands`, :func:`band_plan`). ``trace``: the full layout read out by a Flatten (the mean of
         its diagonal)."""
         codes = layer_codes(groups)
         if codes is None:
             return None
-        tiny = torch.finfo(x1.dtype).tiny
-        for code, v1, v2 in zip(codes, pre1, pre2, strict=True):
+        tiny = torch.finfo(side1.x.dtype).tiny
+        for code, v1, v2 in zip(codes, side1.pre, side2.pre, strict=True):
             if code > 0 and not (float(v1.min()) > tiny and float(v2.min()) > tiny):
                 return None
-        return cls(x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget, trace)
+        return cls(side1, side2, groups, codes, full, with_ntk, budget, trace)
 
-    def __init__(self, x1, pre1, x2, pre2, symmetric, groups, codes, full, with_ntk, budget=None, trace=False):
+    def __init__(self, side1, side2, groups, codes, full, with_ntk, budget=None, trace=False):
         self.geometry, self.w, self.b, self.act, self.offsets = pack_layers(groups, codes)
-        self.side1 = self._roots(pre1)
-        self.side2 = self.side1 if symmetric else self._roots(pre2)
+        x1 = side1.x
+        self.side1, self.side2 = side1.compiled_roots, side2.compiled_roots
         self.snap = 1.0 - 8 * torch.finfo(x1.dtype).eps if with_ntk else 2.0
-        self.x1 = x1.numpy()
-        self.x2 = self.x1 if symmetric else x2.numpy()
+        self.x1, self.x2 = x1.numpy(), side2.x.numpy()
         self.run = jit.gap_pairs if full else jit.flatten_pairs
         self.with_ntk, self.dtype, self.full, self.trace = with_ntk, x1.dtype, full, trace
         widest = max([math.prod(groups[0].positions_in)] + [math.prod(g.positions_out) for g in groups])
@@ -68,7 +68,9 @@ class CompiledRun:
             self.run = bands.band_pairs
 
     @staticmethod
-    def _roots(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def roots_of(pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``√v``, ``1/√v``, ``1/√(1 + 2v)`` of the variances ``pre`` ``[(n, P_l)]``, concatenated over groups
+        ``(n, Σ P_l)`` (float64)."""
         v = torch.cat([p.detach().double() for p in pre], -1).numpy()
         q, inverse, erf_scale = np.empty_like(v), np.empty_like(v), np.empty_like(v)
         variance_roots(v.reshape(-1), q.reshape(-1), inverse.reshape(-1), erf_scale.reshape(-1))

@@ -9,14 +9,11 @@ Float32 inputs are computed in float64 and the results rounded once.
 Pairs are split over ``torch.get_num_threads()`` threads (the loops release the GIL; each thread writes its own slice
 of the result). ``K(X, X)`` (both sides the same tensor) computes the pairs ``i ≤ j`` only and reads ``K(x, x)``
 off the diagonal pairs. Memory: per thread ``O(T)`` scratch, per call ``O(n·T·D)`` inputs and the ``(n1, n2)``
-results; no ``(n1, n2, T)`` tensor is formed. A small content-keyed cache (:data:`SIDE_CACHE`) keeps the per-side
-arrays and ``K(x, x)`` of the last row and column blocks between the kernel base's tiles.
+results; no ``(n1, n2, T)`` tensor is formed. A content-keyed cache (:data:`SIDES`, :mod:`.side_cache`) keeps the
+per-side arrays and ``K(x, x)`` between calls (the kernel base's tiles, a preconditioner's rows).
 """
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ from ..arch.recurrent import RNN
 from ..sequences import readout_weights, split_sequences
 from . import recurrent_jit as jit
 from .conv_stack_compiled import thread_pool
+from .side_cache import SideCache, content_key
 from .state import CovState, same_tensor
 
 #: the loops' activation codes
@@ -78,34 +76,17 @@ class _Side:
         self.own: tuple[np.ndarray, np.ndarray] | None = None  # (R_V, R_Θ) of each sequence with itself, once asked
 
 
-#: sides kept for reuse, with their ``K(x, x)``: the kernel base calls the rule once per tile, and the row and column
-#: blocks of the tiles come back again and again. Keyed by content (the tokens' bytes, the variances, the layer's
-#: readout and mask, the activation, the NTK switch), so a hit is exact; at most :data:`SIDE_CACHE` sides of at most
-#: :data:`SIDE_CACHE_ELEMENTS` input numbers each (0: no cache).
-SIDE_CACHE = 32
-SIDE_CACHE_ELEMENTS = 1 << 16
-_sides: OrderedDict[tuple, _Side] = OrderedDict()
-_sides_lock = threading.Lock()
+#: sides kept for reuse with their ``K(x, x)`` (:mod:`.side_cache`: content-keyed, bounded by its settings): the
+#: kernel base calls the rule once per tile, whose row and column blocks come back again and again, and a
+#: preconditioner's kernel rows pair one sequence with the same training set ``k`` times.
+SIDES = SideCache()
 
 
 def _side(x: torch.Tensor, layer: RNN, hyper: list[float], act: int, ntk: bool) -> _Side:
-    """The :class:`_Side` of inputs ``x``, from the cache (:data:`SIDE_CACHE`) where it holds them."""
+    """The :class:`_Side` of inputs ``x``, from :data:`SIDES` where it holds them."""
     wu, b, ww = hyper[:3]
-    if SIDE_CACHE <= 0 or x.numel() > SIDE_CACHE_ELEMENTS:
-        return _Side(x, layer, wu, b, ww, act)
-    key = (x.dtype, tuple(x.shape), x.detach().contiguous().numpy().tobytes(), layer.masked, layer.readout, wu, b, ww,
-           act, ntk)
-    with _sides_lock:
-        side = _sides.get(key)
-        if side is not None:
-            _sides.move_to_end(key)
-            return side
-    side = _Side(x, layer, wu, b, ww, act)
-    with _sides_lock:
-        _sides[key] = side
-        while len(_sides) > SIDE_CACHE:
-            _sides.popitem(last=False)
-    return side
+    key = content_key(x, layer.masked, layer.readout, wu, b, ww, act, ntk)
+    return SIDES.fetch(key, lambda: _Side(x, layer, wu, b, ww, act))
 
 
 def _run(s1: _Side, s2: _Side, ia: np.ndarray, ib: np.ndarray, self_pairs: bool, hyper: list[float], act: int,
