@@ -29,6 +29,9 @@ def test_content_key_is_equal_for_equal_values_only():
     y = x.clone()
     y[2, 1] += 1e-12
     assert content_key(x, 1.0) != content_key(y, 1.0)
+    assert content_key(x.t(), 1.0) == content_key(x.t().contiguous(), 1.0)  # values, not memory layout
+    with pytest.raises(ValueError, match="CPU"):
+        content_key(torch.empty(2, device="meta"))
 
 
 def test_limits_on_entries_and_bytes(monkeypatch):

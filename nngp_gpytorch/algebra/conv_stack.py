@@ -302,7 +302,10 @@ def _flatten_inputs(x: torch.Tensor) -> torch.Tensor:
 def _side_key(groups: list[_Group], r1: torch.Tensor, r2: torch.Tensor, full: bool, ntk: bool,
               ctx: RuleContext) -> tuple | None:
     """What the sides' cached work depends on besides their inputs (:mod:`.conv_stack_sides`), or None where it is
-    not cached: a gradient to keep, or a quadrature dual (its degree is pinned from both sides)."""
+    not cached: a gradient to keep, a quadrature dual (its degree is pinned from both sides), or an accelerator
+    (keys hash the inputs on the host; the per-set work is cheap there beside the pairs)."""
+    if r1.device.type != "cpu":
+        return None
     tensors = [r1, r2] + [t for g in groups for t in (g.weight_var, g.bias_var)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None

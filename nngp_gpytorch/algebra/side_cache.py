@@ -6,16 +6,17 @@ the kernel base's tiles (the row and column blocks come back for every tile) and
 preconditioner asks for, ``kernel(x[i:i+1], X)`` for ``k`` pivots (:class:`nngp_gpytorch.scale.operator.KernelRows`),
 where the per-set work on ``X`` costs as much as the row's pairs. The cache keeps that work between calls.
 
-Keys are built by :func:`content_key` from the inputs' *values* (dtype, shape and bytes) and everything else the work
-depends on (variances, geometry, activation, switches), so a hit is exact: a changed input, new variances or another
-layer make another key. Limits (module settings, read at each insertion): :data:`MAX_ENTRIES` entries and
-:data:`MAX_BYTES` bytes over all entries' arrays and key bytes, least recently used first out; 0 entries turns caching
-off. Entries may grow after insertion (work done lazily on first use, e.g. ``K(x, x)``); sizes are measured again at
-each insertion, so the bound holds from then on.
+Keys are built by :func:`content_key` from the inputs' *values* (dtype, shape and a digest of the bytes) and
+everything else the work depends on (variances, geometry, activation, switches), so a hit is exact: a changed input,
+new variances or another layer make another key. Limits (module settings, read at each insertion):
+:data:`MAX_ENTRIES` entries and :data:`MAX_BYTES` bytes over all entries' arrays, least recently used first out; 0
+entries turns caching off. Entries may grow after insertion (work done lazily on first use, e.g. ``K(x, x)``); sizes
+are measured again at each insertion, so the bound holds from then on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,8 +32,14 @@ MAX_BYTES = 512 << 20
 
 
 def content_key(x: torch.Tensor, *extra: Any) -> tuple:
-    """A hashable key equal for equal-valued inputs: ``(dtype, shape, bytes of x, *extra)`` (``extra`` hashable)."""
-    return (x.dtype, tuple(x.shape), x.detach().contiguous().cpu().numpy().tobytes(), *extra)
+    """A hashable key equal for equal-valued inputs: ``(dtype, shape, digest of x's bytes, *extra)`` (``extra``
+    hashable). The digest is BLAKE2b's 256 bits (a collision is not a practical concern), so a key is small
+    whatever the inputs' size; hashing reads the bytes once (~1 GB/s). ``x`` must be on the CPU."""
+    if x.device.type != "cpu":
+        raise ValueError(f"content_key hashes CPU tensors only, got one on {x.device}")
+    data = np.ascontiguousarray(x.detach().numpy())
+    digest = hashlib.blake2b(memoryview(data).cast("B"), digest_size=32).digest()
+    return (x.dtype, tuple(x.shape), digest, *extra)
 
 
 def footprint(value: Any, seen: set[int] | None = None) -> int:
