@@ -318,23 +318,35 @@ def choose_noise(k_train: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     return noise, best, scores
 
 
-def kernel_grams(kernel, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """``(K(X, X), K(X*, X), diag K(X*, X*), seconds)`` in float64."""
+def kernel_grams(kernel, x: torch.Tensor, xt: torch.Tensor, store: str | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """``(K(X, X), K(X*, X), diag K(X*, X*), seconds)`` in float64. ``store``: a directory of Zarr Gram stores
+    (``train.zarr``, ``test.zarr``, as `scale` writes them): the two Grams are computed into it tile by tile, or read
+    back where a store of the same kernel and inputs is there (the fingerprint decides), float32 values."""
     start = time.perf_counter()
     with torch.no_grad():
-        k_train = kernel(x).to_dense()
-        k_cross = kernel(xt, x).to_dense()
+        if store is None:
+            k_train = kernel(x).to_dense()
+            k_cross = kernel(xt, x).to_dense()
+        else:
+            from nngp_gpytorch.scale import compute_gram
+
+            def read(*inputs: torch.Tensor, name: str) -> torch.Tensor:
+                gram = compute_gram(kernel, *inputs, store=f"{store}/{name}.zarr", client="inline")
+                return torch.from_numpy(gram.to_numpy()).double()
+
+            k_train, k_cross = read(x, name="train"), read(xt, x, name="test")
         k_diag = kernel(xt, diag=True)
     return k_train, k_cross, k_diag, time.perf_counter() - start
 
 
 def gp_fit(kernel, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
-           calibration: bool = True) -> dict[str, Any]:
+           calibration: bool = True, store: str | None = None) -> dict[str, Any]:
     """GP regression with ``kernel`` on centred one-hot targets, noise chosen on the validation split, refit on
     all points. With ``calibration``: per test point the predictive variance ``s·(k** − k*ᵀ(K + σ²I)⁻¹k* + σ²)``
     (``s = yᵀ(K + σ²I)⁻¹y / (n·c)``, the kernel amplitude's maximum-likelihood value for this noise ratio) and the
-    squared error of the posterior mean averaged over the 10 outputs."""
-    k_train, k_cross, k_diag, seconds = kernel_grams(kernel, x, xt)
+    squared error of the posterior mean averaged over the 10 outputs. ``store``: see :func:`kernel_grams`."""
+    k_train, k_cross, k_diag, seconds = kernel_grams(kernel, x, xt, store)
     noise, val_acc, scores = choose_noise(k_train, y)
     targets = targets_of(y)
     mean, variance, sigma2 = gp_posterior(k_train, k_cross, targets, noise, k_diag)
@@ -482,7 +494,7 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
               lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
               max_epochs: int = 60, batch: int = 100, num_samples: int = NUM_SAMPLES, ntk: bool = True,
               lr_rule: str = "best", reuse_selection: str | None = None, out: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, store: str | None = None) -> dict[str, Any]:
     """The width experiment for one architecture (module docstring); returns (and writes to ``out`` after every
     cell, resuming from it) ``{"config", "depth_selection", "gp", "ntk", "selection", "trained", "readout"}``.
 
@@ -494,7 +506,9 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     ``lr_rule="best"``: the learning rate and epoch of the best validation accuracy; ``"one-se"``: the smallest
     learning rate whose best validation accuracy is within one binomial standard error of the best (the most stable
     step among statistical ties), at its own best epoch. ``reuse_selection``: a JSON file of an earlier run with the
-    same data and grid whose validation curves are reused instead of retraining the selection runs.
+    same data and grid whose validation curves are reused instead of retraining the selection runs. ``store``: the
+    NNGP's Grams through Zarr stores in this directory (:func:`kernel_grams`; a `scale` run's stores for the same
+    kernel and data are read back instead of recomputed).
     """
     from tqdm.auto import tqdm
 
@@ -538,8 +552,10 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
     if "gp" not in result:
-        result["gp"] = gp_fit(NNGPKernel(description, **kwargs), x, y, xt, yt)
+        result["gp"] = gp_fit(NNGPKernel(description, **kwargs), x, y, xt, yt, store=store)
         result["gp"]["peak_rss_mib"] = _peak_rss_mib()
+        if store is not None:
+            result["gp"]["gram_store"] = store
         _save(result, out)
     if ntk and "ntk" not in result:
         row = gp_fit(NTKKernel(description, **kwargs), x, y, xt, yt, calibration=False)
@@ -883,6 +899,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-rule", choices=["best", "one-se"], default="best",
                    help="best validation accuracy, or the smallest lr within one standard error of it")
     p.add_argument("--reuse-selection", default=None, help="JSON of an earlier run whose validation curves to reuse")
+    p.add_argument("--store", default=None,
+                   help="the NNGP's Grams through Zarr stores here (float32; a `scale` run's stores are reused)")
     p.add_argument("--out", default=None, help="JSON results (resumed if it exists)")
     p = sub.add_parser("scale", help="the NNGP at large N through nngp_gpytorch.scale")
     p.add_argument("--arch", choices=ARCHS, default="mlp")
@@ -924,7 +942,8 @@ def main(argv: list[str] | None = None) -> None:
         result = run_width(args.arch, args.widths, args.seeds, n_train=args.n_train, n_test=args.n_test, depth=depth,
                            depths=tuple(args.depths), lrs=tuple(args.lrs), max_epochs=args.max_epochs,
                            batch=args.batch, num_samples=args.num_samples, ntk=not args.no_ntk,
-                           lr_rule=args.lr_rule, reuse_selection=args.reuse_selection, out=args.out)
+                           lr_rule=args.lr_rule, reuse_selection=args.reuse_selection, out=args.out,
+                           store=args.store)
         print(markdown_table([result]))
     elif args.command == "scale":
         if args.depth is None and args.arch != "rnn":
