@@ -8,6 +8,7 @@ import queue
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("mnist1d")
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "mnist1d_kernels.py"
@@ -126,6 +127,36 @@ def test_lee2018_scale_row(lee, tmp_path):
     row = lee.run_scale("mlp", 2, 300, 60, str(tmp_path / "store"), tile=128, num_samples=2000, progress=False)
     assert row["n_train"] == 300 and row["test_accuracy"] > 0.2
     assert row["wall_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["method"] in ("cholesky", "cg")
+
+
+def test_lee2018_grams_through_stores_are_read_back(lee, tmp_path, monkeypatch):
+    """``width --store``: the Grams through Zarr stores equal the in-memory ones to float32 rounding; a second call
+    reads the stores back (no tile computed); another kernel is refused by the stores' fingerprints."""
+    import nngp_gpytorch.scale as scale
+    from nngp_gpytorch import NNGPKernel
+    from nngp_gpytorch.scale import StoreMismatchError
+
+    x, _, xt, _ = lee.load_mnist1d(90, 30, 2000)
+    description, shape = lee.architecture("cnn_flatten", 1)
+    kernel = NNGPKernel(description, weight_var=2.0, bias_var=0.1, dtype=torch.float64, input_shape=shape)
+    dense = lee.kernel_grams(kernel, x, xt)
+    computed = []
+    original = scale.compute_gram
+
+    def counted(*args, **kwargs):
+        gram = original(*args, **kwargs)
+        computed.append(gram.last_run.computed)
+        return gram
+
+    monkeypatch.setattr(scale, "compute_gram", counted)
+    stored = lee.kernel_grams(kernel, x, xt, str(tmp_path))
+    for a, b in zip(dense[:3], stored[:3], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6 * float(a.abs().max()))  # float32 stores
+    lee.kernel_grams(kernel, x, xt, str(tmp_path))
+    assert computed[:2] != [0, 0] and computed[2:] == [0, 0]
+    other = NNGPKernel(description, weight_var=1.5, bias_var=0.1, dtype=torch.float64, input_shape=shape)
+    with pytest.raises(StoreMismatchError):
+        lee.kernel_grams(other, x, xt, str(tmp_path))
 
 
 def test_lee2018_search_chooses_on_validation_and_resumes(lee, tmp_path):
