@@ -101,7 +101,15 @@ def load_mnist1d(n_train: int, n_test: int, num_samples: int = NUM_SAMPLES, seed
     data = make_dataset(args)
     x = torch.as_tensor(data["x"][:n_train], dtype=torch.float64)
     xt = torch.as_tensor(data["x_test"][:n_test], dtype=torch.float64)
-    scale = x.std()
+    # the std's reduction is split over torch's threads, so its last bit depends on their number; it is taken over
+    # two threads whatever the command's own count, so that every command (`width` trains on one, `scale` runs on
+    # two) sees the same inputs and the Gram stores' fingerprints agree between them
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scale = x.std()
+    finally:
+        torch.set_num_threads(threads)
     return x / scale, torch.as_tensor(data["y"][:n_train]), xt / scale, torch.as_tensor(data["y_test"][:n_test])
 
 

@@ -129,6 +129,22 @@ def test_lee2018_scale_row(lee, tmp_path):
     assert row["wall_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["method"] in ("cholesky", "cg")
 
 
+def test_lee2018_inputs_do_not_depend_on_the_thread_count(lee):
+    """``width`` (one thread) and ``scale`` (two) must see the same inputs to the bit, or their Gram stores'
+    fingerprints disagree."""
+    threads = torch.get_num_threads()
+    try:
+        loaded = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            getattr(lee.load_mnist1d, "cache_clear", lambda: None)()
+            loaded.append(lee.load_mnist1d(1600, 10, 2000)[0])
+            assert torch.get_num_threads() == count
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(loaded[0], loaded[1])
+
+
 def test_lee2018_grams_through_stores_are_read_back(lee, tmp_path, monkeypatch):
     """``width --store``: the Grams through Zarr stores equal the in-memory ones to float32 rounding; a second call
     reads the stores back (no tile computed); another kernel is refused by the stores' fingerprints."""
