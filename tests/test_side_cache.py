@@ -115,6 +115,30 @@ def test_conv_budget_and_readout_are_part_of_the_key(monkeypatch):
     torch.testing.assert_close(values[0], values[1], rtol=1e-12, atol=0)
 
 
+def test_a_pooled_runs_readout_is_part_of_the_key():
+    """With average pools both readouts use the full layout and the same groups; their ``K(x, x)`` differ (the
+    mean of all position pairs vs of the diagonal), so a side cached by one must not serve the other."""
+    x = torch.randn(6, 12, dtype=DT, generator=torch.Generator().manual_seed(3))
+    SIDES.clear()
+    values = {}
+    for readout in ("gap", "flatten", "gap"):
+        pooled = A.Serial(A.Conv(kernel_size=3, padding="same"), A.ReLU(), A.AvgPool(2), A.Conv(kernel_size=3),
+                          A.ReLU(), A.GlobalAvgPool() if readout == "gap" else A.Flatten(), A.Dense(), A.ReLU(),
+                          A.Dense())  # a dual after the readout reads K(x, x)
+        kernel = NNGPKernel(pooled, weight_var=2.0, bias_var=0.1, dtype=DT, input_shape=(1, 12))
+        with torch.no_grad():
+            cached = kernel(x[:2], x).to_dense()
+        side_cache.MAX_ENTRIES, entries = 0, side_cache.MAX_ENTRIES
+        try:
+            with torch.no_grad():
+                fresh = kernel(x[:2], x).to_dense()
+        finally:
+            side_cache.MAX_ENTRIES = entries
+        assert torch.equal(cached, fresh)
+        values.setdefault(readout, cached)
+    assert not torch.equal(values["gap"], values["flatten"])
+
+
 def test_nothing_autograd_must_see_is_cached():
     x = torch.randn(6, 10, dtype=DT, generator=torch.Generator().manual_seed(2))
     kernel = NNGPKernel(_conv("gap"), weight_var=2.0, bias_var=0.1, dtype=DT, input_shape=(1, 10))

@@ -299,7 +299,7 @@ def _flatten_inputs(x: torch.Tensor) -> torch.Tensor:
     return torch.movedim(x, 1, -1).reshape(x.shape[0], -1, x.shape[1])
 
 
-def _side_key(groups: list[_Group], r1: torch.Tensor, r2: torch.Tensor, full: bool, ntk: bool,
+def _side_key(groups: list[_Group], r1: torch.Tensor, r2: torch.Tensor, full: bool, trace: bool, ntk: bool,
               ctx: RuleContext) -> tuple | None:
     """What the sides' cached work depends on besides their inputs (:mod:`.conv_stack_sides`), or None where it is
     not cached: a gradient to keep, a quadrature dual (its degree is pinned from both sides), or an accelerator
@@ -311,7 +311,7 @@ def _side_key(groups: list[_Group], r1: torch.Tensor, r2: torch.Tensor, full: bo
         return None
     if any(g.dual is not None and type(g.activation) not in _CLOSED_FORM for g in groups):
         return None
-    return groups_key(groups), full, ntk, ctx.chunk_bytes, COMPILED
+    return groups_key(groups), full, trace, ntk, ctx.chunk_bytes, COMPILED
 
 
 def _prepared_side(r: torch.Tensor, groups: list[_Group], full: bool, ntk: bool, ctx: RuleContext,
@@ -343,7 +343,7 @@ def conv_stack_rule(stack: ConvStack, state: CovState, ctx: RuleContext) -> CovS
     full, ntk = stack.full, ctx.with_ntk
     trace = full and stack.readout == "flatten"
     symmetric = same_tensor(r1, r2)
-    key = _side_key(groups, r1, r2, full, ntk, ctx)
+    key = _side_key(groups, r1, r2, full, trace, ntk, ctx)
     side1 = _prepared_side(r1, groups, full, ntk, ctx, key)
     side2 = side1 if symmetric else _prepared_side(r2, groups, full, ntk, ctx, key)
     _pin_degrees(groups, side1.pre, side2.pre)
