@@ -6,7 +6,7 @@ the kernel base's tiles (the row and column blocks come back for every tile) and
 preconditioner asks for, ``kernel(x[i:i+1], X)`` for ``k`` pivots (:class:`nngp_gpytorch.scale.operator.KernelRows`),
 where the per-set work on ``X`` costs as much as the row's pairs. The cache keeps that work between calls.
 
-Keys are built by :func:`content_key` from the inputs' *values* (dtype, shape and a digest of the bytes) and
+Keys are built by :func:`content_key` from the inputs' *values* (a SHA-256 of dtype, shape and bytes) and
 everything else the work depends on (variances, geometry, activation, switches), so a hit is exact: a changed input,
 new variances or another layer make another key. Limits (module settings, read at each insertion):
 :data:`MAX_ENTRIES` entries and :data:`MAX_BYTES` bytes over all entries' arrays, least recently used first out; 0
@@ -16,7 +16,6 @@ are measured again at each insertion, so the bound holds from then on.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hashing import hash_tensor
+
 #: entries kept per cache (0: no caching)
 MAX_ENTRIES = 32
 #: bytes kept per cache over all entries (a 50,000 × 40 float64 input set's RNN side is ~120 MB)
@@ -32,14 +33,13 @@ MAX_BYTES = 512 << 20
 
 
 def content_key(x: torch.Tensor, *extra: Any) -> tuple:
-    """A hashable key equal for equal-valued inputs: ``(dtype, shape, digest of x's bytes, *extra)`` (``extra``
-    hashable). The digest is BLAKE2b's 256 bits (a collision is not a practical concern), so a key is small
-    whatever the inputs' size; hashing reads the bytes once (~1 GB/s). ``x`` must be on the CPU."""
+    """A hashable key equal for equal-valued inputs: ``(SHA-256 of x's shape, dtype and bytes, *extra)`` (``extra``
+    hashable; :func:`nngp_gpytorch.hashing.hash_tensor`, the Gram stores' fingerprint hash). A key is small whatever
+    the inputs' size; hashing reads the bytes once (~1 GB/s here). ``x`` must be on the CPU (no silent copies
+    from an accelerator)."""
     if x.device.type != "cpu":
         raise ValueError(f"content_key hashes CPU tensors only, got one on {x.device}")
-    data = np.ascontiguousarray(x.detach().numpy())
-    digest = hashlib.blake2b(memoryview(data).cast("B"), digest_size=32).digest()
-    return (x.dtype, tuple(x.shape), digest, *extra)
+    return (hash_tensor(x), *extra)
 
 
 def footprint(value: Any, seen: set[int] | None = None) -> int:

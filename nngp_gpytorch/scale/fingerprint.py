@@ -8,23 +8,14 @@ same points in another order, or cast to another precision, are different inputs
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import numpy as np
 import torch
+
+from ..hashing import hash_tensor
 
 #: kernel attributes that govern how a value is computed (memory budget, blocking), not which value
 _EVALUATION_ONLY = frozenset({"training", "max_memory", "block_size"})
-
-
-def hash_tensor(x: torch.Tensor) -> str:
-    """SHA-256 of a tensor's shape, dtype and bytes (C order, on the CPU): ``(n, d)`` → 64 hex digits."""
-    array = np.ascontiguousarray(x.detach().cpu().numpy())
-    digest = hashlib.sha256()
-    digest.update(repr((tuple(array.shape), str(array.dtype))).encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def describe_kernel(kernel: torch.nn.Module) -> dict[str, Any]:
