@@ -32,6 +32,17 @@ def test_content_key_is_equal_for_equal_values_only():
     assert content_key(x.t(), 1.0) == content_key(x.t().contiguous(), 1.0)  # values, not memory layout
     with pytest.raises(ValueError, match="CPU"):
         content_key(torch.empty(2, device="meta"))
+    half = torch.randn(4, 3).bfloat16()  # no numpy dtype: hashed as raw bytes
+    assert content_key(half) == content_key(half.clone()) != content_key(half.float())
+
+
+def test_a_bfloat16_conv_kernel_still_evaluates():
+    """Keys hash the inputs' raw bytes, so dtypes numpy lacks go through the cached engine as before."""
+    kernel = NNGPKernel(_conv("gap"), weight_var=2.0, bias_var=0.1, dtype=torch.float32, input_shape=(1, 8))
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(4)).bfloat16()
+    with torch.no_grad():
+        k = kernel.to(torch.bfloat16)(x, x[:2]).to_dense()
+    assert k.dtype == torch.bfloat16 and torch.isfinite(k).all()
 
 
 def test_limits_on_entries_and_bytes(monkeypatch):
