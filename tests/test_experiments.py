@@ -33,6 +33,18 @@ def test_mnist1d_kernels_row(kernel):
     assert row["gram_seconds"] > 0 and row["peak_rss_mib"] > 0
 
 
+def test_mnist1d_gru_monte_carlo_row(tmp_path):
+    """The GRU-GP row from random finite GRUs: above chance, with its estimate's size and resolution recorded."""
+    module = _module()
+    out = queue.Queue()
+    mc = dict(networks=8, width=64, checkpoint=str(tmp_path / "gru.pt"))
+    module.run_one("gru_mc", 120, 100, out, mc)
+    row = out.get_nowait()
+    assert row["kernel"] == "gru_mc" and row["mc_networks"] == 8 and row["mc_width"] == 64
+    assert row["test_accuracy"] > 0.2
+    assert 0 < row["mc_max_standard_error"] < 0.5 and (tmp_path / "gru.pt").exists()
+
+
 # --------------------------------------------------------------------------- experiments/lee2018_width.py
 
 LEE = Path(__file__).resolve().parent.parent / "experiments" / "lee2018_width.py"
