@@ -10,7 +10,8 @@ its own process so that its peak RSS is its own.
 On request (not by default), ``gru_mc``: the GRU-GP (Yang's erf-gated GRU, mean readout, the same hyperparameters)
 estimated from ``--mc-networks`` random finite GRUs of width ``--mc-width``
 (:func:`verification.monte_carlo.monte_carlo_gram`), since its analytic quadrature is out of reach at 40 steps;
-``--mc-checkpoint`` makes that run resumable.
+``rnn_mc``: the RNN-GP estimated the same way (the control: what the estimate costs against the exact ``rnn``);
+``--mc-checkpoint`` makes those runs resumable.
 
     python experiments/mnist1d_kernels.py [--n-train 1000 4000] [--n-test 1000] [--out docs/img/mnist1d_kernels.json]
 
@@ -28,7 +29,7 @@ import time
 import torch
 
 KERNELS = ("mlp", "cnn_flatten", "cnn_gap", "rnn")
-ON_REQUEST = ("gru_mc",)
+ON_REQUEST = ("gru_mc", "rnn_mc")
 NOISES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 
@@ -65,12 +66,14 @@ def _solve(k_train: torch.Tensor, k_cross: torch.Tensor, y: torch.Tensor, noise:
     return k_cross @ torch.cholesky_solve(targets, factor)
 
 
-def _gru_monte_carlo(x: torch.Tensor, xt: torch.Tensor, mc: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``K(X, X)``, ``K(X*, X)`` of the GRU-GP estimated from random finite GRUs (one draw for both blocks)."""
+def _monte_carlo(name: str, x: torch.Tensor, xt: torch.Tensor, mc: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``K(X, X)``, ``K(X*, X)`` of the GRU-GP (``gru_mc``) or RNN-GP (``rnn_mc``) estimated from random finite
+    networks (one draw for both blocks)."""
     from nngp_gpytorch import arch as A
     from verification.monte_carlo import monte_carlo_gram, relative_error
 
-    gram = monte_carlo_gram(A.gru(readout="mean"), torch.cat([x, xt]), mc["networks"], mc["width"],
+    description = A.gru(readout="mean") if name == "gru_mc" else A.rnn(A.Erf(), readout="mean")
+    gram = monte_carlo_gram(description, torch.cat([x, xt]), mc["networks"], mc["width"],
                             weight_var=2.0, bias_var=0.1, input_shape=(40, 1), checkpoint=mc["checkpoint"],
                             progress=False)
     n = x.shape[0]
@@ -84,8 +87,8 @@ def run_one(name: str, n_train: int, n_test: int, queue, mc: dict | None = None)
     x, y, xt, yt = _data(n_train, n_test)
     start = time.perf_counter()
     extra: dict = {}
-    if name == "gru_mc":
-        k_train, k_test, extra = _gru_monte_carlo(x, xt, mc)
+    if name in ON_REQUEST:
+        k_train, k_test, extra = _monte_carlo(name, x, xt, mc)
     else:
         kernel, _ = _kernel(name)
         with torch.no_grad():
@@ -107,9 +110,9 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, nargs="+", default=[1000])
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS + ON_REQUEST)
-    parser.add_argument("--mc-networks", type=int, default=128, help="gru_mc: random finite GRUs averaged")
-    parser.add_argument("--mc-width", type=int, default=512, help="gru_mc: their hidden width")
-    parser.add_argument("--mc-checkpoint", default=None, help="gru_mc: file of the running sums (resumable run)")
+    parser.add_argument("--mc-networks", type=int, default=128, help="gru_mc, rnn_mc: random finite networks averaged")
+    parser.add_argument("--mc-width", type=int, default=512, help="gru_mc, rnn_mc: their hidden width")
+    parser.add_argument("--mc-checkpoint", default=None, help="gru_mc, rnn_mc: running sums path prefix")
     parser.add_argument("--out", default=None, help="write the rows as JSON")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
@@ -119,7 +122,7 @@ def main() -> None:
         for name in args.kernels:
             queue = ctx.Queue()
             mc = dict(networks=args.mc_networks, width=args.mc_width,
-                      checkpoint=args.mc_checkpoint and f"{args.mc_checkpoint}.{n}.pt")
+                      checkpoint=args.mc_checkpoint and f"{args.mc_checkpoint}.{name}.{n}.pt")
             proc = ctx.Process(target=run_one, args=(name, n, args.n_test, queue, mc))
             proc.start()
             row = None

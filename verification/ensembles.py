@@ -28,6 +28,7 @@ import torch
 from nngp_gpytorch.algebra import Hyperparameters
 from nngp_gpytorch.arch import Dense, Layer, Serial
 from nngp_gpytorch.arch.base import capabilities
+from nngp_gpytorch.arch.recurrent import RecurrentLayer
 
 from .twins import TwinContext, run_twin
 
@@ -79,6 +80,12 @@ def with_readout_units(architecture: Layer, units: int) -> Layer:
     return architecture
 
 
+def _builtin_readout_layer(body: Layer | None) -> Layer | None:
+    """The final layer of ``body`` when it holds its own readout (a recurrent layer), else ``None``."""
+    last = body.layers[-1] if isinstance(body, Serial) and body.layers else body
+    return last if isinstance(last, RecurrentLayer) else None
+
+
 def as_hyperparameters(weight_var: float | Hyperparameters = 1.0, bias_var: float = 0.0) -> Hyperparameters:
     if isinstance(weight_var, Hyperparameters):
         return weight_var
@@ -106,6 +113,7 @@ def sample_ensemble(
     dtype: torch.dtype = torch.float32,
     progress=None,
     input_shape: tuple[int, ...] | None = None,
+    exact_builtin_readout: bool = False,
 ) -> EnsembleSample:
     """Sample ``networks`` finite networks of ``architecture`` and their per-network covariances.
 
@@ -120,6 +128,10 @@ def sample_ensemble(
         progress: optional callable ``progress(done_networks)`` (e.g. a tqdm ``update``).
         input_shape: per-example shape of structured inputs, handed to the twins as ``ctx.input_shape``
             (inputs stay flat ``(M, k, d)``).
+        exact_builtin_readout: where the network ends in a layer that holds its own readout (RNN, GRU, LSTM),
+            average that readout exactly too (with ``analytic_readout``), instead of sampling its units: lower
+            variance, and no ``k × k`` eigendecomposition per network. Off by default, so that the recurrent
+            verification's calibrated ensembles stay as they were.
 
     Returns:
         :class:`EnsembleSample` with ``covariances`` ``(networks, k, k)`` float64.
@@ -148,20 +160,24 @@ def sample_ensemble(
     k, d = unique.shape
     x = unique.to(dtype)
     chunk = chunk_size or _chunk_size(networks, k, d, width, sampler, max_bytes)
+    builtin = _builtin_readout_layer(body) if (analytic_readout and readout is None and exact_builtin_readout) \
+        else None
     generator = torch.Generator(device=inputs.device).manual_seed(int(seed))
     start = time.perf_counter()
     parts = []
     for first in range(0, networks, chunk):
         m = min(chunk, networks - first)
         ctx = TwinContext(generator=generator, width=width, hyper=hyper, sampler=sampler, dtype=dtype,
-                          input_shape=tuple(input_shape) if input_shape is not None else None)
+                          input_shape=tuple(input_shape) if input_shape is not None else None,
+                          exact_readout_of=builtin)
         h = x.expand(m, k, d)
         if body is not None:
             with torch.no_grad():
                 h = run_twin(body, h, ctx)
         hd = h.to(torch.float64)
-        if readout is not None:
-            w, b = ctx.variances(readout, readout.weight_var, readout.bias_var)
+        if readout is not None or ctx.readout_variances is not None:
+            w, b = (ctx.variances(readout, readout.weight_var, readout.bias_var) if readout is not None
+                    else ctx.readout_variances)
             cov = w * hd @ hd.transpose(-1, -2) / hd.shape[-1] + b
         else:
             cov = hd @ hd.transpose(-1, -2) / hd.shape[-1]  # (1/n_out)·Σ_units f fᵀ

@@ -2,7 +2,9 @@
 
 The NNGP is the limit of the finite networks' output covariance (Neal 1995; Lee et al. 2018; Yang 2019):
 ``K(x, x') = lim_{n→∞} E[C_m(x, x')]``, with ``C_m`` the covariance of network ``m`` of hidden width ``n``
-(:func:`~verification.ensembles.sample_ensemble`, readout averaged exactly). The average of ``M`` i.i.d. networks,
+(:func:`~verification.ensembles.sample_ensemble`; the readout is averaged exactly, ``C_m = σv²·Φ_mΦ_mᵀ/n + σvb²``
+from the features ``Φ_m`` that enter it, a recurrent layer's built-in readout included). The average of ``M`` i.i.d.
+networks,
 
     ``K̂ = (1/M)·Σ_m C_m``,    standard error ``se(K̂) = sd_m(C_m)/√M`` entrywise,
 
@@ -99,7 +101,7 @@ def monte_carlo_gram(
         networks_per_chunk: networks per :func:`sample_ensemble` call (memory ``≈ networks_per_chunk·k²·8`` bytes
             plus the networks' activations).
         checkpoint: file for the running sums (``torch.save``); resumed when its key matches, refused otherwise.
-        checkpoint_seconds: least time between two checkpoint writes.
+        checkpoint_seconds: least time between two checkpoint writes (longer where a write takes over 1/20 of it).
         progress: a tqdm bar over networks.
 
     Returns:
@@ -111,7 +113,7 @@ def monte_carlo_gram(
         raise ValueError(f"networks ({networks}) must be >= 2 and a multiple of networks_per_chunk "
                          f"({networks_per_chunk})")
     key = _key(architecture, inputs, width=width, seed=seed, weight_var=float(weight_var), bias_var=float(bias_var),
-               input_shape=input_shape, per_chunk=networks_per_chunk, dtype=str(dtype))
+               input_shape=input_shape, per_chunk=networks_per_chunk, dtype=str(dtype), readout="exact")
     path = Path(checkpoint) if checkpoint is not None else None
     k = inputs.shape[0]
     state = dict(key=key, chunks=0, sum=torch.zeros(k, k, dtype=torch.float64),
@@ -129,18 +131,23 @@ def monte_carlo_gram(
     bar = tqdm(total=networks, initial=state["chunks"] * networks_per_chunk, unit="net", disable=not progress,
                desc="Monte Carlo Gram")
     last_save = time.monotonic()
+    interval = checkpoint_seconds
     for c in range(state["chunks"], chunks):
         sample = sample_ensemble(architecture, inputs, networks_per_chunk, width, seed=_chunk_seed(seed, c),
-                                 weight_var=weight_var, bias_var=bias_var, dtype=dtype, input_shape=input_shape)
+                                 weight_var=weight_var, bias_var=bias_var, dtype=dtype, input_shape=input_shape,
+                                 exact_builtin_readout=True)
         cov = sample.covariances
         state["sum"] += cov.sum(0)
         state["sumsq"] += (cov * cov).sum(0)
         state["chunks"] = c + 1
         state["seconds"] += sample.seconds
         bar.update(networks_per_chunk)
-        if path is not None and (time.monotonic() - last_save >= checkpoint_seconds or c + 1 == chunks):
+        if path is not None and (time.monotonic() - last_save >= interval or c + 1 == chunks):
+            began = time.monotonic()
             _save(path, state)
             last_save = time.monotonic()
+            # large Grams (2·k² float64 per write) are written at most 1/20 of the time
+            interval = max(checkpoint_seconds, 20 * (last_save - began))
     bar.close()
     mean = state["sum"] / networks
     variance = (state["sumsq"] - networks * mean * mean).clamp_min(0.0) / (networks - 1)

@@ -152,6 +152,9 @@ def recurrent_twin(layer: RecurrentLayer, h: torch.Tensor, ctx: TwinContext) -> 
     feats = recurrent_features(layer, tokens, ctx, wu, b, ww, n)
     weights = readout_weights(lengths, T, layer.readout, feats.dtype)  # (M, k, T)
     phi = (weights.unsqueeze(-1) * feats).sum(-2)  # (M, k, n)
+    if ctx.exact_readout_of is layer and not ctx.record_affine:
+        ctx.readout_variances = (wv, bv)  # the ensemble averages the readout exactly
+        return phi
     if ctx.sampler == "gram" and not ctx.record_affine:
         return gram_conditional_preactivations(phi, n, wv, bv, ctx)
     v = ctx.randn(m, n, n) * math.sqrt(wv / n)

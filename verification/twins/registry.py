@@ -88,6 +88,10 @@ class TwinContext:
         input_shape: per-example shape of structured inputs (``(C, H, W)``, ``(T, d)``) or ``None``. The
             ensemble feeds flat inputs ``(M, k, d)``; the first twin of a structured family reshapes
             them with this shape.
+        exact_readout_of: a layer that holds its own readout (a recurrent layer) and ends the network: its twin
+            returns the readout's input features ``Φ`` instead of sampled readout units and leaves the readout's
+            variances in ``readout_variances``, so that the ensemble averages the readout exactly
+            (``C_m = σv²·ΦΦᵀ/n + σvb²``, Rao–Blackwell) as it does for a final ``Dense``.
     """
 
     generator: torch.Generator
@@ -98,6 +102,8 @@ class TwinContext:
     record_affine: bool = False
     records: list[AffineRecord] = field(default_factory=list)
     input_shape: tuple[int, ...] | None = None
+    exact_readout_of: Layer | None = None
+    readout_variances: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
