@@ -166,6 +166,20 @@ def test_verification_ensemble_on_cuda_passes_and_matches_cpu_budget():
     assert not wrong.passed
 
 
+def test_monte_carlo_gram_on_cuda_resumes_and_stays_there(tmp_path):
+    """The Monte Carlo Gram runs its networks and sums on the inputs' device, and a CUDA checkpoint resumes."""
+    from verification import default_inputs
+    from verification.monte_carlo import monte_carlo_gram
+
+    x = default_inputs(k=4, d=3).to(CUDA)
+    kwargs = dict(width=64, weight_var=2.0, bias_var=0.1, seed=1, progress=False)
+    whole = monte_carlo_gram(A.mlp(2), x, networks=8, **kwargs)
+    monte_carlo_gram(A.mlp(2), x, networks=4, checkpoint=tmp_path / "g.pt", **kwargs)
+    resumed = monte_carlo_gram(A.mlp(2), x, networks=8, checkpoint=tmp_path / "g.pt", **kwargs)
+    # the same networks and sums; 1e-12 relative where cuBLAS reorders a reduction between the two runs
+    assert whole.mean.device.type == "cuda" and torch.allclose(resumed.mean, whole.mean, rtol=1e-12, atol=0)
+
+
 def test_empirical_ntk_on_cuda_passes():
     from verification import default_inputs, verify_ntk
 

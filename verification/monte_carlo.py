@@ -94,7 +94,7 @@ def monte_carlo_gram(
 
     Args:
         inputs: ``(k, d)``, e.g. training and test points stacked (one call: networks are drawn per call, so
-            ``K(X*, X)`` must come from the same call as ``K(X, X)``).
+            ``K(X*, X)`` must come from the same call as ``K(X, X)``); on a GPU the networks and sums run there.
         networks: ``M`` (≥ 2, a multiple of ``networks_per_chunk``); width: hidden width ``n``.
         seed: chunk ``c`` draws its networks from a generator seeded by ``(seed, c)``.
         weight_var, bias_var, input_shape, dtype: as for :func:`~verification.ensembles.sample_ensemble`.
@@ -116,10 +116,10 @@ def monte_carlo_gram(
                input_shape=input_shape, per_chunk=networks_per_chunk, dtype=str(dtype), readout="exact")
     path = Path(checkpoint) if checkpoint is not None else None
     k = inputs.shape[0]
-    state = dict(key=key, chunks=0, sum=torch.zeros(k, k, dtype=torch.float64),
-                 sumsq=torch.zeros(k, k, dtype=torch.float64), seconds=0.0)
+    state = dict(key=key, chunks=0, sum=torch.zeros(k, k, dtype=torch.float64, device=inputs.device),
+                 sumsq=torch.zeros(k, k, dtype=torch.float64, device=inputs.device), seconds=0.0)
     if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True, map_location=inputs.device)
         if saved["key"] != key:
             raise ValueError(f"checkpoint {path} belongs to another architecture, input set or setting; "
                              "remove it or choose another path")
