@@ -184,7 +184,9 @@ def sample_ensemble(
         parts.append(cov)
         if progress is not None:
             progress(m)
-    covariances = torch.cat(parts)[:, inverse][:, :, inverse]
+    # one gather for rows and columns (two chained indexings copied the (M, k, k) block twice); no cat of one part
+    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
+    covariances = stacked[:, inverse[:, None], inverse]
     if not torch.isfinite(covariances).all():
         raise FloatingPointError(f"non-finite network outputs for {architecture.describe()}")
     return EnsembleSample(covariances, networks, width, sampler, time.perf_counter() - start)

@@ -99,9 +99,9 @@ def monte_carlo_gram(
         seed: chunk ``c`` draws its networks from a generator seeded by ``(seed, c)``.
         weight_var, bias_var, input_shape, dtype: as for :func:`~verification.ensembles.sample_ensemble`.
         networks_per_chunk: networks per :func:`sample_ensemble` call. Memory is ``O(k²)``: the two running sums
-            and the chunk's covariances with their copies in :func:`sample_ensemble`, about
-            ``(2 + 3·networks_per_chunk)·k²·8`` bytes plus the networks' activations (11.5 GB peak RSS measured at
-            ``k = 11,000`` before the sums were updated in place, which saves another ``2·k²·8``).
+            and the chunk's covariances with their reordered copy in :func:`sample_ensemble`, about
+            ``(2 + 2·networks_per_chunk)·k²·8`` bytes plus the networks' activations (11.5 GB peak RSS measured at
+            ``k = 11,000`` before the sums were updated in place and the copies cut from three to one).
         checkpoint: file for the running sums (``torch.save``); resumed when its key matches, refused otherwise.
         checkpoint_seconds: least time between two checkpoint writes (longer where a write takes over 1/20 of it).
         progress: a tqdm bar over networks.
