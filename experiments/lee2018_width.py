@@ -321,9 +321,13 @@ def choose_noise(k_train: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     targets = targets_of(labels[:fit])
     scores = [accuracy(gp_posterior(k_train[:fit, :fit], k_train[fit:, :fit], targets, s)[0], labels[fit:])
               for s in NOISES]
+    return _largest_of_the_best(scores)
+
+
+def _largest_of_the_best(scores: list[float]) -> tuple[float, float, list[float]]:
+    """``(noise, best accuracy, scores)``: the largest of the ``NOISES`` with the best validation accuracy."""
     best = max(scores)
-    noise = max(s for s, a in zip(NOISES, scores, strict=True) if a == best)
-    return noise, best, scores
+    return max(s for s, a in zip(NOISES, scores, strict=True) if a == best), best, scores
 
 
 def kernel_grams(kernel, x: torch.Tensor, xt: torch.Tensor, store: str | None = None
@@ -452,11 +456,37 @@ def readout_posterior(net: torch.nn.Sequential, description, x: torch.Tensor, y:
         h = torch.cat([body(x[i:i + 1000].float()) for i in range(0, len(x), 1000)]).double()
         ht = torch.cat([body(xt[i:i + 1000].float()) for i in range(0, len(xt), 1000)]).double()
     fan_in = h.shape[1]
+    if fan_in + 1 < len(h):  # fewer features than points: the same posterior in feature space, O(n·m²)
+        def features(z: torch.Tensor) -> torch.Tensor:
+            return torch.cat([z * math.sqrt(wv / fan_in), torch.full_like(z[:, :1], math.sqrt(bv))], dim=1)
+
+        phi, phi_test = features(h), features(ht)
+        noise, val_acc, _ = choose_noise_features(phi, y)
+        mean = feature_posterior(phi, phi_test, targets_of(y), noise)
+        return dict(scores=mean, noise=noise, validation_accuracy=val_acc)
     k_train = wv * h @ h.T / fan_in + bv
     k_cross = wv * ht @ h.T / fan_in + bv
     noise, val_acc, _ = choose_noise(k_train, y)
     mean, _, _ = gp_posterior(k_train, k_cross, targets_of(y), noise)
     return dict(scores=mean, noise=noise, validation_accuracy=val_acc)
+
+
+def feature_posterior(phi: torch.Tensor, phi_test: torch.Tensor, targets: torch.Tensor, noise: float
+                      ) -> torch.Tensor:
+    """:func:`gp_posterior`'s mean for the kernel ``K = Φ·Φᵀ`` of features ``Φ`` ``(n, m)``, solved in feature space
+    (push-through identity ``Φᵀ(ΦΦᵀ + σ²I)⁻¹ = (ΦᵀΦ + σ²I)⁻¹Φᵀ``): ``Φ*·(ΦᵀΦ + σ²I)⁻¹·Φᵀ·Y`` with
+    ``σ² = noise · mean(diag K)``; ``(n*, c)``."""
+    sigma2 = float(noise * (phi**2).sum(1).mean())
+    gram = phi.mT @ phi + sigma2 * torch.eye(phi.shape[1], dtype=phi.dtype)
+    return phi_test @ torch.cholesky_solve(phi.mT @ targets, torch.linalg.cholesky(gram))
+
+
+def choose_noise_features(phi: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, list[float]]:
+    """:func:`choose_noise` for the kernel ``Φ·Φᵀ``, in feature space (:func:`feature_posterior`)."""
+    fit = split_index(len(labels))
+    targets = targets_of(labels[:fit])
+    scores = [accuracy(feature_posterior(phi[:fit], phi[fit:], targets, s), labels[fit:]) for s in NOISES]
+    return _largest_of_the_best(scores)
 
 
 def _failed_narrower(result: dict[str, Any], width: int, lr: float) -> bool:
@@ -475,8 +505,10 @@ def _failed_narrower(result: dict[str, Any], width: int, lr: float) -> bool:
     return False
 
 
-def _agreement(scores: torch.Tensor, gp_mean: torch.Tensor) -> tuple[float, float]:
-    """(fraction of test points with the GP's argmax, ‖f − μ_GP‖ / ‖μ_GP‖)."""
+def _agreement(scores: torch.Tensor, gp_mean: torch.Tensor | None) -> tuple[float | None, float | None]:
+    """(fraction of test points with the GP's argmax, ‖f − μ_GP‖ / ‖μ_GP‖); ``None`` without a GP."""
+    if gp_mean is None:
+        return None, None
     return (float((scores.argmax(1) == gp_mean.argmax(1)).double().mean()),
             float((scores - gp_mean).norm() / gp_mean.norm()))
 
@@ -502,7 +534,7 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
               lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
               max_epochs: int = 60, batch: int = 100, num_samples: int = NUM_SAMPLES, ntk: bool = True,
               lr_rule: str = "best", reuse_selection: str | None = None, out: str | None = None,
-              progress: bool = True, store: str | None = None) -> dict[str, Any]:
+              progress: bool = True, store: str | None = None, gp: bool = True) -> dict[str, Any]:
     """The width experiment for one architecture (module docstring); returns (and writes to ``out`` after every
     cell, resuming from it) ``{"config", "depth_selection", "gp", "ntk", "selection", "trained", "readout"}``.
 
@@ -516,7 +548,9 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     step among statistical ties), at its own best epoch. ``reuse_selection``: a JSON file of an earlier run with the
     same data and grid whose validation curves are reused instead of retraining the selection runs. ``store``: the
     NNGP's Grams through Zarr stores in this directory (:func:`kernel_grams`; a `scale` run's stores for the same
-    kernel and data are read back instead of recomputed).
+    kernel and data are read back instead of recomputed). ``gp=False``: the trained and Bayesian-readout networks
+    only, without the NNGP and NTK fits (whose in-memory ``n × n`` solves do not fit at N = 50,000: the NNGP's
+    number there comes from `scale`); their agreement fields are then ``None``.
     """
     from tqdm.auto import tqdm
 
@@ -528,6 +562,8 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
                   requested_depth=depth, depths=list(depths), parameterization="standard", optimizer="Adam")
     if lr_rule != "best":
         config["lr_rule"] = lr_rule
+    if not gp:
+        config["gp"] = False
     if lr_rule not in ("best", "one-se"):
         raise ValueError(f"lr_rule must be 'best' or 'one-se', got {lr_rule!r}")
     result: dict[str, Any] = dict(config=config, selection={}, trained={}, readout={})
@@ -559,21 +595,21 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
     kwargs = dict(weight_var=WEIGHT_VAR, bias_var=BIAS_VAR, dtype=torch.float64)
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
-    if "gp" not in result:
+    if gp and "gp" not in result:
         result["gp"] = gp_fit(NNGPKernel(description, **kwargs), x, y, xt, yt, store=store)
         result["gp"]["peak_rss_mib"] = _peak_rss_mib()
         if store is not None:
             result["gp"]["gram_store"] = store
         _save(result, out)
-    if ntk and "ntk" not in result:
+    if gp and ntk and "ntk" not in result:
         row = gp_fit(NTKKernel(description, **kwargs), x, y, xt, yt, calibration=False)
         result["ntk"] = {k: v for k, v in row.items() if k not in ("mean", "prediction")}
         _save(result, out)
-    if progress:
+    if progress and gp:
         print(f"{arch} depth {depth}: NNGP test accuracy {result['gp']['test_accuracy']:.3f} (noise "
               f"{result['gp']['noise']:g}, Gram {result['gp']['gram_seconds']:.1f} s)"
               + (f"; NTK {result['ntk']['test_accuracy']:.3f}" if ntk else ""), flush=True)
-    gp_mean = torch.tensor(result["gp"]["mean"], dtype=torch.float64)
+    gp_mean = torch.tensor(result["gp"]["mean"], dtype=torch.float64) if gp else None
     fit = split_index(n_train)
     cells = [(w, s) for w in widths for s in seeds]
     bar = tqdm(total=len(cells) + len(widths), desc=f"{arch} cells", disable=not progress, mininterval=1)
@@ -631,8 +667,8 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
                 cell = result["trained"][key][str(seed)]
                 bar.write(f"width {width:5d} seed {seed}: trained {cell['test_accuracy']:.3f} "
                           f"(lr {chosen['lr']:g}, {chosen['epochs']} epochs, {cell['seconds']:.0f} s), "
-                          f"Bayesian readout {result['readout'][key][str(seed)]['test_accuracy']:.3f}, "
-                          f"NNGP {result['gp']['test_accuracy']:.3f}")
+                          f"Bayesian readout {result['readout'][key][str(seed)]['test_accuracy']:.3f}"
+                          + (f", NNGP {result['gp']['test_accuracy']:.3f}" if gp else ""))
     bar.close()
     return result
 
@@ -732,15 +768,19 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per width: mean ± standard error over seeds of the trained and Bayesian-readout networks' test
     accuracy, their agreement with the NNGP's argmax, the NNGP − trained gap, and the chosen lr/epochs."""
     rows = []
-    gp = result["gp"]["test_accuracy"]
+    gp = result["gp"]["test_accuracy"] if "gp" in result else math.nan
+    nan = float("nan")
     for key in sorted(result["trained"], key=int):
         trained = [c["test_accuracy"] for c in result["trained"][key].values()]
         readout = [c["test_accuracy"] for c in result["readout"][key].values()]
         gap = [gp - a for a in trained]
+
+        def agreement(cells: dict[str, Any]) -> tuple[float, float]:
+            return _mean_se([nan if c["agreement"] is None else c["agreement"] for c in cells.values()])
+
         rows.append(dict(width=int(key), seeds=len(trained), trained=_mean_se(trained), readout=_mean_se(readout),
-                         gap=_mean_se(gap),
-                         trained_agreement=_mean_se([c["agreement"] for c in result["trained"][key].values()]),
-                         readout_agreement=_mean_se([c["agreement"] for c in result["readout"][key].values()]),
+                         gap=_mean_se(gap), trained_agreement=agreement(result["trained"][key]),
+                         readout_agreement=agreement(result["readout"][key]),
                          train_accuracy=_mean_se([c["train_accuracy"] for c in result["trained"][key].values()]),
                          seconds=_mean_se([c["seconds"] for c in result["trained"][key].values()]),
                          lr=result["selection"][key]["lr"], epochs=result["selection"][key]["epochs"]))
@@ -758,9 +798,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     """The width tables (one per architecture) in Markdown."""
     lines = []
     for result in results:
-        gp, ntk = result["gp"], result.get("ntk")
-        lines += [f"**{_title(result)}, N = {result['config']['n_train']:,}** — NNGP test accuracy "
-                  f"{gp['test_accuracy']:.3f}"
+        gp, ntk = result.get("gp"), result.get("ntk")
+        headline = (f"NNGP test accuracy {gp['test_accuracy']:.3f}" if gp
+                    else "NNGP not fitted in this run (`--no-gp`)")
+        lines += [f"**{_title(result)}, N = {result['config']['n_train']:,}** — {headline}"
                   + (f", NTK regression {ntk['test_accuracy']:.3f}" if ntk else "") + ".", "",
                   "| width | seeds | trained NN | NNGP − trained | trained: same argmax as NNGP | train acc. "
                   "| Bayesian readout | readout: same argmax as NNGP | lr, epochs | s per seed |",
@@ -785,7 +826,8 @@ def plot_width(results: list[dict[str, Any]], path: str | None = None):
         rows = summary(result)
         widths = [r["width"] for r in rows]
         ax = axes[0, col]
-        ax.axhline(result["gp"]["test_accuracy"], color="k", ls="--", label="NNGP (posterior mean)")
+        if result.get("gp"):
+            ax.axhline(result["gp"]["test_accuracy"], color="k", ls="--", label="NNGP (posterior mean)")
         if result.get("ntk"):
             ax.axhline(result["ntk"]["test_accuracy"], color="gray", ls=":", label="NTK regression")
         for name, marker, label in (("trained", "o", "trained NN (Adam, all layers)"),
@@ -904,6 +946,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="mnist1d sequences generated")
     p.add_argument("--no-ntk", action="store_true")
+    p.add_argument("--no-gp", action="store_true",
+                   help="trained and Bayesian-readout networks only (the NNGP at large N: the `scale` command)")
     p.add_argument("--lr-rule", choices=["best", "one-se"], default="best",
                    help="best validation accuracy, or the smallest lr within one standard error of it")
     p.add_argument("--reuse-selection", default=None, help="JSON of an earlier run whose validation curves to reuse")
@@ -951,7 +995,7 @@ def main(argv: list[str] | None = None) -> None:
                            depths=tuple(args.depths), lrs=tuple(args.lrs), max_epochs=args.max_epochs,
                            batch=args.batch, num_samples=args.num_samples, ntk=not args.no_ntk,
                            lr_rule=args.lr_rule, reuse_selection=args.reuse_selection, out=args.out,
-                           store=args.store)
+                           store=args.store, gp=not args.no_gp)
         print(markdown_table([result]))
     elif args.command == "scale":
         if args.depth is None and args.arch != "rnn":

@@ -134,6 +134,45 @@ def test_lee2018_width_smoke(lee, tmp_path):
         lee.run_width("mlp", [8], [0], **{**kwargs, "max_epochs": 4})
 
 
+def test_lee2018_readout_in_feature_space_is_the_kernel_posterior(lee):
+    """With fewer features than points the Bayesian readout solves in feature space (what makes it fit at
+    N = 50,000); the push-through identity makes that the same posterior mean and the same noise choice as the
+    n × n kernel solve, to float64 round-off."""
+    torch.manual_seed(0)
+    n, m, wv, bv = 300, 20, 2.0, 0.1
+    h, ht = torch.randn(n, m, dtype=torch.float64), torch.randn(50, m, dtype=torch.float64)
+    labels = torch.randint(0, 10, (n,))
+
+    def features(z):
+        return torch.cat([z * (wv / m) ** 0.5, torch.full_like(z[:, :1], bv**0.5)], dim=1)
+
+    k_train, k_cross = wv * h @ h.T / m + bv, wv * ht @ h.T / m + bv
+    for noise in lee.NOISES:
+        dual = lee.gp_posterior(k_train, k_cross, lee.targets_of(labels), noise)[0]
+        primal = lee.feature_posterior(features(h), features(ht), lee.targets_of(labels), noise)
+        assert torch.allclose(primal, dual, rtol=0, atol=1e-8 * float(dual.abs().max()))
+    assert lee.choose_noise_features(features(h), labels) == lee.choose_noise(k_train, labels)
+
+
+def test_lee2018_width_without_the_gp(lee, tmp_path):
+    """``gp=False`` (the 50,000-point trained runs): trained and readout cells without an NNGP, agreement left
+    empty, the table and figure still render, and the configuration records it (no resuming a run with a GP)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = tmp_path / "mlp.json"
+    kwargs = dict(n_train=150, n_test=100, depth=1, lrs=(3e-3,), max_epochs=2, num_samples=2000, out=str(out),
+                  progress=False)
+    result = lee.run_width("mlp", [8], [0], gp=False, **kwargs)
+    assert "gp" not in result and "ntk" not in result and result["config"]["gp"] is False
+    cell = result["trained"]["8"]["0"]
+    assert 0 <= cell["test_accuracy"] <= 1 and cell["agreement"] is None
+    assert "NNGP not fitted" in lee.markdown_table([result])
+    lee.plot_width([result], str(tmp_path / "width.png"))
+    with pytest.raises(SystemExit, match="another configuration"):
+        lee.run_width("mlp", [8], [0], **kwargs)
+
+
 def test_lee2018_scale_row(lee, tmp_path):
     """The large-N row through nngp_gpytorch.scale (inline), at a tiny size."""
     row = lee.run_scale("mlp", 2, 300, 60, str(tmp_path / "store"), tile=128, num_samples=2000, progress=False)
