@@ -808,7 +808,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for row in summary(result):
             def f(pair):
-                return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+                return "—" if math.isnan(pair[0]) else f"{pair[0]:.3f} ± {pair[1]:.3f}"
             lines.append(f"| {row['width']:,} | {row['seeds']} | {f(row['trained'])} | {f(row['gap'])} | "
                          f"{f(row['trained_agreement'])} | {row['train_accuracy'][0]:.3f} | {f(row['readout'])} | "
                          f"{f(row['readout_agreement'])} | {row['lr']:g}, {row['epochs']} | {row['seconds'][0]:.0f} |")
@@ -986,7 +986,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", default="docs/img/lee2018_calibration.png")
     p = sub.add_parser("report", help="the width figure and Markdown tables from width JSON files")
     p.add_argument("results", nargs="+")
-    p.add_argument("--width-png", default="docs/img/lee2018_width.png")
+    p.add_argument("--width-png", default=None, help="write the width figure here (none without it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "width":
@@ -1032,9 +1032,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out} and {args.png}")
     else:
         results = [json.loads(Path(p).read_text()) for p in args.results]
-        plot_width(results, args.width_png)
         print(markdown_table(results))
-        print(f"wrote {args.width_png}")
+        if args.width_png:
+            plot_width(results, args.width_png)
+            print(f"wrote {args.width_png}")
 
 
 if __name__ == "__main__":
