@@ -167,7 +167,8 @@ def test_lee2018_width_without_the_gp(lee, tmp_path):
     assert "gp" not in result and "ntk" not in result and result["config"]["gp"] is False
     cell = result["trained"]["8"]["0"]
     assert 0 <= cell["test_accuracy"] <= 1 and cell["agreement"] is None
-    assert "NNGP not fitted" in lee.markdown_table([result])
+    table = lee.markdown_table([result])
+    assert "NNGP not fitted" in table and "| — |" in table  # no NNGP − trained gap, no agreement
     lee.plot_width([result], str(tmp_path / "width.png"))
     with pytest.raises(SystemExit, match="another configuration"):
         lee.run_width("mlp", [8], [0], **kwargs)
