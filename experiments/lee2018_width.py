@@ -444,30 +444,30 @@ def predict_accuracy(net: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
     return accuracy(predict(net, x), labels)
 
 
+def readout_features(h: torch.Tensor, weight_var: float, bias_var: float) -> torch.Tensor:
+    """``Φ = [h·√(σw²/m), √σb²]`` ``(n, m + 1)`` of penultimate features ``h`` ``(n, m)``: the readout's kernel
+    ``K̂ = σw²·h·hᵀ/m + σb²`` is ``Φ·Φᵀ``."""
+    return torch.cat([h * math.sqrt(weight_var / h.shape[1]), torch.full_like(h[:, :1], math.sqrt(bias_var))], dim=1)
+
+
 def readout_posterior(net: torch.nn.Sequential, description, x: torch.Tensor, y: torch.Tensor,
                       xt: torch.Tensor) -> dict[str, Any]:
     """The random network's readout inferred exactly: kernel regression with ``K̂ = σw²·h·hᵀ/fan_in + σb²`` of the
     penultimate features ``h`` (noise chosen on the validation split, refit on all points); returns the test
-    scores and the chosen noise."""
-    wv, bv = readout_variances(description)
+    scores and the chosen noise. Solved in feature space (:func:`feature_posterior`) where the features are fewer
+    than the points, else with the ``n × n`` kernel."""
     body = net[:-1]
     body.eval()
     with torch.no_grad():
         h = torch.cat([body(x[i:i + 1000].float()) for i in range(0, len(x), 1000)]).double()
         ht = torch.cat([body(xt[i:i + 1000].float()) for i in range(0, len(xt), 1000)]).double()
-    fan_in = h.shape[1]
-    if fan_in + 1 < len(h):  # fewer features than points: the same posterior in feature space, O(n·m²)
-        def features(z: torch.Tensor) -> torch.Tensor:
-            return torch.cat([z * math.sqrt(wv / fan_in), torch.full_like(z[:, :1], math.sqrt(bv))], dim=1)
-
-        phi, phi_test = features(h), features(ht)
+    phi, phi_test = (readout_features(z, *readout_variances(description)) for z in (h, ht))
+    if phi.shape[1] < len(phi):
         noise, val_acc, _ = choose_noise_features(phi, y)
         mean = feature_posterior(phi, phi_test, targets_of(y), noise)
-        return dict(scores=mean, noise=noise, validation_accuracy=val_acc)
-    k_train = wv * h @ h.T / fan_in + bv
-    k_cross = wv * ht @ h.T / fan_in + bv
-    noise, val_acc, _ = choose_noise(k_train, y)
-    mean, _, _ = gp_posterior(k_train, k_cross, targets_of(y), noise)
+    else:
+        noise, val_acc, _ = choose_noise(phi @ phi.T, y)
+        mean, _, _ = gp_posterior(phi @ phi.T, phi_test @ phi.T, targets_of(y), noise)
     return dict(scores=mean, noise=noise, validation_accuracy=val_acc)
 
 
@@ -769,15 +769,14 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     accuracy, their agreement with the NNGP's argmax, the NNGP − trained gap, and the chosen lr/epochs."""
     rows = []
     gp = result["gp"]["test_accuracy"] if "gp" in result else math.nan
-    nan = float("nan")
+
+    def agreement(cells: dict[str, Any]) -> tuple[float, float]:  # None: no NNGP in this run
+        return _mean_se([math.nan if c["agreement"] is None else c["agreement"] for c in cells.values()])
+
     for key in sorted(result["trained"], key=int):
         trained = [c["test_accuracy"] for c in result["trained"][key].values()]
         readout = [c["test_accuracy"] for c in result["readout"][key].values()]
         gap = [gp - a for a in trained]
-
-        def agreement(cells: dict[str, Any]) -> tuple[float, float]:
-            return _mean_se([nan if c["agreement"] is None else c["agreement"] for c in cells.values()])
-
         rows.append(dict(width=int(key), seeds=len(trained), trained=_mean_se(trained), readout=_mean_se(readout),
                          gap=_mean_se(gap), trained_agreement=agreement(result["trained"][key]),
                          readout_agreement=agreement(result["readout"][key]),

@@ -142,16 +142,14 @@ def test_lee2018_readout_in_feature_space_is_the_kernel_posterior(lee):
     n, m, wv, bv = 300, 20, 2.0, 0.1
     h, ht = torch.randn(n, m, dtype=torch.float64), torch.randn(50, m, dtype=torch.float64)
     labels = torch.randint(0, 10, (n,))
-
-    def features(z):
-        return torch.cat([z * (wv / m) ** 0.5, torch.full_like(z[:, :1], bv**0.5)], dim=1)
-
-    k_train, k_cross = wv * h @ h.T / m + bv, wv * ht @ h.T / m + bv
+    phi, phi_test = lee.readout_features(h, wv, bv), lee.readout_features(ht, wv, bv)
+    k_train, k_cross = wv * h @ h.T / m + bv, wv * ht @ h.T / m + bv  # the readout kernel, written out
+    assert torch.allclose(phi @ phi.T, k_train, rtol=0, atol=1e-12 * float(k_train.abs().max()))
     for noise in lee.NOISES:
         dual = lee.gp_posterior(k_train, k_cross, lee.targets_of(labels), noise)[0]
-        primal = lee.feature_posterior(features(h), features(ht), lee.targets_of(labels), noise)
+        primal = lee.feature_posterior(phi, phi_test, lee.targets_of(labels), noise)
         assert torch.allclose(primal, dual, rtol=0, atol=1e-8 * float(dual.abs().max()))
-    assert lee.choose_noise_features(features(h), labels) == lee.choose_noise(k_train, labels)
+    assert lee.choose_noise_features(phi, labels) == lee.choose_noise(k_train, labels)
 
 
 def test_lee2018_width_without_the_gp(lee, tmp_path):
