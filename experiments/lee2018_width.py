@@ -74,7 +74,9 @@ from typing import Any
 
 import torch
 
-ARCHS = ("mlp", "cnn_flatten", "cnn_gap", "rnn")
+EXACT_ARCHS = ("mlp", "cnn_flatten", "cnn_gap", "rnn")  # whose exact NNGP Gram is affordable at these sizes
+ARCHS = (*EXACT_ARCHS, "gru")  # the GRU: trained networks only (``--no-gp``; its GRU-GP: mnist1d_kernels.py gru_mc)
+RECURRENT_ARCHS = ("rnn", "gru")  # no depth
 NOISES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # × mean prior variance; as mnist1d_kernels.py
 WEIGHT_VAR, BIAS_VAR = 2.0, 0.1
 VALIDATION_FRACTION = 0.2
@@ -138,6 +140,8 @@ def architecture(name: str, depth: int = 3):
         return A.cnn(depth, kernel_size=5, readout="gap"), (1, 40)
     if name == "rnn":  # the RNN-GP of experiments/mnist1d_kernels.py: erf Elman RNN, mean readout, 40 tokens of 1
         return A.rnn(A.Erf(), readout="mean"), (40, 1)
+    if name == "gru":  # the GRU-GP of mnist1d_kernels.py's gru_mc: Yang's erf-gated GRU, mean readout
+        return A.gru(readout="mean"), (40, 1)
     raise ValueError(f"unknown architecture {name!r}; choose from {ARCHS}")
 
 
@@ -152,37 +156,44 @@ class _Elementwise(torch.nn.Module):
         return self.layer(x)
 
 
-class _ElmanRNN(torch.nn.Module):
-    """The finite twin of an :class:`~nngp_gpytorch.arch.RNN` description without its readout, as the kernel rule
-    (``nngp_gpytorch/algebra/recurrent.py``) writes it: pre-activations ``g_1 = U·x_1 + b``,
-    ``g_t = U·x_t + b + W·φ(g_{t−1})``, features ``Σ_t w_t·φ(g_t)`` with the kernel's readout weights
+class _RecurrentTwin(torch.nn.Module):
+    """The finite twin of a recurrent description (:class:`~nngp_gpytorch.arch.RNN`, ``GRU``, ``LSTM``) without its
+    readout, with trainable weights: the recursion is the verification twin's own
+    (:func:`verification.twins.recurrent.recurrent_steps`), so the trained network is the cell the kernel
+    describes (the Elman RNN: ``g_1 = U·x_1 + b``, ``g_t = U·x_t + b + W·φ(g_{t−1})``; the erf-gated GRU and the
+    LSTM as in :mod:`nngp_gpytorch.arch.recurrent`). Features ``Σ_t w_t·f_t`` with the kernel's readout weights
     (``nngp_gpytorch.sequences.readout_weights``: ``1/T`` each for ``"mean"``, one-hot at ``T`` for ``"last"``).
-    Standard parameterization: ``U ~ N(0, σu²/D)``, ``W ~ N(0, σw²/width)``, ``b ~ N(0, σb²)``, shared over time.
-    Inputs ``(n, T, D)``; outputs ``(n, width)``."""
+    Standard parameterization, per gate (``gate_variances``): ``U ~ N(0, σu²/D)``, ``W ~ N(0, σw²/width)``,
+    ``b ~ N(μ_b, σb²)``, shared over time. Inputs ``(n, T, D)``; outputs ``(n, width)``."""
 
     def __init__(self, layer, tokens: int, token_dim: int, width: int, input_var: float, hidden_var: float,
                  bias_var: float, generator: torch.Generator) -> None:
         super().__init__()
         from nngp_gpytorch.sequences import readout_weights
+        from verification.twins.recurrent import gate_variances
 
         self.layer = layer
-        scale = math.sqrt(input_var / token_dim)
-        self.U = torch.nn.Parameter(torch.randn(token_dim, width, generator=generator) * scale)
-        self.W = torch.nn.Parameter(torch.randn(width, width, generator=generator) * math.sqrt(hidden_var / width))
-        self.b = torch.nn.Parameter(torch.randn(width, generator=generator) * math.sqrt(bias_var))
+        self.gates = torch.nn.ParameterList()
+        for wu, ww, b, mean in gate_variances(layer, input_var, bias_var, hidden_var):
+            self.gates.append(torch.nn.Parameter(torch.randn(1, token_dim, width, generator=generator)
+                                                 * math.sqrt(wu / token_dim)))
+            self.gates.append(torch.nn.Parameter(torch.randn(1, width, width, generator=generator)
+                                                 * math.sqrt(ww / width)))
+            self.gates.append(torch.nn.Parameter(torch.randn(1, 1, width, generator=generator) * math.sqrt(b) + mean))
         weights = readout_weights(torch.tensor([tokens]), tokens, layer.readout, torch.float32)[0]
         self.register_buffer("readout_weights", weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from verification.twins.recurrent import recurrent_steps
+
         w = self.readout_weights.to(x.dtype)
-        drive = x @ self.U.to(x.dtype) + self.b.to(x.dtype)  # (n, T, width): U·x_t + b for every step at once
-        hidden = self.W.to(x.dtype)
-        h = self.layer.activation(drive[:, 0])
-        out = w[0] * h
-        for t in range(1, drive.shape[1]):
-            h = self.layer.activation(drive[:, t] + h @ hidden)
+        params = [p.to(x.dtype) for p in self.gates]
+        maps = [tuple(params[i:i + 3]) for i in range(0, len(params), 3)]
+        feats = recurrent_steps(self.layer, x[None], maps)
+        out = w[0] * feats[0][0]
+        for t in range(1, len(feats)):
             if w[t] != 0:
-                out = out + w[t] * h
+                out = out + w[t] * feats[t][0]
         return out
 
 
@@ -205,11 +216,12 @@ def finite_network(description, width: int, input_dim: int, input_shape: tuple[i
     ``width → ∞`` (``tests/test_experiments.py`` checks it). Inputs arrive flat, ``(n, input_dim)``;
     ``input_shape`` ``(C, T)`` reshapes them for 1-D convolutions.
     """
-    from nngp_gpytorch.arch import RNN, Activation, Conv, Dense, Flatten, GlobalAvgPool, Serial
+    from nngp_gpytorch.arch import Activation, Conv, Dense, Flatten, GlobalAvgPool, Serial
+    from nngp_gpytorch.arch.recurrent import RecurrentLayer
 
     layers = description.layers if isinstance(description, Serial) else (description,)
     generator = torch.Generator().manual_seed(int(seed))
-    if isinstance(description, RNN):
+    if isinstance(description, RecurrentLayer):
         return _rnn_network(description, width, input_dim, input_shape, weight_var, bias_var, outputs, generator)
     modules: list[torch.nn.Module] = []
     flat: int | None = input_dim
@@ -257,34 +269,35 @@ def finite_network(description, width: int, input_dim: int, input_shape: tuple[i
 
 def _rnn_network(layer, width: int, input_dim: int, input_shape: tuple[int, ...] | None, weight_var: float,
                  bias_var: float, outputs: int, generator: torch.Generator) -> torch.nn.Sequential:
-    """``finite_network`` of an :class:`~nngp_gpytorch.arch.RNN` description: ``Unflatten`` to ``(T, D)``, the
-    Elman network (:class:`_ElmanRNN`) and the readout ``Linear(width, outputs)`` with weights ``N(0, σv²/width)``
+    """``finite_network`` of a recurrent description (RNN, GRU, LSTM): ``Unflatten`` to ``(T, D)``, the cell
+    (:class:`_RecurrentTwin`) and the readout ``Linear(width, outputs)`` with weights ``N(0, σv²/width)``
     and bias ``N(0, σvb²)``. Variances: the layer's own where it fixes them, else ``weight_var`` (σu², σw², σv²)
     and ``bias_var`` (σb²) — the kernel's shared hyperparameters."""
     if input_shape is None or len(input_shape) != 2 or math.prod(input_shape) != input_dim:
-        raise ValueError(f"an RNN needs input_shape=(T, D) with T·D = {input_dim}, got {input_shape}")
+        raise ValueError(f"a recurrent network needs input_shape=(T, D) with T·D = {input_dim}, got {input_shape}")
     if layer.masked:
         raise ValueError("finite_network builds unmasked (equal-length) sequences only")
     (wu, b), (ww, _), (wv, bv) = _rnn_variances(layer, weight_var, bias_var)
     width = layer.width or width
     readout = torch.nn.Linear(width, outputs)
-    elman = _ElmanRNN(layer, input_shape[0], input_shape[1], width, wu, ww, b, generator)
+    cell = _RecurrentTwin(layer, input_shape[0], input_shape[1], width, wu, ww, b, generator)
     with torch.no_grad():
         readout.weight.copy_(torch.randn(readout.weight.shape, generator=generator) * math.sqrt(wv / width))
         readout.bias.copy_(torch.randn(readout.bias.shape, generator=generator) * math.sqrt(bv))
-    return torch.nn.Sequential(torch.nn.Unflatten(1, tuple(input_shape)), elman, readout)
+    return torch.nn.Sequential(torch.nn.Unflatten(1, tuple(input_shape)), cell, readout)
 
 
 def _rnn_variances(layer, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR):
-    """``((σu², σb²), (σw², ·), (σv², σvb²))`` of an RNN description with shared hyperparameters."""
+    """``((σu², σb²), (σw², ·), (σv², σvb²))`` of a recurrent description with shared hyperparameters."""
     return tuple((weight_var if w is None else w, bias_var if b is None else b) for w, b in layer.slot_requests())
 
 
 def readout_variances(description) -> tuple[float, float]:
     """``(σw², σb²)`` of the description's last affine layer (the readout)."""
-    from nngp_gpytorch.arch import RNN, Conv, Dense, Serial
+    from nngp_gpytorch.arch import Conv, Dense, Serial
+    from nngp_gpytorch.arch.recurrent import RecurrentLayer
 
-    if isinstance(description, RNN):
+    if isinstance(description, RecurrentLayer):
         return _rnn_variances(description)[2]
     layers = description.layers if isinstance(description, Serial) else (description,)
     last = [layer for layer in layers if isinstance(layer, Dense | Conv)][-1]
@@ -566,6 +579,10 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
         config["gp"] = False
     if lr_rule not in ("best", "one-se"):
         raise ValueError(f"lr_rule must be 'best' or 'one-se', got {lr_rule!r}")
+    if gp and arch not in EXACT_ARCHS:
+        raise ValueError(f"the exact {arch.upper()}-GP Gram is out of reach here (the GRU's quasi-Monte Carlo gate "
+                         "integrals: ~80 CPU-hours for 1,000 points of 40 steps); run with gp=False (--no-gp) and take "
+                         "the GRU-GP from experiments/mnist1d_kernels.py --kernels gru_mc")
     result: dict[str, Any] = dict(config=config, selection={}, trained={}, readout={})
     if out is not None and Path(out).exists():
         with open(out) as fh:
@@ -582,7 +599,7 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
             for lr, curve in chosen["curves"].items():
                 partial.setdefault(lr, dict(curve=curve, seconds=0.0, reused=reuse_selection))
     x, y, xt, yt = load_mnist1d(n_train, n_test, num_samples)
-    if depth is None and arch != "rnn":  # the RNN has no depth (the command line passes 3, unused)
+    if depth is None and arch not in RECURRENT_ARCHS:  # no depth (the command line passes 3, unused)
         if arch != "mlp":
             raise ValueError("depth=None (chosen on validation) is implemented for the MLP only")
         if "depth_selection" not in result:
@@ -756,7 +773,7 @@ def run_search(arch: str, weight_vars: tuple[float, ...], bias_vars: tuple[float
 # ------------------------------------------------------------------------------------------- reporting
 
 LABELS = {"mlp": "MLP", "cnn_flatten": "1-D CNN, Flatten", "cnn_gap": "1-D CNN, GAP",
-          "rnn": "erf Elman RNN, mean readout"}
+          "rnn": "erf Elman RNN, mean readout", "gru": "erf-gated GRU, mean readout"}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -789,7 +806,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
 def _title(result: dict[str, Any]) -> str:
     config = result["config"]
     rule = ", lr: smallest within 1 SE" if config.get("lr_rule") == "one-se" else ""
-    depth = "" if config["arch"] == "rnn" else f", depth {result['depth']}"
+    depth = "" if config["arch"] in RECURRENT_ARCHS else f", depth {result['depth']}"
     return f"{LABELS.get(config['arch'], config['arch'])}{depth}{rule}"
 
 
@@ -852,7 +869,7 @@ def plot_width(results: list[dict[str, Any]], path: str | None = None):
     return fig
 
 
-def run_calibration(archs: tuple[str, ...] = ARCHS, *, n_train: int = 1000, n_test: int = 1000, depth: int = 3,
+def run_calibration(archs: tuple[str, ...] = EXACT_ARCHS, *, n_train: int = 1000, n_test: int = 1000, depth: int = 3,
                     num_samples: int = NUM_SAMPLES) -> list[dict[str, Any]]:
     """The NNGP's predictive variance and squared error per test point (:func:`gp_fit`), for each architecture
     with the inputs as in the width experiment (``"raw"``) and with every sequence projected onto the sphere
@@ -954,7 +971,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="the NNGP's Grams through Zarr stores here (float32; a `scale` run's stores are reused)")
     p.add_argument("--out", default=None, help="JSON results (resumed if it exists)")
     p = sub.add_parser("scale", help="the NNGP at large N through nngp_gpytorch.scale")
-    p.add_argument("--arch", choices=ARCHS, default="mlp")
+    p.add_argument("--arch", choices=EXACT_ARCHS, default="mlp")
     p.add_argument("--depth", type=int, default=None, help="required except for the RNN (no depth)")
     p.add_argument("--n-train", type=int, default=10_000)
     p.add_argument("--n-test", type=int, default=1000)
@@ -968,7 +985,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="CG's mean relative residual (large N)")
     p.add_argument("--out", default=None, help="JSON file of rows (this row added or replaced)")
     p = sub.add_parser("search", help="σw², σb² of the NNGP chosen on the validation split (resumable JSON)")
-    p.add_argument("--arch", choices=ARCHS, default="mlp")
+    p.add_argument("--arch", choices=EXACT_ARCHS, default="mlp")
     p.add_argument("--depth", type=int, default=3, help="unused by the RNN")
     p.add_argument("--weight-vars", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0])
     p.add_argument("--bias-vars", type=float, nargs="+", default=[0.0, 0.03, 0.1, 0.3, 1.0])
@@ -977,7 +994,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON results (resumed if it exists)")
     p = sub.add_parser("calibration", help="NNGP predictive variance vs squared error (Lee et al. 2018, Fig. 3)")
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--archs", nargs="+", choices=EXACT_ARCHS, default=list(EXACT_ARCHS))
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--depth", type=int, default=3)

@@ -37,7 +37,7 @@ from .dense import gram_conditional_preactivations
 from .registry import AffineRecord, TwinContext, finite_twin
 
 
-def _gate_values(layer: RecurrentLayer, wu: float, b: float, ww: float) -> list[tuple[float, float, float, float]]:
+def gate_variances(layer: RecurrentLayer, wu: float, b: float, ww: float) -> list[tuple[float, float, float, float]]:
     """Per gate ``(σu², σw², σb², μ_b)`` as floats (the RNN: one gate with the slot values and mean 0)."""
     if isinstance(layer, GatedLayer):
         return [tuple(float(v) for v in row) for row in layer.gate_values(wu, b, ww)]
@@ -100,10 +100,27 @@ def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinCon
     the GRU and LSTM. ``tokens``: ``(M, k, T, d)``. With ``ctx.record_affine`` every gate's ``U`` and ``W``
     maps are appended to ``ctx.records`` (positions = the ``T`` steps; see the module docstring)."""
     m, k, T, d = tokens.shape
-    values = _gate_values(layer, wu, b, ww)
+    values = gate_variances(layer, wu, b, ww)
     gates = len(values)
     maps = _affine_maps(ctx, m, d, n, values)
     recs = [_GateRecorder() for _ in range(gates)] if ctx.record_affine else [None] * gates
+    feats = recurrent_steps(layer, tokens, maps, recs)
+    for rec, (gu, gw, gb, _) in zip(recs, values, strict=True):
+        if rec is not None:
+            rec.flush(ctx, gu, gb, gw, d, n)
+    return torch.stack(feats, -2)
+
+
+def recurrent_steps(layer: RecurrentLayer, tokens: torch.Tensor, maps: list, recorders: list | None = None
+                    ) -> list[torch.Tensor]:
+    """The cell's recursion over given weights: the features ``[f_1, …, f_T]`` the readout reads, each
+    ``(M, k, n)`` (``φ(h_t)`` for the RNN, ``h_t`` for the GRU and LSTM; equations in :mod:`nngp_gpytorch.arch.
+    recurrent`). ``tokens``: ``(M, k, T, d)``; ``maps``: per gate (in :func:`gate_variances`' order) input weights
+    ``(M, d, n)``, hidden weights ``(M, n, n)`` and bias ``(M, 1, n)``, random here and trainable parameters in
+    ``experiments/lee2018_width.py``'s finite networks; ``recorders``: per gate, or ``None``."""
+    m, k, T, d = tokens.shape
+    n = maps[0][0].shape[-1]
+    recs = [None] * len(maps) if recorders is None else recorders
     feats = []
     if isinstance(layer, RNN):
         prev = None
@@ -133,10 +150,7 @@ def recurrent_features(layer: RecurrentLayer, tokens: torch.Tensor, ctx: TwinCon
             feats.append(h)
     else:  # pragma: no cover
         raise TypeError(layer)
-    for rec, (gu, gw, gb, _) in zip(recs, values, strict=True):
-        if rec is not None:
-            rec.flush(ctx, gu, gb, gw, d, n)
-    return torch.stack(feats, -2)
+    return feats
 
 
 @finite_twin(RNN, GRU, LSTM)
