@@ -12,16 +12,19 @@ points. Everything chosen on it is then refit on all training points.
   same) + ReLU, Flatten, Dense (``--depth`` convolutions, default 3); ``cnn_gap`` the same with global average
   pooling (Novak et al. 2019). ``rnn``: the RNN-GP of ``experiments/mnist1d_kernels.py`` (erf Elman RNN,
   σu² = σw² = σv² = 2, σb² = 0.1, no readout bias, mean readout over the 40 steps, one feature per token).
+  ``gru``: Yang's erf-gated GRU with the same readout, trained networks only (``--no-gp``: its GP is
+  ``mnist1d_kernels.py``'s Monte Carlo ``gru_mc``).
 * **Trained finite networks** of the same description (``finite_network``: every ``Dense``/``Conv`` of the kernel's
   architecture becomes a ``torch.nn.Linear``/``Conv1d`` of ``width`` units/channels) in the **standard
-  parameterization**, initialized from the kernel's variances (weights ``N(0, σw²/fan_in)``, biases ``N(0, σb²)``:
-  the finite network whose infinite-width prior is this NNGP; the RNN: an Elman network with ``U ~ N(0, σu²/D)``,
-  ``W ~ N(0, σw²/width)``, ``b ~ N(0, σb²)`` shared over time and the readout ``N(0, σv²/width)`` on the same
-  time-readout of ``φ(h_t)`` as the kernel). Trained by Adam (mini-batches of 100, no weight decay)
-  on ``½·Σ_classes (f − y)²`` averaged over the batch. The learning rate (from ``--lrs``) and the number of epochs are
-  chosen on the validation split with seed 0 (train on the first 80%, best validation accuracy over epochs); then
-  every seed is trained on all training points for that many epochs and its test accuracy reported. A learning
-  rate that failed at a narrower width (validation accuracy < 0.2 where a smaller one trained) is not tried again.
+  parameterization**, initialized from the kernel's variances (weights ``N(0, σw²/fan_in)``, biases ``N(0, σb²)``: the
+  finite network whose infinite-width prior is this NNGP; the RNN and GRU: the verification twin's recursion with
+  trainable weights ``U ~ N(0, σu²/D)``, ``W ~ N(0, σw²/width)``, ``b ~ N(μ_b, σb²)`` per gate, shared over time, and
+  the readout ``N(0, σv²/width)`` on the same time-readout as the kernel). Trained by Adam (mini-batches of 100, no
+  weight decay) on ``½·Σ_classes (f − y)²`` averaged over the batch. The learning rate (from ``--lrs``) and the number
+  of epochs are chosen on the validation split with seed 0 (train on the first 80%, best validation accuracy over
+  epochs); then every seed is trained on all training points for that many epochs and its test accuracy reported. A
+  learning rate that failed at a narrower width (validation accuracy < 0.2 where a smaller one trained) is not tried
+  again.
 * **Finite network, Bayesian readout**: the same random network at initialization with only the readout inferred
   (its exact posterior mean: kernel regression with ``K̂ = σw²·h·hᵀ/fan_in + σb²`` of the penultimate features,
   noise chosen on the validation split). As the width grows this *is* the NNGP, so it shows the NN → GP limit the
