@@ -482,8 +482,9 @@ def readout_posterior(net: torch.nn.Sequential, description, x: torch.Tensor, y:
         noise, val_acc, _ = choose_noise_features(phi, y)
         mean = feature_posterior(phi, phi_test, targets_of(y), noise)
     else:
-        noise, val_acc, _ = choose_noise(phi @ phi.T, y)
-        mean, _, _ = gp_posterior(phi @ phi.T, phi_test @ phi.T, targets_of(y), noise)
+        k_train = phi @ phi.T
+        noise, val_acc, _ = choose_noise(k_train, y)
+        mean, _, _ = gp_posterior(k_train, phi_test @ phi.T, targets_of(y), noise)
     return dict(scores=mean, noise=noise, validation_accuracy=val_acc)
 
 
