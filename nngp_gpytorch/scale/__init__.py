@@ -6,6 +6,7 @@ Needs the ``scale`` extra (``pip install "nngp-gpytorch[scale]"``: dask[distribu
 - :func:`compute_gram`: ``kernel(x1, x2)`` tile by tile into a resumable, fingerprinted Zarr store;
 - :class:`GramStore`: the store (tiles, checksums, fingerprint);
 - :class:`StoredGram`: the stored Gram as a ``LinearOperator`` whose matmul streams tiles;
+- :class:`SavedRows`: the preconditioner's kernel rows, saved as they are computed;
 - :func:`solve`, :func:`select_noise`, :func:`kernel_regression`: the regression on a stored Gram;
 - :func:`fit_predict`: all of it end to end; ``python -m nngp_gpytorch.scale mnist1d ...`` from the shell.
 """
@@ -17,15 +18,17 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError(f"nngp_gpytorch.scale needs dask[distributed] and zarr ({error.name} is missing): "
                       'pip install "nngp-gpytorch[scale]"') from error
 
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, rows_fingerprint
 from .operator import KernelRows, StoredGram, stream_matmul
 from .pipeline import FitPrediction, fit_predict, peak_rss_bytes
 from .regression import NoiseChoice, Prediction, Solve, kernel_regression, noise_candidates, select_noise, solve
+from .saved_rows import SavedRows
 from .store import GramStore, StoreMismatchError
 from .tiles import TileRun, compute_gram, connect
 
 __all__ = [
     "FitPrediction", "GramStore", "KernelRows", "NoiseChoice", "Prediction", "Solve", "StoreMismatchError",
-    "StoredGram", "TileRun", "compute_gram", "connect", "fingerprint", "fit_predict", "kernel_regression",
-    "noise_candidates", "peak_rss_bytes", "select_noise", "solve", "stream_matmul",
+    "SavedRows", "StoredGram", "TileRun", "compute_gram", "connect", "fingerprint", "fit_predict",
+    "kernel_regression", "noise_candidates", "peak_rss_bytes", "rows_fingerprint", "select_noise", "solve",
+    "stream_matmul",
 ]

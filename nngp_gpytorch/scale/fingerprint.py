@@ -45,6 +45,15 @@ def fingerprint(kernel: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | No
     }
 
 
+def rows_fingerprint(kernel: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """The record a row store (:class:`~nngp_gpytorch.scale.saved_rows.SavedRows`) keeps: the rows of
+    ``kernel(x, x)``, stored whole in float64 (:func:`fingerprint` without a tile edge)."""
+    record = fingerprint(kernel, x, None, "float64", tile=0)
+    del record["tile"]
+    record["layout"] = "rows"
+    return record
+
+
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Top-level fields in which two fingerprints differ (kernel, x1, x2, dtype, tile), for error messages."""
     keys = sorted(set(recorded) | set(wanted))
