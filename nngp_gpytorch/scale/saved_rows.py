@@ -20,7 +20,6 @@ never change its answer (the solve reports the true residual), and a non-finite 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +27,7 @@ import numpy as np
 import torch
 import zarr
 
-from .fingerprint import differences
-from .store import StoreMismatchError
+from .store import StoreMismatchError, open_recorded_group
 
 ROWS, INDEX = "rows", "index"
 
@@ -52,22 +50,13 @@ class SavedRows:
     def __init__(self, source: Callable[[torch.Tensor], torch.Tensor], url: str, fingerprint: dict[str, Any],
                  n: int, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> None:
         self.source, self.url, self.n = source, str(url), int(n)
-        wanted = json.loads(json.dumps(fingerprint))  # what the attributes will read back as
-        group = zarr.open_group(store=self.url, mode="a", storage_options=storage_options)
-        recorded = group.attrs.get("fingerprint")
-        if recorded is not None and (recorded != wanted or ROWS not in group or INDEX not in group):
-            if not overwrite:
-                raise StoreMismatchError(
-                    f"the row store at {self.url!r} holds rows of other "
-                    f"{', '.join(differences(recorded, wanted)) or 'contents'} than the ones asked for; use another "
-                    "path, or overwrite=True to discard it")
-            recorded = None
-        if recorded is None:
-            group = zarr.open_group(store=self.url, mode="w", storage_options=storage_options)
+        group, created = open_recorded_group(self.url, fingerprint, (ROWS, INDEX), overwrite=overwrite,
+                                             storage_options=storage_options, holds="kernel rows")
+        if created:
             group.create_array(ROWS, shape=(0, self.n), chunks=(1, self.n), dtype="float64", compressors=None,
                                fill_value=np.nan)
             group.create_array(INDEX, shape=(0,), chunks=(1,), dtype="int64", compressors=None, fill_value=-1)
-            group.attrs["fingerprint"] = wanted
+            group.attrs["fingerprint"] = fingerprint
         self.rows_array: zarr.Array = group[ROWS]
         self.index_array: zarr.Array = group[INDEX]
         if self.rows_array.shape[1] != self.n:

@@ -63,6 +63,30 @@ def write_tile(url: str, i: int, j: int, block: np.ndarray, storage_options: dic
     return checksum(block)
 
 
+def open_recorded_group(url: str, fingerprint: dict[str, Any], arrays: tuple[str, ...], *, overwrite: bool,
+                        storage_options: dict[str, Any] | None, holds: str) -> tuple[zarr.Group, bool]:
+    """The Zarr group at ``url`` and whether it was created empty here.
+
+    A group that records ``fingerprint`` and holds ``arrays`` is reopened. A group with nothing recorded is
+    created again (``mode="w"``): the caller creates the arrays and then records the fingerprint, last, so a group
+    cut off while being created is created anew. A group recording another fingerprint, or missing an array,
+    raises :class:`StoreMismatchError` naming what differs (``holds`` says what the store holds, e.g. "a Gram"),
+    unless ``overwrite`` (then it is created again)."""
+    from .fingerprint import differences
+
+    wanted = json.loads(json.dumps(fingerprint))  # what the attributes will read back as
+    group = zarr.open_group(store=str(url), mode="a", storage_options=storage_options)
+    recorded = group.attrs.get("fingerprint")
+    if recorded is not None and recorded == wanted and all(name in group for name in arrays):
+        return group, False
+    if recorded is not None and not overwrite:
+        raise StoreMismatchError(
+            f"the store at {str(url)!r} holds {holds} of other "
+            f"{', '.join(differences(recorded, wanted)) or 'contents'} than the one asked for; "
+            "use another store path, or overwrite=True to discard it")
+    return zarr.open_group(store=str(url), mode="w", storage_options=storage_options), True
+
+
 class GramStore:
     """Open (or create) the Gram store at ``url`` for a computation described by ``fingerprint``.
 
@@ -88,25 +112,14 @@ class GramStore:
         self.url, self.tile, self.shape, self.symmetric = str(url), int(tile), tuple(shape), bool(symmetric)
         self.storage_options = storage_options
         self.grid = (math.ceil(shape[0] / tile), math.ceil(shape[1] / tile))
-        wanted = json.loads(json.dumps(fingerprint))  # what the attributes will read back as
-        group = zarr.open_group(store=self.url, mode="a", storage_options=storage_options)
-        recorded = group.attrs.get("fingerprint")
-        if recorded is not None and (recorded != wanted or GRAM not in group or CHECKSUMS not in group):
-            if not overwrite:
-                from .fingerprint import differences
-
-                raise StoreMismatchError(
-                    f"the store at {self.url!r} holds a Gram of other "
-                    f"{', '.join(differences(recorded, wanted)) or 'contents'} than the one asked for; "
-                    "use another store path, or overwrite=True to discard it")
-            recorded = None
-        if recorded is None:
-            group = zarr.open_group(store=self.url, mode="w", storage_options=storage_options)
+        group, created = open_recorded_group(self.url, fingerprint, (GRAM, CHECKSUMS), overwrite=overwrite,
+                                             storage_options=storage_options, holds="a Gram")
+        if created:
             group.create_array(GRAM, shape=self.shape, chunks=(tile, tile), dtype=dtype, compressors=None,
                                fill_value=np.nan)
             group.create_array(CHECKSUMS, shape=self.grid, chunks=self.grid, dtype="int64", compressors=None,
                                fill_value=-1)
-            group.attrs.update({"fingerprint": wanted, "symmetric": self.symmetric})
+            group.attrs.update({"fingerprint": fingerprint, "symmetric": self.symmetric})
         self.group = group
         self.array: zarr.Array = group[GRAM]
         self.dtype = np.dtype(self.array.dtype)
