@@ -66,7 +66,7 @@ def test_saved_rows_are_the_kernel_rows_and_are_read_back_not_recomputed(tmp_pat
         again(torch.tensor([120]))
 
 
-def test_an_interrupted_preconditioner_keeps_its_rows_and_the_rerun_solves_identically(tmp_path):
+def test_an_interrupted_preconditioner_keeps_its_rows_and_the_rerun_solves_identically(tmp_path, capsys):
     kernel, x = _kernel(), _data(300)
     y = torch.sin(x.sum(1))
     gram = compute_gram(kernel, x, store=str(tmp_path / "g"), tile=100, dtype="float64", client="inline",
@@ -88,8 +88,12 @@ def test_an_interrupted_preconditioner_keeps_its_rows_and_the_rerun_solves_ident
     assert torch.equal(result.weights, reference.weights) and result.iterations == reference.iterations
     # another noise reuses every row (the preconditioner's rows are of K, not of K + σ²I)
     another_source = _Counting(KernelRows(kernel, x))
-    solve(gram, y, 1e-2, rows=_saved(kernel, x, tmp_path / "rows", another_source), **options)
+    capsys.readouterr()
+    solve(gram, y, 1e-2, rows=_saved(kernel, x, tmp_path / "rows", another_source), progress=True, **options)
     assert another_source.rows == 0
+    shown = capsys.readouterr().err  # the rows' bar, then CG's
+    assert "preconditioner rows: 100%" in shown and "20/20" in shown and "CG passes over the Gram" in shown
+    assert shown.rindex("preconditioner rows") < shown.index("CG passes")
 
 
 def test_rows_of_another_kernel_or_inputs_are_refused_and_non_finite_rows_never_kept(tmp_path):

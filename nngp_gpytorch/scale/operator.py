@@ -113,6 +113,8 @@ class StoredGram(LinearOperator):
         self.matmuls = 0
         #: called as ``on_matmul(count)`` before each pass over the store (progress bars)
         self.on_matmul: Callable[[int], None] | None = None
+        #: called as ``on_rows(k)`` after ``k`` more full rows were fetched (the preconditioner's; progress bars)
+        self.on_rows: Callable[[int], None] | None = None
         self._diag: torch.Tensor | None = None
 
     def representation_tree(self) -> Callable[..., StoredGram]:
@@ -151,8 +153,12 @@ class StoredGram(LinearOperator):
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """Full rows ``K[index, :]`` as a ``(len(index), n)`` tensor."""
         if self.rows is not None:
-            return self.rows(index).to(self._dtype)
-        return torch.from_numpy(self.store.rows(index.cpu().numpy())).to(self._dtype)
+            rows = self.rows(index).to(self._dtype)
+        else:
+            rows = torch.from_numpy(self.store.rows(index.cpu().numpy())).to(self._dtype)
+        if self.on_rows is not None:
+            self.on_rows(len(index))
+        return rows
 
     def _get_indices(self, row_index: torch.Tensor, col_index: torch.Tensor, *batch_indices: torch.Tensor
                      ) -> torch.Tensor:

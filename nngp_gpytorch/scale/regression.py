@@ -115,12 +115,20 @@ def solve(store: GramStore, rhs: torch.Tensor, noise: float, *, method: str = "a
         raise ValueError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
     operator = StoredGram(store, rows=rows, compute_dtype=compute_dtype)
     system = operator.add_diagonal(torch.tensor(float(noise), dtype=torch.float64))
-    bar = None
-    if progress:
+    bars: dict = {}
+    if progress:  # the preconditioner's rows come first (linear_operator builds it before CG's first pass)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=max_iterations, unit="pass", desc="CG passes over the Gram")
-        operator.on_matmul = lambda count: bar.update(1)
+        bars["rows"] = tqdm(total=min(preconditioner_rank, n), unit="row", desc="preconditioner rows")
+        operator.on_rows = bars["rows"].update
+
+        def on_matmul(count: int) -> None:
+            if "cg" not in bars:
+                bars["rows"].close()
+                bars["cg"] = tqdm(total=max_iterations, unit="pass", desc="CG passes over the Gram")
+            bars["cg"].update(1)
+
+        operator.on_matmul = on_matmul
     with (gpytorch.settings.eval_cg_tolerance(tolerance),
           linear_operator.settings.cg_tolerance(gpytorch.settings.eval_cg_tolerance.value()),
           linear_operator.settings.max_cholesky_size(0),
@@ -134,7 +142,7 @@ def solve(store: GramStore, rhs: torch.Tensor, noise: float, *, method: str = "a
         weights = system.solve(y)
     iterations = operator.matmuls
     residual = y - stream_matmul(store, weights, compute_dtype=torch.float64) - noise * weights
-    if bar is not None:
+    for bar in bars.values():
         bar.close()
     relative = residual.norm(dim=0) / y.norm(dim=0).clamp_min(1e-300)
     return Solve(weights, float(noise), "cg", iterations, float(relative.max()), time.perf_counter() - start)
