@@ -5,7 +5,11 @@ linear_operator's pivoted Cholesky asks for one row ``K[i, :]`` per pivot. ``fit
 reads the saved rows back. Side by side in one process, on the same pivots: ms per row evaluated (and saved) vs
 ms per row read back, and their ratio. The read-back rows are checked to be the evaluated ones, bit for bit.
 
-    python benchmarks/bench_saved_rows.py [--n 50000] [--rows 10] [--threads 1]
+With ``--store PATH`` (an existing symmetric Gram store, e.g. a ``scale`` run's ``train.zarr``), also the third
+source: the same rows read as strips of tiles from that store (:class:`nngp_gpytorch.scale.StoreRows`), whatever its
+kernel (the cost of a strip depends only on ``n`` and the tile).
+
+    python benchmarks/bench_saved_rows.py [--n 50000] [--rows 10] [--threads 1] [--store PATH]
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import torch
 
 from nngp_gpytorch import NNGPKernel, arch
-from nngp_gpytorch.scale import KernelRows, SavedRows, rows_fingerprint
+from nngp_gpytorch.scale import GramStore, KernelRows, SavedRows, StoreRows
 
 
 def ms_per_row(rows: SavedRows, count: int) -> tuple[float, torch.Tensor]:
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--rows", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--store", default=None, help="also time strips of tiles read from this Gram store")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kernels = {
@@ -48,13 +53,28 @@ def main() -> None:
         source = KernelRows(kernel, x)
         source(torch.tensor([0]))  # warm-up (compilation, the per-input-set cache)
         with tempfile.TemporaryDirectory() as directory:
-            fingerprint = rows_fingerprint(kernel, x)
-            evaluated, first = ms_per_row(SavedRows(source, directory, fingerprint, args.n), args.rows)
-            reread = SavedRows(source, directory, fingerprint, args.n)
+            evaluated, first = ms_per_row(SavedRows(source, directory), args.rows)
+            reread = SavedRows(source, directory)
             read, again = ms_per_row(reread, args.rows)
             if not (torch.equal(first, again) and reread.computed == 0):
                 raise AssertionError("the rows read back are not the rows evaluated")
         print(f"{name:24s} {evaluated:17.1f} {read:17.2f} {evaluated / read:7.0f}×", flush=True)
+    if args.store:
+        store = GramStore.open(args.store)
+        grid = store.grid[0]
+        # a row's strip is whole once every tile of its tile row is (a store still being filled has some)
+        whole = [i for i in range(grid) if all(store.is_done(min(i, j), max(i, j)) for j in range(grid))]
+        if not whole:
+            raise SystemExit(f"{args.store} has no tile row whose tiles are all finished")
+        index = [whole[k % len(whole)] * store.tile + 7 * k for k in range(args.rows)]
+        strips = StoreRows(store)
+        start = time.perf_counter()
+        for i in index:
+            if not torch.isfinite(strips(torch.tensor([i]))).all():
+                raise AssertionError(f"row {i} of the store is not finite")
+        ms = (time.perf_counter() - start) / args.rows * 1e3
+        print(f"strips of {store.tile}-tiles from {args.store} (n = {store.shape[0]}, {len(whole)} whole tile "
+              f"rows): {ms:.1f} ms/row")
 
 
 if __name__ == "__main__":

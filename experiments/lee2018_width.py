@@ -697,11 +697,12 @@ def run_width(arch: str, widths: list[int], seeds: list[int], *, n_train: int = 
 def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, tile: int = 2048,
               num_samples: int = NUM_SAMPLES, noise_subset: int = 3000, progress: bool = True,
               threads: int = 1, weight_var: float = WEIGHT_VAR, bias_var: float = BIAS_VAR,
-              preconditioner_rank: int = 100, tolerance: float = 1e-4) -> dict[str, Any]:
+              preconditioner_rank: int = 100, tolerance: float = 1e-4, kernel_rows: bool = True) -> dict[str, Any]:
     """The NNGP at large ``n_train`` through :func:`nngp_gpytorch.scale.fit_predict` in this process
     (``client="inline"``; float32 tile store, noise by validation accuracy on the first ``noise_subset`` points, the
     solve chosen by ``"auto"``; where that is CG, ``preconditioner_rank`` and ``tolerance`` are its pivoted-Cholesky
-    rank and mean relative residual): test accuracy, wall time per phase and in all, this process's CPU time (the wall
+    rank and mean relative residual, and ``kernel_rows`` says whether the preconditioner's rows are evaluated by the
+    kernel or read from the store): test accuracy, wall time per phase and in all, this process's CPU time (the wall
     time of a shared machine overstates the work) and the load average at the end, peak RSS of this process."""
     from nngp_gpytorch import NNGPKernel
     from nngp_gpytorch.scale import fit_predict
@@ -716,12 +717,13 @@ def run_scale(arch: str, depth: int, n_train: int, n_test: int, store: str, *, t
     kernel = NNGPKernel(description, **kwargs)
     fitted = fit_predict(kernel, x, targets_of(y), xt, store=store, noise="validation", tile=tile, client="inline",
                          progress=progress, noise_subset=min(noise_subset, n_train),
-                         preconditioner_rank=preconditioner_rank, tolerance=tolerance)
+                         preconditioner_rank=preconditioner_rank, tolerance=tolerance, kernel_rows=kernel_rows)
     solve = fitted.prediction.solve
     return dict(arch=arch, depth=None if arch == "rnn" else depth, n_train=n_train, n_test=n_test,
                 num_samples=num_samples, weight_var=weight_var, bias_var=bias_var,
                 preconditioner_rank=preconditioner_rank, tolerance=tolerance,
-                cg_passes=solve.iterations, relative_residual=solve.relative_residual,
+                preconditioner_rows="kernel" if kernel_rows else "store", cg_passes=solve.iterations,
+                relative_residual=solve.relative_residual,
                 test_accuracy=accuracy(fitted.prediction.mean, yt), noise=fitted.noise,
                 method=solve.method, seconds=fitted.seconds, wall_seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - cpu, load_average=os.getloadavg(), peak_rss_mib=_peak_rss_mib(),
@@ -987,6 +989,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bias-var", type=float, default=BIAS_VAR, help="σb²")
     p.add_argument("--preconditioner-rank", type=int, default=100, help="CG's pivoted-Cholesky rank (large N)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="CG's mean relative residual (large N)")
+    p.add_argument("--preconditioner-rows", choices=["kernel", "store"], default="kernel",
+                   help="evaluate the preconditioner's rows with the kernel, or read them as strips of the stored "
+                        "Gram (faster where a kernel row costs more than ~0.5 s: the GAP CNN-GP at 50k)")
     p.add_argument("--out", default=None, help="JSON file of rows (this row added or replaced)")
     p = sub.add_parser("search", help="σw², σb² of the NNGP chosen on the validation split (resumable JSON)")
     p.add_argument("--arch", choices=EXACT_ARCHS, default="mlp")
@@ -1024,7 +1029,7 @@ def main(argv: list[str] | None = None) -> None:
         row = run_scale(args.arch, depth, args.n_train, args.n_test, args.store, tile=args.tile,
                         num_samples=args.num_samples, threads=args.threads, weight_var=args.weight_var,
                         bias_var=args.bias_var, preconditioner_rank=args.preconditioner_rank,
-                        tolerance=args.tolerance)
+                        tolerance=args.tolerance, kernel_rows=args.preconditioner_rows == "kernel")
         print(json.dumps(row, indent=1))
         if args.out:
             rows = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []

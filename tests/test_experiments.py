@@ -209,6 +209,7 @@ def test_lee2018_scale_row(lee, tmp_path):
     row = lee.run_scale("mlp", 2, 300, 60, str(tmp_path / "store"), tile=128, num_samples=2000, progress=False)
     assert row["n_train"] == 300 and row["test_accuracy"] > 0.2
     assert row["wall_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["method"] in ("cholesky", "cg")
+    assert row["preconditioner_rows"] == "kernel"
 
 
 def test_lee2018_inputs_do_not_depend_on_the_thread_count(lee):

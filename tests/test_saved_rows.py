@@ -15,6 +15,7 @@ from nngp_gpytorch.scale import (  # noqa: E402
     KernelRows,
     SavedRows,
     StoreMismatchError,
+    StoreRows,
     compute_gram,
     fit_predict,
     rows_fingerprint,
@@ -46,7 +47,8 @@ class _Counting:
 
 
 def _saved(kernel, x, url, source=None, **options) -> SavedRows:
-    return SavedRows(source or KernelRows(kernel, x), url, rows_fingerprint(kernel, x), x.shape[0], **options)
+    return SavedRows(source or KernelRows(kernel, x), url, fingerprint=rows_fingerprint(kernel, x), n=x.shape[0],
+                     **options)
 
 
 def test_saved_rows_are_the_kernel_rows_and_are_read_back_not_recomputed(tmp_path):
@@ -123,17 +125,35 @@ def test_rows_of_another_kernel_or_inputs_are_refused_and_non_finite_rows_never_
     assert source.rows == 1 and len(_saved(kernel, x, tmp_path / "good")) == 1
 
 
-def test_fit_predict_saves_the_preconditioner_rows_beside_the_grams(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kernel_rows", [True, False])
+def test_fit_predict_saves_the_preconditioner_rows_beside_the_grams(tmp_path, monkeypatch, kernel_rows):
     kernel, x, xt = _kernel(), _data(200), _data(20, seed=1)
     y = torch.nn.functional.one_hot((x[:, 0] > 0).long(), 2).to(F64)
     options = dict(store=str(tmp_path / "s"), tile=64, client="inline", progress=False, method="cg",
-                   preconditioner_rank=15, tolerance=1e-6)
+                   preconditioner_rank=15, tolerance=1e-6, kernel_rows=kernel_rows)
     first = fit_predict(kernel, x, y, xt, noise=1e-2, **options)
-    assert len(_saved(kernel, x, tmp_path / "s" / "rows.zarr")) == 15
+    source = KernelRows(kernel, x) if kernel_rows else StoreRows(first.train)
+    saved = SavedRows(source, tmp_path / "s" / f"rows-{'kernel' if kernel_rows else 'store'}.zarr")
+    assert len(saved) == 15
+    index = torch.tensor(sorted(saved.position)[:3])
+    # rows from the store are its float32 values exactly; the kernel's are float64 (round-off of the batch)
+    torch.testing.assert_close(saved(index), source(index).to(F64), rtol=0 if not kernel_rows else 1e-13,
+                               atol=0 if not kernel_rows else 1e-14)
 
-    def no_kernel_rows(self, index):
-        raise AssertionError("a saved row was evaluated again")
+    def not_again(self, index):
+        raise AssertionError("a saved row was fetched again")
 
-    monkeypatch.setattr(KernelRows, "__call__", no_kernel_rows)
+    monkeypatch.setattr(KernelRows, "__call__", not_again)
+    monkeypatch.setattr(StoreRows, "__call__", not_again)
     again = fit_predict(kernel, x, y, xt, noise=1e-2, **options)
     assert torch.equal(again.prediction.mean, first.prediction.mean)
+
+
+def test_rows_read_from_the_store_belong_to_that_store(tmp_path):
+    kernel, x = _kernel(), _data(90)
+    a = compute_gram(kernel, x, store=str(tmp_path / "a"), tile=32, client="inline", progress=False)
+    b = compute_gram(kernel, x, store=str(tmp_path / "b"), tile=30, client="inline", progress=False)
+    rows = SavedRows(StoreRows(a), tmp_path / "rows")
+    assert torch.equal(rows(torch.tensor([89, 2])), torch.from_numpy(a.to_numpy()[[89, 2]]).to(F64))
+    with pytest.raises(StoreMismatchError, match="gram"):  # another tiling: another stored Gram
+        SavedRows(StoreRows(b), tmp_path / "rows")

@@ -19,7 +19,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
                       'pip install "nngp-gpytorch[scale]"') from error
 
 from .fingerprint import fingerprint, rows_fingerprint
-from .operator import KernelRows, StoredGram, stream_matmul
+from .operator import KernelRows, StoredGram, StoreRows, stream_matmul
 from .pipeline import FitPrediction, fit_predict, peak_rss_bytes
 from .regression import NoiseChoice, Prediction, Solve, kernel_regression, noise_candidates, select_noise, solve
 from .saved_rows import SavedRows
@@ -28,7 +28,7 @@ from .tiles import TileRun, compute_gram, connect
 
 __all__ = [
     "FitPrediction", "GramStore", "KernelRows", "NoiseChoice", "Prediction", "Solve", "StoreMismatchError",
-    "SavedRows", "StoredGram", "TileRun", "compute_gram", "connect", "fingerprint", "fit_predict",
+    "SavedRows", "StoreRows", "StoredGram", "TileRun", "compute_gram", "connect", "fingerprint", "fit_predict",
     "kernel_regression", "noise_candidates", "peak_rss_bytes", "rows_fingerprint", "select_noise", "solve",
     "stream_matmul",
 ]

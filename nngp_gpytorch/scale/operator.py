@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from linear_operator.operators import LinearOperator
 
+from .fingerprint import rows_fingerprint
 from .store import GramStore
 
 
@@ -24,14 +25,36 @@ class KernelRows:
     """Rows of ``kernel(x, x)`` on demand: ``rows(index)`` → ``(len(index), n)``, evaluated under no_grad.
 
     For preconditioners: a pivoted Cholesky of rank ``k`` needs ``k`` rows, i.e. ``k·n`` kernel values,
-    instead of ``k`` strips of tiles from the store."""
+    instead of ``k`` strips of tiles from the store (:class:`StoreRows`). Which is faster depends on the kernel:
+    an MLP-GP row at ``n = 50,000`` takes ~40 ms, a GAP CNN-GP row ~1.5 s, a strip of 2048-tiles 0.2–0.7 s."""
 
     def __init__(self, kernel: torch.nn.Module, x: torch.Tensor) -> None:
         self.kernel, self.x = kernel, x
+        self.n = x.shape[0]
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.kernel(self.x[index], self.x).to_dense()
+
+    def fingerprint(self) -> dict:
+        """What these rows are of (:func:`~nngp_gpytorch.scale.fingerprint.rows_fingerprint`)."""
+        return rows_fingerprint(self.kernel, self.x)
+
+
+class StoreRows:
+    """Rows of the symmetric Gram in ``store``: ``rows(index)`` → ``(len(index), n)`` in the store's dtype, read one
+    strip of tiles per tile row that holds any of them (:meth:`GramStore.rows`)."""
+
+    def __init__(self, store: GramStore) -> None:
+        self.store = store
+        self.n = store.shape[1]
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.store.rows(index.cpu().numpy()))
+
+    def fingerprint(self) -> dict:
+        """What these rows are of: the stored Gram's fingerprint, read as rows."""
+        return {"gram": self.store.group.attrs["fingerprint"], "layout": "rows"}
 
 
 def stream_tiles(store: GramStore, readahead: int = 2, dtype: torch.dtype | None = None
@@ -152,10 +175,8 @@ class StoredGram(LinearOperator):
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """Full rows ``K[index, :]`` as a ``(len(index), n)`` tensor."""
-        if self.rows is not None:
-            rows = self.rows(index).to(self._dtype)
-        else:
-            rows = torch.from_numpy(self.store.rows(index.cpu().numpy())).to(self._dtype)
+        source = self.rows if self.rows is not None else StoreRows(self.store)
+        rows = source(index).to(self._dtype)
         if self.on_rows is not None:
             self.on_rows(len(index))
         return rows

@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from .fingerprint import rows_fingerprint
-from .operator import KernelRows
+from .operator import KernelRows, StoreRows
 from .regression import NoiseChoice, Prediction, kernel_regression, select_noise
 from .saved_rows import SavedRows
 from .store import GramStore
@@ -52,10 +51,12 @@ def fit_predict(kernel: torch.nn.Module, x_train: torch.Tensor, y_train: torch.T
     ``LocalCluster`` unless ``client`` is given); rerunning with the same ``store`` resumes both. ``noise``:
     a number (``σ²``), or ``"mll"`` / ``"validation"`` to choose it with
     :func:`~nngp_gpytorch.scale.regression.select_noise` on the first ``noise_subset`` training points.
-    ``kernel_rows``: the CG preconditioner takes its rows from the kernel (``rank × n`` kernel values)
-    instead of reading tile strips from the store, and saves them in ``{store}/rows.zarr``
+    ``kernel_rows``: the CG preconditioner takes its rows from the kernel (``rank × n`` kernel values; the
+    faster for cheap kernels) rather than from strips of tiles read from the store (``False``: the faster where
+    a row of the kernel costs more than ~0.5 s, e.g. a GAP CNN-GP at ``n = 50,000``). Either way each row is
+    saved as it is fetched, in ``{store}/rows-kernel.zarr`` or ``{store}/rows-store.zarr``
     (:class:`~nngp_gpytorch.scale.saved_rows.SavedRows`), so a rerun — after an interruption, or with another
-    noise or tolerance — reads them back instead of evaluating them again. ``compute_dtype``: CG's tile products
+    noise or tolerance — reads it back. ``compute_dtype``: CG's tile products
     (:func:`~nngp_gpytorch.scale.regression.solve`). The kernel's hyperparameters are used as they are.
     """
     seconds: dict[str, float] = {}
@@ -85,10 +86,8 @@ def fit_predict(kernel: torch.nn.Module, x_train: torch.Tensor, y_train: torch.T
     if variance_index is not None:
         with torch.no_grad():
             test_diagonal = kernel(x_test[variance_index], diag=True).to(torch.float64)
-    rows = None
-    if kernel_rows:
-        rows = SavedRows(KernelRows(kernel, x_train), f"{root}/rows.zarr", rows_fingerprint(kernel, x_train),
-                         x_train.shape[0])
+    source = KernelRows(kernel, x_train) if kernel_rows else StoreRows(train)
+    rows = SavedRows(source, f"{root}/rows-{'kernel' if kernel_rows else 'store'}.zarr")
     prediction = kernel_regression(train, y_train, float(noise), test, test_diagonal=test_diagonal,
                                    variance_index=variance_index, method=method, tolerance=tolerance,
                                    max_iterations=max_iterations, preconditioner_rank=preconditioner_rank,

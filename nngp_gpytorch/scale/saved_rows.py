@@ -3,8 +3,9 @@
 A pivoted-Cholesky preconditioner of rank ``k`` asks for ``k`` full rows ``K[i, :]`` one at a time
 (linear_operator's ``pivoted_cholesky``), each ``n`` kernel values: at ``n = 50,000`` a conv kernel with global
 average pooling takes ~1.5 s per row on two cores, so the 1,000 rows of a rank-1,000 preconditioner are ~25
-minutes that a killed process would lose. :class:`SavedRows` wraps any row source and appends every row it
-computes to a Zarr group; a rerun with the same kernel and inputs reads them back. The pivots depend only on the
+minutes that a killed process would lose (read from the tile store instead, each row is a strip of tiles, 0.2–0.7
+s). :class:`SavedRows` wraps either row source and appends every row it computes to a Zarr group; a rerun with the
+same kernel and inputs reads them back. The pivots depend only on the
 Gram's diagonal and on these rows, so a rerun asks for the same rows in the same order.
 
 Layout (a Zarr v3 group at a local path or any fsspec URL):
@@ -12,7 +13,8 @@ Layout (a Zarr v3 group at a local path or any fsspec URL):
 - ``rows``: ``(m, n)`` float64, one chunk per row, in the order computed;
 - ``index``: ``(m,)`` int64, the row's position in ``K``; one chunk per entry, written only after its row is on
   the store, so a process killed mid-write leaves at most an unrecorded row, overwritten by the next append;
-- attributes: the fingerprint (:func:`~nngp_gpytorch.scale.fingerprint.rows_fingerprint`).
+- attributes: the fingerprint (the source's: :func:`~nngp_gpytorch.scale.fingerprint.rows_fingerprint` for the
+  kernel's rows, the Gram store's for rows read from it).
 
 One process writes a row store at a time. Rows are only a preconditioner's input: a wrong row would slow CG,
 never change its answer (the solve reports the true residual), and a non-finite row read back is recomputed.
@@ -36,20 +38,24 @@ class SavedRows:
     """A row source ``rows(index)`` → ``(len(index), n)`` float64 CPU tensor that saves each row it computes.
 
     Args:
-        source: computes rows not saved yet (e.g. :class:`~nngp_gpytorch.scale.operator.KernelRows`).
+        source: computes rows not saved yet (:class:`~nngp_gpytorch.scale.operator.KernelRows`,
+            :class:`~nngp_gpytorch.scale.operator.StoreRows`, or any callable with ``fingerprint`` and ``n`` given).
         url: a local directory or an fsspec URL.
-        fingerprint: what the rows are of (:func:`~nngp_gpytorch.scale.fingerprint.rows_fingerprint`); a store
-            recorded with another raises :class:`~nngp_gpytorch.scale.store.StoreMismatchError`.
-        n: the row length (the number of inputs).
+        fingerprint: what the rows are of (default: ``source.fingerprint()``); a store recorded with another
+            raises :class:`~nngp_gpytorch.scale.store.StoreMismatchError`.
+        n: the row length, the number of inputs (default: ``source.n``).
         overwrite: discard a store with another fingerprint instead of raising.
         storage_options: passed to fsspec for remote URLs.
 
     ``computed`` and ``read`` count the rows evaluated by ``source`` and read back from the store.
     """
 
-    def __init__(self, source: Callable[[torch.Tensor], torch.Tensor], url: str, fingerprint: dict[str, Any],
-                 n: int, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> None:
-        self.source, self.url, self.n = source, str(url), int(n)
+    def __init__(self, source: Callable[[torch.Tensor], torch.Tensor], url: str, *,
+                 fingerprint: dict[str, Any] | None = None, n: int | None = None, overwrite: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.source, self.url = source, str(url)
+        fingerprint = source.fingerprint() if fingerprint is None else fingerprint
+        self.n = int(source.n if n is None else n)
         group, created = open_recorded_group(self.url, fingerprint, (ROWS, INDEX), overwrite=overwrite,
                                              storage_options=storage_options, holds="kernel rows")
         if created:
