@@ -266,6 +266,30 @@ def test_local_cluster_survives_a_killed_worker(tmp_path):
     np.testing.assert_allclose(gram.to_numpy(), _dense(kernel, x), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
+def test_scattered_inputs_lost_mid_run_are_scattered_again(tmp_path):
+    """A dead worker can take the scattered kernel and inputs with it (dask/distributed#3149): the tile tasks are
+    then cancelled. Forcing that loss after the first tile, the run scatters again and finishes the other tiles."""
+    from distributed import Client, Future, LocalCluster
+
+    kernel, x = _kernel(), _data(160)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        lost = []
+
+        def lose_the_inputs(done, total):
+            if not lost:
+                lost.extend(k for k in list(client.futures) if not str(k).startswith("gram-tile"))
+                client.cancel([Future(k, client) for k in lost], force=True)
+
+        with pytest.warns(RuntimeWarning, match="scattering the kernel and inputs again"):
+            gram = compute_gram(kernel, x, store=str(tmp_path / "g"), tile=40, dtype="float64", client=client,
+                                progress=False, on_tile=lose_the_inputs)
+    assert len(lost) == 2  # the kernel and x
+    assert gram.complete and gram.last_run.computed == 10
+    np.testing.assert_allclose(gram.to_numpy(), _dense(kernel, x), rtol=1e-12, atol=1e-13)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,8 @@ pinned to the worker's threads so that workers do not oversubscribe the cores) u
 scheduler address is given. Fault handling is Dask's and the store's:
 
 - a worker that dies mid-run: the scheduler resubmits its tasks to the remaining (or restarted) workers; a
-  tile written twice is written with the same bytes;
+  tile written twice is written with the same bytes. If the scattered kernel and inputs died with it (their
+  tasks are cancelled), they are scattered again and the tiles not yet recorded resubmitted;
 - a run interrupted (``KeyboardInterrupt``, the driver killed): the checksums recorded so far are flushed
   (in a ``finally``; at worst the tiles of the last second are lost) and a rerun computes only the tiles
   without a checksum;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ from .store import GramStore, tile_bounds, write_tile
 
 #: seconds between persisting the checksum record while tiles stream in
 FLUSH_EVERY_S = 1.0
+#: rounds of scattering the inputs and submitting the unrecorded tiles before giving up (see ``_run_on_dask``)
+SCATTER_ATTEMPTS = 3
 
 
 @dataclass
@@ -177,25 +181,58 @@ def compute_gram(kernel: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | N
 def _run_on_dask(client: Any, n_workers: int | None, kernel: torch.nn.Module, x1: torch.Tensor,
                  x2: torch.Tensor | None, gram: GramStore, pending: list[tuple[int, int]], retries: int,
                  storage_options: dict[str, Any] | None, finished: Callable[[int, int, int], None]) -> None:
-    """Submit one task per pending tile and record each as it completes."""
-    from distributed import as_completed
+    """Submit one task per pending tile and record each as it completes.
+
+    The kernel and inputs are scattered to the workers once. Dask cannot recompute scattered data, and a worker's
+    death can take it with it: the tasks that need it are then cancelled ("already forgotten";
+    dask/distributed#3149). That is recovered here: the inputs are scattered again and only the tiles not yet
+    recorded are resubmitted, up to ``SCATTER_ATTEMPTS`` times."""
+    from distributed.client import FutureCancelledError
 
     dask_client, release = connect(client, n_workers)
+    remaining = dict.fromkeys(pending)
+
+    def record(i: int, j: int, crc: int) -> None:
+        finished(i, j, crc)
+        remaining.pop((i, j), None)
+
+    try:
+        for attempt in range(1, SCATTER_ATTEMPTS + 1):
+            try:
+                _submit_and_record(dask_client, kernel, x1, x2, gram, list(remaining), retries, storage_options,
+                                   record)
+                return
+            except FutureCancelledError as error:
+                if attempt == SCATTER_ATTEMPTS:
+                    raise RuntimeError(f"tile tasks were cancelled {attempt} times (the scattered kernel and inputs "
+                                       "were lost with dead workers); finished tiles are recorded, rerun to "
+                                       "resume") from error
+                warnings.warn(f"{len(remaining)} tile tasks were cancelled ({error}); scattering the kernel and "
+                              "inputs again and resubmitting them", RuntimeWarning, stacklevel=3)
+    finally:
+        release()
+
+
+def _submit_and_record(dask_client: Any, kernel: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | None,
+                       gram: GramStore, tiles: list[tuple[int, int]], retries: int,
+                       storage_options: dict[str, Any] | None, record: Callable[[int, int, int], None]) -> None:
+    """One round: scatter the kernel and inputs, submit a task per tile, record each as it completes."""
+    from distributed import as_completed
+
     futures = []
     try:
         threads = dask_client.nthreads()
         per_worker = max(min(threads.values()), 1) if threads else 1
-        kernel_f, x1_f = dask_client.scatter([kernel, x1], broadcast=True)
-        x2_f = None if x2 is None else dask_client.scatter(x2, broadcast=True)
+        kernel_f, x1_f = dask_client.scatter([kernel, x1], broadcast=True, hash=False)
+        x2_f = None if x2 is None else dask_client.scatter(x2, broadcast=True, hash=False)
         futures = [
             dask_client.submit(compute_tile, kernel_f, x1_f, x2_f, gram.url, i, j, gram.tile, per_worker,
                                storage_options, key=f"gram-tile-{i}-{j}-{os.urandom(4).hex()}", retries=retries,
                                pure=False)
-            for i, j in pending
+            for i, j in tiles
         ]
         for future in as_completed(futures):
-            finished(*future.result())
+            record(*future.result())
     finally:
         for future in futures:
             future.cancel()
-        release()
