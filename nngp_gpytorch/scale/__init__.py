@@ -6,7 +6,8 @@ Needs the ``scale`` extra (``pip install "nngp-gpytorch[scale]"``: dask[distribu
 - :func:`compute_gram`: ``kernel(x1, x2)`` tile by tile into a resumable, fingerprinted Zarr store;
 - :class:`GramStore`: the store (tiles, checksums, fingerprint);
 - :class:`StoredGram`: the stored Gram as a ``LinearOperator`` whose matmul streams tiles;
-- :class:`SavedRows`: the preconditioner's kernel rows, saved as they are computed;
+- :class:`KernelRows`, :class:`StoreRows`: the preconditioner's rows, from the kernel or from the store;
+  :class:`SavedRows`: either, saved as they are fetched;
 - :func:`solve`, :func:`select_noise`, :func:`kernel_regression`: the regression on a stored Gram;
 - :func:`fit_predict`: all of it end to end; ``python -m nngp_gpytorch.scale mnist1d ...`` from the shell.
 """

@@ -26,7 +26,8 @@ class KernelRows:
 
     For preconditioners: a pivoted Cholesky of rank ``k`` needs ``k`` rows, i.e. ``k·n`` kernel values,
     instead of ``k`` strips of tiles from the store (:class:`StoreRows`). Which is faster depends on the kernel:
-    an MLP-GP row at ``n = 50,000`` takes ~40 ms, a GAP CNN-GP row ~1.5 s, a strip of 2048-tiles 0.2–0.7 s."""
+    a strip costs the same for every kernel, a kernel row from milliseconds (an MLP) to seconds (a GAP CNN at
+    ``n = 50,000``; ``benchmarks/bench_saved_rows.py``)."""
 
     def __init__(self, kernel: torch.nn.Module, x: torch.Tensor) -> None:
         self.kernel, self.x = kernel, x

@@ -52,8 +52,8 @@ def fit_predict(kernel: torch.nn.Module, x_train: torch.Tensor, y_train: torch.T
     a number (``σ²``), or ``"mll"`` / ``"validation"`` to choose it with
     :func:`~nngp_gpytorch.scale.regression.select_noise` on the first ``noise_subset`` training points.
     ``kernel_rows``: the CG preconditioner takes its rows from the kernel (``rank × n`` kernel values; the
-    faster for cheap kernels) rather than from strips of tiles read from the store (``False``: the faster where
-    a row of the kernel costs more than ~0.5 s, e.g. a GAP CNN-GP at ``n = 50,000``). Either way each row is
+    faster for cheap kernels) rather than from strips of tiles read from the store (``False``: the faster for
+    kernels whose rows cost more than a strip, e.g. a GAP CNN-GP at large ``n``; docs/scale.md). Either way each row is
     saved as it is fetched, in ``{store}/rows-kernel.zarr`` or ``{store}/rows-store.zarr``
     (:class:`~nngp_gpytorch.scale.saved_rows.SavedRows`), so a rerun — after an interruption, or with another
     noise or tolerance — reads it back. ``compute_dtype``: CG's tile products

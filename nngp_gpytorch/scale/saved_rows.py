@@ -1,12 +1,11 @@
-"""Kernel rows kept on disk as they are computed, so an interrupted or repeated solve does not redo them.
+"""Preconditioner rows kept on disk as they are fetched, so an interrupted or repeated solve does not fetch them again.
 
 A pivoted-Cholesky preconditioner of rank ``k`` asks for ``k`` full rows ``K[i, :]`` one at a time
-(linear_operator's ``pivoted_cholesky``), each ``n`` kernel values: at ``n = 50,000`` a conv kernel with global
-average pooling takes ~1.5 s per row on two cores, so the 1,000 rows of a rank-1,000 preconditioner are ~25
-minutes that a killed process would lose (read from the tile store instead, each row is a strip of tiles, 0.2–0.7
-s). :class:`SavedRows` wraps either row source and appends every row it computes to a Zarr group; a rerun with the
-same kernel and inputs reads them back. The pivots depend only on the
-Gram's diagonal and on these rows, so a rerun asks for the same rows in the same order.
+(linear_operator's ``pivoted_cholesky``), each ``n`` kernel values evaluated by the kernel or a strip of tiles
+read from the Gram store. For an expensive kernel at large ``n`` these are many minutes that a killed process
+would lose (docs/scale.md has the measurements). :class:`SavedRows` wraps either row source and appends every
+row it fetches to a Zarr group; a rerun with the same kernel and inputs reads them back. The pivots depend only
+on the Gram's diagonal and on these rows, so a rerun asks for the same rows in the same order.
 
 Layout (a Zarr v3 group at a local path or any fsspec URL):
 
@@ -35,7 +34,7 @@ ROWS, INDEX = "rows", "index"
 
 
 class SavedRows:
-    """A row source ``rows(index)`` → ``(len(index), n)`` float64 CPU tensor that saves each row it computes.
+    """A row source ``rows(index)`` → ``(len(index), n)`` float64 CPU tensor that saves each row it fetches.
 
     Args:
         source: computes rows not saved yet (:class:`~nngp_gpytorch.scale.operator.KernelRows`,
@@ -57,7 +56,7 @@ class SavedRows:
         fingerprint = source.fingerprint() if fingerprint is None else fingerprint
         self.n = int(source.n if n is None else n)
         group, created = open_recorded_group(self.url, fingerprint, (ROWS, INDEX), overwrite=overwrite,
-                                             storage_options=storage_options, holds="kernel rows")
+                                             storage_options=storage_options, holds="preconditioner rows")
         if created:
             group.create_array(ROWS, shape=(0, self.n), chunks=(1, self.n), dtype="float64", compressors=None,
                                fill_value=np.nan)
