@@ -132,7 +132,8 @@ class StoredGram(LinearOperator):
             raise RuntimeError(f"the store at {store.url!r} has {len(store.pending())} unfinished tiles")
         # the one tensor argument only carries dtype and device; the store is held, never rebuilt
         super().__init__(torch.zeros(0, dtype=dtype))
-        self.store, self.rows, self._dtype, self.readahead = store, rows, dtype, readahead
+        self.store, self._dtype, self.readahead = store, dtype, readahead
+        self.rows = rows if rows is not None else StoreRows(store)
         self.compute_dtype = compute_dtype
         self.matmuls = 0
         #: called as ``on_matmul(count)`` before each pass over the store (progress bars)
@@ -176,8 +177,7 @@ class StoredGram(LinearOperator):
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """Full rows ``K[index, :]`` as a ``(len(index), n)`` tensor."""
-        source = self.rows if self.rows is not None else StoreRows(self.store)
-        rows = source(index).to(self._dtype)
+        rows = self.rows(index).to(self._dtype)
         if self.on_rows is not None:
             self.on_rows(len(index))
         return rows
