@@ -118,7 +118,7 @@ def recurrent_steps(layer: RecurrentLayer, tokens: torch.Tensor, maps: list, rec
     recurrent`). ``tokens``: ``(M, k, T, d)``; ``maps``: per gate (in :func:`gate_variances`' order) input weights
     ``(M, d, n)``, hidden weights ``(M, n, n)`` and bias ``(M, 1, n)``, random here and trainable parameters in
     ``experiments/lee2018_width.py``'s finite networks; ``recorders``: per gate, or ``None``."""
-    m, k, T, d = tokens.shape
+    m, k, T, _ = tokens.shape
     n = maps[0][0].shape[-1]
     recs = [None] * len(maps) if recorders is None else recorders
     feats = []
